@@ -1,0 +1,106 @@
+"""`load`: open the source, plan against the destination, then apply."""
+
+from __future__ import annotations
+
+import torch
+
+from ._apply import apply_plan
+from ._plan import make_plan
+from ._rename import compile_rename, rename_tree
+from ._report import LoadError, LoadReport
+from ._select import Selection
+from .sources import to_source_tree
+
+
+def load(
+    dst,
+    src,
+    *,
+    strict: bool = True,
+    include=None,
+    exclude=None,
+    filter=None,
+    rename=None,
+    convert=None,
+    device=None,
+    dry_run: bool = False,
+    progress: bool | None = None,
+) -> LoadReport:
+    """Copy state from `src` into `dst` in place, walking both trees side by side.
+
+    `dst` is a ``torch.nn.Module`` or any pytree of tensors; `src` is a
+    module, a nested or flat mapping (a ``state_dict()``), a list or tuple,
+    any optree pytree (namespace ``"structload"``), or the result of
+    `structload.state`. Leaves may be tensors, numpy arrays, Python numbers,
+    ``None`` (skip) and ``False`` (absent).
+
+    >>> import torch, structload as sl
+    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2, bias=False))
+    >>> pretrained = {"0.weight": torch.ones(8, 4), "0.bias": torch.zeros(8), "2.weight": torch.ones(2, 8)}
+    >>> report = sl.load(model, pretrained)
+    >>> report.loaded
+    ['0.weight', '0.bias', '2.weight']
+    >>> bool(model[0].weight.eq(1).all())
+    True
+
+    A strict load (the default) that finds any problem raises `LoadError`
+    listing every problem by path, and writes nothing:
+
+    >>> sl.load(model, {"0.weight": torch.zeros(8, 3), "2.weight": torch.zeros(2, 8), "3.weight": torch.zeros(1)})
+    Traceback (most recent call last):
+    ...
+    structload._report.LoadError: 2 problems loading into Sequential (1 shape, 1 unexpected)
+      0.weight: shape (8, 4) in destination, (8, 3) in source
+      3.weight: unexpected in source
+    >>> bool(model[0].weight.eq(1).all())  # unchanged
+    True
+
+    Options (keyword-only):
+
+    - ``strict=True``: any problem raises `LoadError` and `dst` is left
+      unchanged; with ``False`` whatever matches is loaded and the rest is
+      listed in the returned report.
+    - ``include`` / ``exclude``: glob pattern(s) on dotted destination paths
+      (a pattern matching a module covers it); excluded paths are neither
+      loaded nor expected, and source entries for them are not unexpected.
+    - ``filter``: ``callable(path, node) -> bool`` on destination modules and
+      tensors; ``False`` excludes that whole subtree.
+    - ``rename``: ``{regex: replacement}`` applied in order with ``re.sub``
+      to source paths, or ``callable(path) -> str | None`` (``None`` drops).
+    - ``device``: where ``meta`` tensors of `dst` are materialized (CPU by
+      default); real tensors stay where they are.
+    - ``dry_run=True``: validate and return the report without writing (a
+      strict dry run raises exactly as the real load would).
+    - ``progress``: a rich progress bar on stderr; ``None`` shows one only for
+      loads over 1 GiB on a terminal.
+
+    Extended help -- the rules:
+
+    - R1 tensor -> tensor: shapes must be equal; values are cast to the
+      destination's dtype and moved to its device; each cast is reported.
+    - R2 ``None`` in the source skips that leaf or subtree (reported as skipped).
+    - R3 absent tensors (registered as ``None``, a ``False`` leaf, a source
+      module built with ``bias=False``, or a matching source node with no
+      ``bias`` entry): absent source -> destination tensor is zeroed; a source
+      tensor -> absent destination is dropped if all zeros, else a problem.
+    - R4 a tensor reachable at several paths (tied weights) is written once;
+      different source values for its paths are a ``tied`` problem, and
+      providing one of them is enough.
+    - R5 state is what ``state_dict()`` holds (parameters, persistent
+      buffers) plus ``_extra_state`` when the source has it.
+    - R6 every check runs before the first write.
+    """
+    if convert is not None:
+        raise NotImplementedError("structload: convert= is not supported yet")
+    selection = Selection(include, exclude, filter)
+    renamer = compile_rename(rename)
+    tree = to_source_tree(src)
+    if renamer is not None:
+        tree = rename_tree(tree, renamer)
+    plan = make_plan(dst, tree, selection)
+    if strict and plan.problems:
+        raise LoadError(plan.problems, plan.report(applied=False))
+    if dry_run:
+        return plan.report(applied=False)
+    apply_plan(plan, torch.device(device if device is not None else "cpu"), progress)
+    return plan.report(applied=True)

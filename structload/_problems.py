@@ -1,0 +1,179 @@
+"""Turning the walk's findings into `Problem`s people can act on.
+
+Problems come out in walk (module) order, one per place where the trees
+diverge: a whole missing submodule is one problem naming it, with its tensor
+count; a numbered container whose lengths differ is one problem at the
+container; unexpected source subtrees likewise. Messages add "did you mean"
+suggestions for near-miss names and, when the two trees differ by a common
+prefix (``module.``, ``_orig_mod.``, ``model.``, ...), the exact ``rename=``
+that fixes it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from ._report import Problem
+from ._rules import MISMATCHED, MISSING
+from ._walk import Entry, Unexpected, Walk
+
+#: Who usually adds a prefix, for the hint's wording.
+KNOWN_PREFIXES = {
+    "module.": "DistributedDataParallel and DataParallel add it",
+    "_orig_mod.": "torch.compile adds it",
+    "model.": "training wrappers often add it",
+}
+
+
+def compose_problems(found: Walk) -> tuple[list[Problem], list[str]]:
+    """Every problem in walk order, and the hints that apply to the whole load."""
+    roots = _root_counts(found.entries)
+    events: list[tuple[int, Problem]] = []
+    done_roots: set[str] = set()
+    for index, entry in enumerate(found.entries):
+        problem = _entry_problem(entry, found, roots, done_roots)
+        if problem is not None:
+            events.append((index, problem))
+    for record in found.unexpected:
+        events.append((record.position - 0.5, _unexpected_problem(record)))
+    events.sort(key=lambda pair: pair[0])
+    problems = [problem for _, problem in events]
+    hint = prefix_hint(found)
+    if hint is None:
+        return problems, []
+    prefix, text, direction = hint
+    return [_with_hint(p, prefix, text, direction) for p in problems], [text]
+
+
+def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
+    """For each subtree root: [tensors under it, tensors still missing or clashing there]."""
+    counts: dict[str, list[int]] = {}
+    for entry in entries:
+        if entry.root is not None:
+            pair = counts.setdefault(entry.root, [0, 0])
+            pair[0] += 1
+            pair[1] += entry.status in (MISSING, MISMATCHED)
+    return counts
+
+
+def _entry_problem(entry: Entry, found: Walk, roots, done_roots: set[str]) -> Problem | None:
+    if entry.problem is not None:
+        kind, message = entry.problem
+        return Problem(kind, entry.path, message)
+    if entry.status == MISMATCHED and entry.root in found.clashes:
+        return _once(entry.root, done_roots, lambda: Problem("type", entry.root, found.clashes[entry.root]))
+    if entry.status != MISSING:
+        return None
+    total, remaining = roots.get(entry.root, (1, 1))
+    if remaining == total:  # the source lacks the whole subtree at entry.root
+        parent, _, name = entry.root.rpartition(".")
+        if name.isdigit() and parent in found.lengths:
+            return _once(f"[length] {parent}", done_roots, lambda: _length_problem(parent, found, roots))
+        if entry.root != entry.path and total > 1:
+            message = f"missing in source (whole subtree, {plural(total, 'tensor')})" + _did_you_mean(found, entry.root)
+            return _once(entry.root, done_roots, lambda: Problem("missing", entry.root, message))
+    return Problem("missing", entry.path, "missing in source" + _did_you_mean(found, entry.path))
+
+
+def _once(key: str, done: set[str], make) -> Problem | None:
+    """`make()` the first time `key` comes up, ``None`` after."""
+    if key in done:
+        return None
+    done.add(key)
+    return make()
+
+
+def _length_problem(parent: str, found: Walk, roots) -> Problem:
+    """One problem for a numbered container (``ModuleList``, list) shorter in the source."""
+    prefix = f"{parent}." if parent else ""
+    with_state = {e.path[len(prefix) :].split(".", 1)[0] for e in found.entries if e.path.startswith(prefix)}
+    n_dst = sum(1 for name in with_state if name.isdigit())
+    n_src = found.lengths[parent][1]
+    missing_roots = [r for r in roots if r.startswith(prefix) and r[len(prefix) :].isdigit()]
+    indices = sorted(int(r[len(prefix) :]) for r in missing_roots)
+    tensors = sum(roots[r][1] for r in missing_roots)
+    message = (
+        f"destination has {n_dst} entries, source has {n_src}; "
+        f"{_ranges(indices)} missing in source ({plural(tensors, 'tensor')})"
+    )
+    return Problem("missing", parent, message)
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 tensor``, ``2 tensors``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _ranges(indices: list[int]) -> str:
+    """``0–2, 5`` for ``[0, 1, 2, 5]``."""
+    spans: list[list[int]] = []
+    for i in indices:
+        if spans and i == spans[-1][1] + 1:
+            spans[-1][1] = i
+        else:
+            spans.append([i, i])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+
+
+def _unexpected_problem(record: Unexpected) -> Problem:
+    if len(record.leaf_paths) == 1:
+        path = record.leaf_paths[0]
+        message = "unexpected in source"
+        if record.suggestion:
+            return Problem("unexpected", path, f"{message}; did you mean '{record.suggestion}{path[len(record.path):]}'?")
+        return Problem("unexpected", path, message)
+    message = f"unexpected in source ({plural(len(record.leaf_paths), 'tensor')})"
+    if record.suggestion:
+        message += f"; did you mean '{record.suggestion}'?"
+    return Problem("unexpected", record.path, message)
+
+
+def _did_you_mean(found: Walk, path: str) -> str:
+    similar = found.suggestions.get(path)
+    return f"; did you mean '{similar}' in source?" if similar else ""
+
+
+def prefix_hint(found: Walk) -> tuple[str, str, str] | None:
+    """``(prefix, hint text, "strip" | "add")`` when source and destination paths differ by a prefix."""
+    unexpected = [p for record in found.unexpected for p in record.leaf_paths]
+    missing = [e.path for e in found.entries if e.status == MISSING]
+    if not unexpected or not missing:
+        return None
+    dst_paths = {e.path for e in found.entries}
+    prefix = _common_prefix(unexpected, dst_paths)
+    if prefix is not None:
+        why = KNOWN_PREFIXES.get(prefix, "")
+        text = (
+            f"the source paths carry the prefix '{prefix}'"
+            + (f" ({why})" if why else "")
+            + f'; pass rename={{r"^{re.escape(prefix)}": ""}}'
+        )
+        return prefix, text, "strip"
+    prefix = _common_prefix(missing, set(unexpected))
+    if prefix is not None:
+        text = f"the source paths lack the destination's prefix '{prefix}'; pass rename={{r\"^\": \"{prefix}\"}}"
+        return prefix, text, "add"
+    return None
+
+
+def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
+    """A prefix of one to three names that, removed, turns most of `paths` into `targets`."""
+    counts: Counter[str] = Counter()
+    for path in paths:
+        parts = path.split(".")
+        for k in range(1, min(4, len(parts))):
+            prefix = ".".join(parts[:k]) + "."
+            if path[len(prefix) :] in targets:
+                counts[prefix] += 1
+    if not counts:
+        return None
+    prefix, n = counts.most_common(1)[0]
+    return prefix if 2 * n >= len(paths) else None
+
+
+def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:
+    kind = "unexpected" if direction == "strip" else "missing"
+    if problem.kind == kind and (problem.path + ".").startswith(prefix):
+        return Problem(problem.kind, problem.path, f"{problem.message}; {text}")
+    return problem

@@ -1,0 +1,38 @@
+"""The ``progress`` option: a rich progress bar on stderr for big loads."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+#: Loads above this many bytes show a bar when ``progress=None`` and stderr is a terminal.
+AUTO_THRESHOLD = 1 << 30
+
+
+def wants_progress(progress: bool | None, total_bytes: int) -> bool:
+    """Whether to draw a bar: always for ``True``, never for ``False``, big loads on a terminal for ``None``."""
+    if progress is None:
+        return total_bytes > AUTO_THRESHOLD and sys.stderr.isatty()
+    return bool(progress)
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(nbytes)``; draws on stderr only when `enabled`."""
+    if not enabled:
+        yield lambda nbytes: None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total_bytes)
+        yield lambda nbytes: bar.advance(task, nbytes)

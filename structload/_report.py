@@ -1,0 +1,243 @@
+"""The outcome of a load as plain data: `LoadReport`, `Problem`, `LoadError`.
+
+Nothing here knows how to draw itself beyond plain text; the rich tree lives
+in `_render.py` and only reads these objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+#: The kinds a `Problem` can have.
+PROBLEM_KINDS = ("missing", "unexpected", "shape", "absent", "tied", "type", "source")
+
+
+def display_path(path: str) -> str:
+    """The path as users read it; the root of the tree has the empty path."""
+    return path if path else "<root>"
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _dtype(dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing that stops a strict load, found at one path.
+
+    `kind` is one of ``missing``, ``unexpected``, ``shape``, ``absent``,
+    ``tied``, ``type`` or ``source``; `path` is a dotted destination path (for
+    ``unexpected``, the source path after `rename`); `message` says what is
+    wrong and, where it can, what to do.
+
+    >>> str(Problem("shape", "fc.weight", "shape (3, 4) in destination, (4, 4) in source"))
+    'fc.weight: shape (3, 4) in destination, (4, 4) in source'
+    """
+
+    kind: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{display_path(self.path)}: {self.message}"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": self.path, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    """A destination tensor the source could not fill as it is.
+
+    `kind` is ``"shape"`` (the shapes differ), ``"type"`` (the source holds
+    something that is not a tensor there) or ``"tied"`` (tied paths were
+    given different values). `src_shape` is ``None`` when the source has no
+    shape at that path.
+    """
+
+    path: str
+    dst_shape: tuple[int, ...]
+    src_shape: tuple[int, ...] | None
+    kind: str = "shape"
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "dst_shape": list(self.dst_shape),
+            "src_shape": None if self.src_shape is None else list(self.src_shape),
+        }
+
+
+@dataclass(frozen=True)
+class Cast:
+    """A tensor whose values were converted to the destination's dtype (rule R1)."""
+
+    path: str
+    src_dtype: torch.dtype
+    dst_dtype: torch.dtype
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "src_dtype": _dtype(self.src_dtype), "dst_dtype": _dtype(self.dst_dtype)}
+
+
+@dataclass
+class LoadReport:
+    """What a load did, or would do, path by path.
+
+    Each destination state path lands in exactly one of `loaded`, `missing`,
+    `skipped`, `excluded`, `zeroed` or `mismatched` (paths of a tied group
+    that the group's single write fills are listed as `loaded`, and the group
+    itself in `tied`). `unexpected` holds source paths (after `rename`) that
+    match nothing in the destination; `dropped` holds destination paths
+    registered as absent whose source tensor was all zeros.
+
+    `applied` is ``False`` for a dry run and for a strict load that raised:
+    the lists then describe what the load would have done.
+
+    >>> import torch, structload as sl
+    >>> report = sl.load(torch.nn.Linear(2, 2, bias=False), {"weight": torch.ones(2, 2), "bias": torch.zeros(2)})
+    >>> report.loaded, report.dropped, report.ok
+    (['weight'], ['bias'], True)
+    """
+
+    target: str = ""
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    excluded: list[str] = field(default_factory=list)
+    zeroed: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    mismatched: list[Mismatch] = field(default_factory=list)
+    cast: list[Cast] = field(default_factory=list)
+    tied: list[tuple[str, ...]] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    hints: list[str] = field(default_factory=list)
+    applied: bool = True
+
+    @property
+    def ok(self) -> bool:
+        """``True`` when the load found no problem."""
+        return not self.problems
+
+    @property
+    def missing_keys(self) -> list[str]:
+        """Alias of `missing`, as in `load_state_dict`'s return value."""
+        return self.missing
+
+    @property
+    def unexpected_keys(self) -> list[str]:
+        """Alias of `unexpected`, as in `load_state_dict`'s return value."""
+        return self.unexpected
+
+    def counts(self) -> dict[str, int]:
+        """How many paths each outcome holds, for summaries."""
+        names = ("loaded", "zeroed", "dropped", "skipped", "excluded", "missing", "unexpected", "mismatched")
+        return {name: len(getattr(self, name)) for name in names}
+
+    def summary(self) -> str:
+        """One line: what happened to how many tensors, and how many problems.
+
+        >>> LoadReport(target="Net", loaded=["a", "b"], missing=["c"],
+        ...            problems=[Problem("missing", "c", "missing in source")]).summary()
+        'Net: 2 loaded, 1 missing; 1 problem (1 missing)'
+        """
+        parts = [f"{n} {name}" for name, n in self.counts().items() if n]
+        if self.cast:
+            parts.append(f"{len(self.cast)} cast")
+        text = f"{self.target}: " + (", ".join(parts) or "nothing to load")
+        if self.problems:
+            text += f"; {_problem_summary(self.problems)}"
+        if not self.applied:
+            text += " (nothing written)"
+        return text
+
+    def to_dict(self) -> dict:
+        """The report as JSON-serialisable data (lists, strings, numbers)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["mismatched"] = [m.to_dict() for m in self.mismatched]
+        data["cast"] = [c.to_dict() for c in self.cast]
+        data["tied"] = [list(group) for group in self.tied]
+        data["problems"] = [p.to_dict() for p in self.problems]
+        data["ok"] = self.ok
+        return data
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        lines += [f"  {problem}" for problem in self.problems]
+        lines += [f"  hint: {hint}" for hint in self.hints]
+        return "\n".join(lines)
+
+    def __rich__(self):
+        from ._render import report_tree
+
+        return report_tree(self)
+
+
+def _problem_count(problems: list[Problem]) -> str:
+    return f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
+
+
+def _kind_counts(problems: list[Problem]) -> str:
+    """``1 shape, 1 unexpected``: kinds in the order they first appear."""
+    by_kind = Counter(p.kind for p in problems)
+    return ", ".join(f"{n} {kind}" for kind, n in by_kind.items())
+
+
+def _problem_summary(problems: list[Problem]) -> str:
+    return f"{_problem_count(problems)} ({_kind_counts(problems)})"
+
+
+class LoadError(ValueError):
+    """A strict load found problems; nothing in the destination was written.
+
+    `problems` lists every problem (not only the first) and `report` the full
+    `LoadReport`. The message starts with a one-line summary, then one line
+    per problem beginning with its path.
+
+    >>> import torch, structload as sl
+    >>> try:
+    ...     sl.load(torch.nn.Linear(2, 3), {"weight": torch.ones(2, 2), "bais": torch.ones(3)})
+    ... except sl.LoadError as error:
+    ...     print(error)
+    2 problems loading into Linear (1 shape, 1 unexpected)
+      weight: shape (3, 2) in destination, (2, 2) in source
+      bais: unexpected in source; did you mean 'bias'?
+    """
+
+    def __init__(self, problems: list[Problem], report: LoadReport | None = None, message: str | None = None):
+        self.problems = list(problems)
+        self.report = report
+        target = report.target if report is not None else "destination"
+        header = message or f"{_problem_count(self.problems)} loading into {target} ({_kind_counts(self.problems)})"
+        lines = [header] + [f"  {problem}" for problem in self.problems]
+        super().__init__("\n".join(lines))
+
+
+class SourceError(LoadError):
+    """A source that cannot be read: missing file, unknown format, corrupt data.
+
+    The message names the file (or source path) and what is wrong.
+    """
+
+    def __init__(self, message: str, path: str = "", report: LoadReport | None = None):
+        super().__init__([Problem("source", path, message)], report, message=message)
+
+
+def shape_text(shape) -> str:
+    """``(3, 4)`` for a shape, as messages print it."""
+    return _shape(shape)
+
+
+def dtype_text(dtype) -> str:
+    """``float32`` for ``torch.float32``."""
+    return _dtype(dtype)

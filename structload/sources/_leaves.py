@@ -1,0 +1,138 @@
+"""The leaves of a source tree.
+
+Every source, in memory or on disk, becomes the same shape: nested ``dict``s
+(``str`` name -> child) whose leaves are one of
+
+- a `SourceTensor`: knows its shape and dtype without reading data, and reads
+  its data only when `read()` is called;
+- `SKIP` (a ``None`` in the source: leave the destination untouched, rule R2);
+- `ABSENT` (a ``False`` in the source, or a parameter registered as ``None``
+  in a source module: rule R3);
+- an `ExtraState` (the value of an ``_extra_state`` entry, passed as it is to
+  ``set_extra_state``);
+- a `BadLeaf` (something that cannot be loaded; the walk turns it into a
+  problem at its path instead of failing early).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+#: A ``None`` in the source: leave the destination as it is (rule R2).
+SKIP = _Marker("SKIP")
+#: A ``False`` in the source or a parameter registered as ``None``: absent (rule R3).
+ABSENT = _Marker("ABSENT")
+
+
+class SourceTensor:
+    """A tensor of a source, read lazily.
+
+    Subclasses set `shape` and `dtype` (``None`` for a Python number, which
+    takes the destination's dtype) and implement `read()`. `origin` names
+    where the data comes from, for error messages.
+    """
+
+    __slots__ = ("shape", "dtype")
+    origin = "memory"
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = self.dtype.itemsize if self.dtype is not None else 8
+        return math.prod(self.shape) * itemsize
+
+    def read(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def same_data(self, other: SourceTensor) -> bool:
+        """``True`` only when both surely hold the same values without reading them."""
+        return self is other
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+class MemoryTensor(SourceTensor):
+    """A tensor already in memory (from a tensor, array, module or number)."""
+
+    __slots__ = ("tensor",)
+
+    def __init__(self, tensor: torch.Tensor, *, from_number: bool = False):
+        self.tensor = tensor
+        self.shape = tuple(tensor.shape)
+        self.dtype = None if from_number else tensor.dtype
+
+    def read(self) -> torch.Tensor:
+        return self.tensor
+
+    def same_data(self, other: SourceTensor) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, MemoryTensor):
+            return False
+        a, b = self.tensor, other.tensor
+        return (
+            a.data_ptr() == b.data_ptr()
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.stride() == b.stride()
+            and a.device == b.device
+        )
+
+
+class ExtraState:
+    """The value of a module's ``_extra_state`` entry, handed to ``set_extra_state``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"ExtraState({type(self.value).__name__})"
+
+
+class BadLeaf:
+    """Something in the source that cannot be loaded, with the reason why.
+
+    `kind` is the `Problem` kind it becomes (``"type"`` or ``"source"``).
+    """
+
+    __slots__ = ("reason", "kind")
+
+    def __init__(self, reason: str, kind: str = "type"):
+        self.reason = reason
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"BadLeaf({self.reason!r})"
+
+
+def iter_leaves(tree, path: str = ""):
+    """Yield ``(dotted path, leaf)`` for every leaf under `tree`, in order.
+
+    >>> [p for p, _ in iter_leaves({"a": {"w": SKIP, "b": ABSENT}, "c": SKIP})]
+    ['a.w', 'a.b', 'c']
+    """
+    if type(tree) is dict:
+        for name, child in tree.items():
+            yield from iter_leaves(child, f"{path}.{name}" if path else name)
+    else:
+        yield path, tree
+
+
+def count_tensors(tree) -> int:
+    """How many `SourceTensor` leaves `tree` holds."""
+    return sum(1 for _, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor))

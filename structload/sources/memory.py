@@ -1,0 +1,88 @@
+"""In-memory sources: tensors, arrays, numbers, mappings, lists and any optree pytree."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from .._pytree import children
+from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor
+from .nesting import insert
+
+EXTRA_STATE = "_extra_state"
+
+
+def leaf_from_value(value):
+    """The source leaf for a non-container value, or ``None`` if `value` is a container.
+
+    >>> leaf_from_value(None), leaf_from_value(False)
+    (SKIP, ABSENT)
+    >>> leaf_from_value(2.5)
+    MemoryTensor(shape=(), dtype=None)
+    """
+    if value is None:
+        return SKIP
+    if value is False:
+        return ABSENT
+    if isinstance(value, SourceTensor):
+        return value
+    if isinstance(value, torch.Tensor):
+        return tensor_leaf(value)
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _array_leaf(value)
+    if value is True:
+        return BadLeaf("True is not a tensor (False marks an absent parameter)")
+    if isinstance(value, (int, float)):
+        return MemoryTensor(torch.tensor(value), from_number=True)
+    return None
+
+
+def tensor_leaf(tensor: torch.Tensor):
+    """A `MemoryTensor`, or a `BadLeaf` for a tensor that holds no data."""
+    if tensor.is_meta:
+        return BadLeaf("the source tensor is on the meta device and holds no data")
+    return MemoryTensor(tensor.detach())
+
+
+def _array_leaf(array):
+    array = np.asarray(array)
+    if array.dtype.hasobject or array.dtype.kind in "USV":
+        return BadLeaf(f"a numpy array of dtype {array.dtype} is not numeric")
+    if any(s < 0 for s in array.strides):
+        array = np.ascontiguousarray(array)
+    try:
+        with warnings.catch_warnings():  # read-only arrays: structload never writes into a source
+            warnings.simplefilter("ignore", UserWarning)
+            return MemoryTensor(torch.from_numpy(array))
+    except TypeError as error:
+        return BadLeaf(f"a numpy array of dtype {array.dtype} cannot become a tensor ({error})")
+
+
+def tree_from_object(obj):
+    """The nested source tree of an in-memory object.
+
+    Keys with dots are split, so flat and nested mappings give the same tree;
+    an ``_extra_state`` entry is kept whole for ``set_extra_state``.
+
+    >>> import torch
+    >>> tree = tree_from_object({"fc.weight": torch.ones(2), "fc": {"bias": None}, "head": [False]})
+    >>> tree
+    {'fc': {'weight': MemoryTensor(shape=(2,), dtype=torch.float32), 'bias': SKIP}, 'head': {'0': ABSENT}}
+    """
+    from .module import tree_from_module
+
+    if isinstance(obj, torch.nn.Module):
+        return tree_from_module(obj)
+    leaf = leaf_from_value(obj)
+    if leaf is not None:
+        return leaf
+    items = children(obj)
+    if items is None:
+        return BadLeaf(f"a value of type {type(obj).__name__} is not a tensor or a tree of tensors")
+    tree: dict = {}
+    for name, child in items:
+        value = ExtraState(child) if name.rsplit(".", 1)[-1] == EXTRA_STATE else tree_from_object(child)
+        insert(tree, name, value)
+    return tree

@@ -1,0 +1,51 @@
+"""Building a nested source tree out of dotted names.
+
+A flat ``state_dict()`` (``{"fc.weight": t}``), a nested mapping
+(``{"fc": {"weight": t}}``) and a mix of both all become the same nested
+dict. A name given twice becomes a `BadLeaf` at that path, so the walk
+reports it like any other problem.
+"""
+
+from __future__ import annotations
+
+from ._leaves import BadLeaf
+
+
+def insert(root: dict, dotted: str, value, *, origin: str = "") -> None:
+    """Put `value` at the dotted path `dotted` under `root`, merging subtrees.
+
+    >>> tree = {}
+    >>> insert(tree, "fc.weight", 1); insert(tree, "fc", {"bias": 2})
+    >>> tree
+    {'fc': {'weight': 1, 'bias': 2}}
+    >>> insert(tree, "fc.bias", 3); tree["fc"]["bias"]
+    BadLeaf("given twice in the source (as 'fc.bias')")
+    """
+    *parents, name = dotted.split(".")
+    node = root
+    for part in parents:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif type(child) is not dict:
+            node[part] = _conflict(dotted, origin)
+            return
+        node = child
+    merge_into(node, name, value, dotted, origin)
+
+
+def merge_into(node: dict, name: str, value, dotted: str, origin: str = "") -> None:
+    """Set ``node[name] = value``; two subtrees merge, anything else given twice is a `BadLeaf`."""
+    existing = node.get(name)
+    if existing is None and name not in node:
+        node[name] = value
+    elif type(existing) is dict and type(value) is dict:
+        for child_name, child in value.items():
+            merge_into(existing, child_name, child, f"{dotted}.{child_name}", origin)
+    else:
+        node[name] = _conflict(dotted, origin)
+
+
+def _conflict(dotted: str, origin: str) -> BadLeaf:
+    how = f"renamed from both {origin}" if origin else f"as '{dotted}'"
+    return BadLeaf(f"given twice in the source ({how})", kind="source")
