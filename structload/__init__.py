@@ -6,8 +6,23 @@
 True
 """
 
+from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, LoadError, LoadReport, Mismatch, Problem, SourceError
+from ._state import state
 
-__all__ = ["Cast", "LoadError", "LoadReport", "Mismatch", "Problem", "SourceError", "load"]
+__all__ = [
+    "Cast",
+    "Diff",
+    "LoadError",
+    "LoadReport",
+    "Mismatch",
+    "Problem",
+    "SourceError",
+    "TensorInfo",
+    "diff",
+    "inspect",
+    "load",
+    "state",
+]
 __version__ = "0.1.0"

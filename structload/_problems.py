@@ -11,11 +11,12 @@ that fixes it.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections import Counter
 
 from ._report import Problem
-from ._rules import MISMATCHED, MISSING
+from ._rules import MISMATCHED, MISSING, NO_BIAS
 from ._walk import Entry, Unexpected, Walk
 
 #: Who usually adds a prefix, for the hint's wording.
@@ -35,6 +36,7 @@ def compose_problems(found: Walk) -> tuple[list[Problem], list[str]]:
         problem = _entry_problem(entry, found, roots, done_roots)
         if problem is not None:
             events.append((index, problem))
+    _suggest_by_path(found)
     for record in found.unexpected:
         events.append((record.position - 0.5, _unexpected_problem(record)))
     events.sort(key=lambda pair: pair[0])
@@ -114,6 +116,25 @@ def _ranges(indices: list[int]) -> str:
         else:
             spans.append([i, i])
     return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+
+
+#: Above this many (unexpected path, candidate) pairs, path-level suggestions are skipped.
+MAX_SUGGESTION_PAIRS = 100_000
+
+
+def _suggest_by_path(found: Walk) -> None:
+    """Suggest, for single unexpected tensors the walk found no sibling for, the closest
+    destination path the source did not fill (missing, or zeroed for lack of a bias)."""
+    lone = [r for r in found.unexpected if r.suggestion is None and len(r.leaf_paths) == 1]
+    if not lone:
+        return
+    unfilled = [e.path for e in found.entries if e.status == MISSING or e.leaf is NO_BIAS]
+    if not unfilled or len(lone) * len(unfilled) > MAX_SUGGESTION_PAIRS:
+        return
+    for record in lone:
+        match = difflib.get_close_matches(record.leaf_paths[0], unfilled, n=1, cutoff=0.75)
+        if match:
+            record.suggestion, record.path = match[0], record.leaf_paths[0]
 
 
 def _unexpected_problem(record: Unexpected) -> Problem:

@@ -1,0 +1,59 @@
+"""`state`: the nested tree that `load` reads from a model."""
+
+from __future__ import annotations
+
+import torch
+
+from ._dest import ABSENT, EXTRA, IGNORED, TENSOR, Slot, as_dest, dest_children, is_container
+
+
+def state(model, *, trainable: bool = False):
+    """The nested state tree of `model`: tensors (sharing storage), ``False`` for absent ones.
+
+    Exactly what ``state_dict()`` holds (R5), nested by module, plus
+    ``_extra_state`` where a module defines it. Tensors are detached views of
+    the model's own storage, never copies. With ``trainable=True``, everything
+    that does not require grad (buffers, frozen parameters, absent ones, extra
+    state) is ``None``, so loading the tree back touches trainable parameters
+    only.
+
+    >>> import torch, structload as sl
+    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
+    >>> tree = sl.state(net)
+    >>> list(tree["0"]), tree["0"]["bias"], list(tree["1"])
+    (['weight', 'bias'], False, ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
+    >>> sl.state(net, trainable=True)["1"]["running_mean"] is None
+    True
+    >>> copy = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
+    >>> sl.load(copy, tree).ok and torch.equal(copy[0].weight, net[0].weight)
+    True
+    """
+    root = as_dest(model)
+    if root is None:
+        raise TypeError(f"structload.state: {type(model).__name__} is not a module, tensor or pytree of tensors")
+    if is_container(root):
+        return _container_state(root, trainable)
+    return _slot_state(root, trainable)
+
+
+def _container_state(node, trainable: bool) -> dict:
+    tree = {}
+    for name, child in dest_children(node):
+        if is_container(child):
+            tree[name] = _container_state(child, trainable)
+        elif child.kind != IGNORED:
+            tree[name] = _slot_state(child, trainable)
+    return tree
+
+
+def _slot_state(slot: Slot, trainable: bool):
+    if slot.kind == TENSOR:
+        tensor: torch.Tensor = slot.tensor
+        if trainable and not tensor.requires_grad:
+            return None
+        return tensor.detach()
+    if slot.kind == ABSENT:
+        return None if trainable else False
+    if slot.kind == EXTRA:
+        return None if trainable else slot.owner.get_extra_state()
+    raise AssertionError(slot.kind)
