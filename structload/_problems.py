@@ -195,6 +195,7 @@ def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
 
 def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:
     kind = "unexpected" if direction == "strip" else "missing"
-    if problem.kind == kind and (problem.path + ".").startswith(prefix):
+    path = problem.path + "."
+    if problem.kind == kind and (path.startswith(prefix) or prefix.startswith(path)):
         return Problem(problem.kind, problem.path, f"{problem.message}; {text}")
     return problem

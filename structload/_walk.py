@@ -16,7 +16,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 
-from ._dest import TENSOR, Slot, dest_children, is_container
+from ._dest import TENSOR, Slot, as_dest, dest_children, is_container
 from ._report import shape_text
 from ._rules import EXCLUDED, NO_BIAS, Clash, Missing, decide
 from ._select import Selection
@@ -71,12 +71,14 @@ class Walk:
 
 def walk(dst, tree, selection: Selection) -> Walk:
     """Walk `dst` and the source `tree` together and record an `Entry` per destination path."""
+    root = as_dest(dst)
+    if root is None:
+        raise TypeError(f"structload: cannot load into {type(dst).__name__}; expected a module, a tensor or a pytree of tensors")
     walker = _Walker(selection)
-    included = selection.include is None
-    if is_container(dst):
-        walker.container(dst, tree, "", included)
+    if is_container(root):
+        walker.container(root, tree, "", selection.include is None)
     else:
-        walker.slot(dst, tree, "")
+        walker.slot(root, tree, "")
     return walker.found
 
 
@@ -90,13 +92,16 @@ class _Walker:
         src_is_node = type(src) is dict
         marker = None if src_is_node else self._marker(src, path)
         missing_names = []
+        # R3: a source node that matches this module (shares a name with it) but has no
+        # `bias` entry is the checkpoint of a bias-free module
+        matches = src_is_node and any(name in src for name, _ in kids)
         for name, child in kids:
             child_path = f"{path}.{name}" if path else name
             child_src = marker
             if src_is_node:
                 child_src = src.get(name, _NOTHING)
                 if child_src is _NOTHING:
-                    is_bias = name == "bias" and not is_container(child)
+                    is_bias = name == "bias" and matches and not is_container(child)
                     child_src = NO_BIAS if is_bias else Missing(child_path)
                     missing_names.append(name)
             verdict = self._enter(child_path, child, included)
@@ -155,7 +160,7 @@ class _Walker:
 
     def _unexpected(self, path: str, kids, src: dict, missing_names: list[str]) -> None:
         known = {name for name, _ in kids}
-        if len(known) != len(src) and known and all(n.isdigit() for n in known) and all(n.isdigit() for n in src):
+        if _is_shorter_list(known, src):
             self.found.lengths[path] = (len(known), len(src))
         extra_names = [name for name in src if name not in known]
         for name in extra_names:
@@ -172,6 +177,15 @@ class _Walker:
                     record.suggestion = f"{path}.{suggestion}" if path else suggestion
                     self.found.suggestions[record.suggestion] = child_path
                 self.found.unexpected.append(record)
+
+
+def _is_shorter_list(known: set[str], src: dict) -> bool:
+    """Whether the source is a numbered list ``0..n-1`` shorter than the destination's."""
+    return (
+        len(src) < len(known)
+        and all(n.isdigit() for n in known)
+        and set(src) == {str(i) for i in range(len(src))}
+    )
 
 
 def _similar(name: str, candidates: list[str]) -> str | None:

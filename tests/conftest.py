@@ -1,0 +1,69 @@
+"""Shared models and helpers for the test suite."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class Block(nn.Module):
+    def __init__(self, d: int = 4, bias: bool = True):
+        super().__init__()
+        self.fc1 = nn.Linear(d, 2 * d, bias=bias)
+        self.fc2 = nn.Linear(2 * d, d, bias=bias)
+        self.norm = nn.LayerNorm(d)
+
+
+class Net(nn.Module):
+    """A small model with an embedding, a ModuleList of blocks and a head."""
+
+    def __init__(self, d: int = 4, n: int = 3, bias: bool = True, classes: int = 3):
+        super().__init__()
+        self.embed = nn.Embedding(10, d)
+        self.blocks = nn.ModuleList(Block(d, bias) for _ in range(n))
+        self.head = nn.Linear(d, classes, bias=bias)
+
+
+class TiedLM(nn.Module):
+    """An embedding tied to the output projection, as in GPT-2."""
+
+    def __init__(self, vocab: int = 7, d: int = 4):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, d)
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+
+def randomized(module: nn.Module, seed: int = 0) -> nn.Module:
+    """`module` with every floating parameter and buffer filled with seeded random values."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(module.parameters()) + list(module.buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.randn(tensor.shape, generator=generator))
+    return module
+
+
+def snapshot(module: nn.Module) -> dict:
+    """Everything needed to prove a module unchanged: values, bytes and parameter identities."""
+    return {
+        "values": {k: v.detach().clone() for k, v in module.state_dict().items()},
+        "ids": {name: id(p) for name, p in module.named_parameters(remove_duplicate=False)},
+    }
+
+
+def assert_unchanged(module: nn.Module, before: dict) -> None:
+    after = snapshot(module)
+    assert after["ids"] == before["ids"]
+    assert after["values"].keys() == before["values"].keys()
+    for key, value in before["values"].items():
+        now = after["values"][key]
+        assert now.dtype == value.dtype and now.shape == value.shape, key
+        assert torch.equal(now.view(torch.uint8) if now.dim() else now, value.view(torch.uint8) if value.dim() else value), key
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
