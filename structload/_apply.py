@@ -21,11 +21,12 @@ from ._walk import Entry
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     writes = plan.writes()
-    total = sum(_nbytes(e) for e in writes)
+    sizes = [_nbytes(entry) for entry in writes]
+    total = sum(sizes)
     with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
-        for entry in writes:
+        for entry, size in zip(writes, sizes):
             write_entry(entry, device)
-            advance(_nbytes(entry))
+            advance(size)
 
 
 def write_entry(entry: Entry, device: torch.device) -> None:

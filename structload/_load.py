@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import torch
 
 from ._apply import apply_plan
@@ -94,13 +97,34 @@ def load(
         raise NotImplementedError("structload: convert= is not supported yet")
     selection = Selection(include, exclude, filter)
     renamer = compile_rename(rename)
-    tree = to_source_tree(src)
-    if renamer is not None:
-        tree = rename_tree(tree, renamer)
-    plan = make_plan(dst, tree, selection)
-    if strict and plan.problems:
-        raise LoadError(plan.problems, plan.report(applied=False))
-    if dry_run:
-        return plan.report(applied=False)
-    apply_plan(plan, torch.device(device if device is not None else "cpu"), progress)
-    return plan.report(applied=True)
+    target_device = torch.device(device if device is not None else "cpu")
+    with gc_paused():
+        tree = to_source_tree(src)
+        if renamer is not None:
+            tree = rename_tree(tree, renamer)
+        plan = make_plan(dst, tree, selection)
+        if strict and plan.problems:
+            raise LoadError(plan.problems, plan.report(applied=False))
+        if dry_run:
+            return plan.report(applied=False)
+        with torch.no_grad():
+            apply_plan(plan, target_device, progress)
+        return plan.report(applied=True)
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause Python's cyclic garbage collector for the duration of a load.
+
+    A load allocates a few small objects per tensor and none of them form
+    cycles; with a big model alive, every collection those allocations trigger
+    rescans hundreds of thousands of torch objects, which doubled the time of a
+    20,000-tensor load. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

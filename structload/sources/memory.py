@@ -40,10 +40,14 @@ def leaf_from_value(value):
 
 
 def tensor_leaf(tensor: torch.Tensor):
-    """A `MemoryTensor`, or a `BadLeaf` for a tensor that holds no data."""
+    """A `MemoryTensor`, or a `BadLeaf` for a tensor that holds no data.
+
+    No ``detach()``: every read happens under ``torch.no_grad()``, and a
+    detached alias per tensor is measurable on models with many tensors.
+    """
     if tensor.is_meta:
         return BadLeaf("the source tensor is on the meta device and holds no data")
-    return MemoryTensor(tensor.detach())
+    return MemoryTensor(tensor)
 
 
 def _array_leaf(array):
@@ -73,6 +77,8 @@ def tree_from_object(obj):
     """
     from .module import tree_from_module
 
+    if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter:  # the common case, first
+        return tensor_leaf(obj)
     if isinstance(obj, torch.nn.Module):
         return tree_from_module(obj)
     leaf = leaf_from_value(obj)
