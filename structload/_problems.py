@@ -42,10 +42,13 @@ def compose_problems(found: Walk) -> tuple[list[Problem], list[str]]:
     events.sort(key=lambda pair: pair[0])
     problems = [problem for _, problem in events]
     hint = prefix_hint(found)
-    if hint is None:
-        return problems, []
-    prefix, text, direction = hint
-    return [_with_hint(p, prefix, text, direction) for p in problems], [text]
+    if hint is not None:
+        prefix, text, direction = hint
+        return [_with_hint(p, prefix, text, direction) for p in problems], [text]
+    moves = layout_matches(found)
+    if moves:
+        return [_with_move(p, moves) for p in problems], [text for _, text in moves.values()]
+    return problems, []
 
 
 def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
@@ -191,6 +194,44 @@ def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
         return None
     prefix, n = counts.most_common(1)[0]
     return prefix if 2 * n >= len(paths) else None
+
+
+def layout_matches(found: Walk) -> dict[str, tuple[str, str]]:
+    """Unexpected source subtrees laid out like a missing destination subtree.
+
+    Returns ``{source path: (destination path, hint text)}`` where the two
+    subtrees' relative tensor paths overlap so that one holds the other and
+    at least half of it (``blocks`` against ``layers``, the source without
+    the biases the destination adds).
+    """
+    missing: dict[str, set[str]] = {}
+    for entry in found.entries:
+        if entry.status == MISSING and entry.root is not None and entry.root != entry.path:
+            missing.setdefault(entry.root, set()).add(entry.path[len(entry.root) + 1 :])
+    if not missing:
+        return {}
+    moves = {}
+    for record in found.unexpected:
+        if len(record.leaf_paths) < 2 or record.path in record.leaf_paths or record.suggestion:
+            continue
+        layout = {p[len(record.path) + 1 :] for p in record.leaf_paths}
+        for root, paths in missing.items():
+            small, big = sorted((layout, paths), key=len)
+            if small <= big and 2 * len(small) >= len(big):
+                text = (
+                    f"'{record.path}' in source is laid out like '{root}' in destination; "
+                    f'pass rename={{r"^{re.escape(record.path + ".")}": "{root}."}}'
+                )
+                moves[record.path] = (root, text)
+                break
+    return moves
+
+
+def _with_move(problem: Problem, moves: dict[str, tuple[str, str]]) -> Problem:
+    for source, (root, text) in moves.items():
+        if problem.kind == "unexpected" and problem.path == source:
+            return Problem(problem.kind, problem.path, f"{problem.message}; {text}")
+    return problem
 
 
 def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:

@@ -30,13 +30,14 @@ STYLES = {
 
 
 class _Node:
-    __slots__ = ("children", "outcome", "count", "outcomes")
+    __slots__ = ("children", "outcome", "count", "outcomes", "signature")
 
     def __init__(self):
         self.children: dict[str, _Node] = {}
         self.outcome: str | None = None
         self.count = 0
         self.outcomes: set[str] = set()
+        self.signature: tuple = ()  # the subtree's shape and outcomes, to spot identical siblings
 
 
 def outcomes_by_path(report: LoadReport) -> dict[str, str]:
@@ -69,6 +70,7 @@ def _summarize(node: _Node) -> None:
         _summarize(child)
         node.count += child.count
         node.outcomes |= child.outcomes
+    node.signature = (node.outcome, tuple((name, c.signature) for name, c in node.children.items()))
 
 
 def _label(name: str, outcome: str, count: int, subtree: bool, message: str | None) -> Text:
@@ -103,10 +105,14 @@ class _Drawing:
             name, child = items[i]
             child_path = f"{path}.{name}" if path else name
             end = self._run_end(items, i, path)
-            if end > i + 1:  # numbered siblings sharing one outcome: one line
+            if end > i + 1:  # numbered siblings with identical subtrees: drawn once
+                span = f"{name}–{items[end - 1][0]}"
                 count = sum(c.count for _, c in items[i:end])
-                outcome = next(iter(child.outcomes))
-                tree.add(_label(f"{name}–{items[end - 1][0]}", outcome, count, True, None))
+                if len(child.outcomes) == 1:
+                    tree.add(_label(span, next(iter(child.outcomes)), count, True, None))
+                else:
+                    branch = tree.add(Text(f"{span}  (each alike, {plural(count, 'tensor')})", style="bold"))
+                    self.children(branch, child, child_path)
             elif self.foldable(child_path, child):
                 outcome = next(iter(child.outcomes))
                 tree.add(_label(name, outcome, child.count, bool(child.children), self.message(child_path)))
@@ -118,21 +124,23 @@ class _Drawing:
             i = end
 
     def _run_end(self, items, i: int, path: str) -> int:
-        """One past the last of the consecutive numbered siblings from `i` that fold into one line."""
-        def folds(k: int) -> bool:
+        """One past the last consecutive numbered sibling from `i` with a subtree identical to
+        item `i`'s and no problem at or under it."""
+
+        def alike(k: int) -> bool:
             name, node = items[k]
             full = f"{path}.{name}" if path else name
-            return name.isdigit() and self.foldable(full, node) and full not in self.messages
+            return (
+                name.isdigit()
+                and full not in self.messages
+                and full not in self.unfoldable
+                and node.signature == items[i][1].signature
+            )
 
-        if not folds(i):
+        if not alike(i):
             return i + 1
         j = i + 1
-        while (
-            j < len(items)
-            and folds(j)
-            and int(items[j][0]) == int(items[j - 1][0]) + 1
-            and items[j][1].outcomes == items[i][1].outcomes
-        ):
+        while j < len(items) and alike(j) and int(items[j][0]) == int(items[j - 1][0]) + 1:
             j += 1
         return j
 

@@ -139,3 +139,18 @@ def test_source_error_is_a_load_error_naming_the_file(tmp_path):
     error = load_error(nn.Linear(2, 2), str(path))
     assert isinstance(error, sl.SourceError) and str(path) in str(error)
     assert error.problems[0].kind == "source"
+
+
+def test_subtree_laid_out_like_a_missing_one_gets_the_exact_rename():
+    from structload._demo import Custom, Pretrained
+
+    checkpoint = Pretrained().state_dict()
+    error = load_error(Custom(), checkpoint, exclude="probe")
+    [missing, unexpected] = error.problems
+    assert (missing.path, unexpected.path) == ("layers", "blocks")
+    assert unexpected.message.endswith(
+        "'blocks' in source is laid out like 'layers' in destination; pass rename={r\"^blocks\\.\": \"layers.\"}"
+    )
+    assert "rename" not in missing.message
+    report = sl.load(Custom(), checkpoint, exclude="probe", rename={r"^blocks\.": "layers."})
+    assert report.ok and len(report.zeroed) == 8

@@ -105,3 +105,10 @@ def test_report_of_failed_strict_load_says_nothing_was_written():
         report = error.report
     assert report.applied is False and report.summary().endswith("(nothing written)")
     assert report.missing == ["weight", "bias"]
+
+
+def test_rich_tree_folds_identical_mixed_layers():
+    report = sl.load(Net(n=300, bias=True), Net(n=300, bias=False))
+    text = render(report)
+    assert "0–299  (each alike, 1800 tensors)" in text
+    assert len(text.splitlines()) <= 15
