@@ -72,6 +72,8 @@ class Selection:
         A source entry that `include` / `exclude` would have left out is
         silently ignored rather than reported.
         """
+        if self.include is None and self.exclude is None:
+            return True
         parts = path.split(".")
         prefixes = [".".join(parts[: i + 1]) for i in range(len(parts))]
         if self.exclude is not None and any(self.exclude.match(p) for p in prefixes):

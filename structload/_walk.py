@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from ._dest import TENSOR, Slot, as_dest, dest_children, is_container
 from ._report import shape_text
-from ._rules import EXCLUDED, NO_BIAS, Clash, Missing, decide
+from ._rules import EXCLUDED, NO_BIAS, NOTHING, Clash, Missing, decide
 from ._select import Selection
 from .sources import SKIP, SourceTensor, iter_leaves
 from .sources import ABSENT as ABSENT_LEAF
@@ -145,7 +145,7 @@ class _Walker:
         if slot.kind == TENSOR:
             self.found.entries.append(entry)
             self.found.by_tensor.setdefault(id(slot.tensor), []).append(entry)
-        elif verdict.status != "nothing" or problem:
+        elif verdict.status != NOTHING or problem:
             self.found.entries.append(entry)
 
     def exclude(self, child, path: str) -> None:
