@@ -10,6 +10,8 @@ from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from .sources.tree import SourceTree
+from .sources.tree import open_source as open
 
 __all__ = [
     "Cast",
@@ -19,10 +21,12 @@ __all__ = [
     "Mismatch",
     "Problem",
     "SourceError",
+    "SourceTree",
     "TensorInfo",
     "diff",
     "inspect",
     "load",
+    "open",
     "state",
 ]
 __version__ = "0.1.0"

@@ -15,18 +15,44 @@ import torch
 from ._dest import EXTRA, Slot
 from ._plan import Plan
 from ._progress import progress_bar, wants_progress
+from ._report import Problem, SourceError
 from ._rules import ZEROED
 from ._walk import Entry
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
+    """Carry out every write of `plan`; if a source fails mid-way, say exactly what was written."""
     writes = plan.writes()
     sizes = [_nbytes(entry) for entry in writes]
     total = sum(sizes)
+    done: list[Entry] = []
     with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
         for entry, size in zip(writes, sizes):
-            write_entry(entry, device)
+            try:
+                write_entry(entry, device)
+            except SourceError as error:
+                raise _partial_failure(plan, done, entry, error) from None
+            done.append(entry)
             advance(size)
+
+
+def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: SourceError) -> SourceError:
+    """The error of a source that failed while writing, with a report of what was written."""
+    written = {id(e) for e in done}
+    report = plan.report(applied=True)
+    was_written = {
+        e.path
+        for e in plan.entries
+        if id(e) in written or (not e.write and e.group and any(id(g) in written for g in e.group))
+    }
+    report.loaded = [p for p in report.loaded if p in was_written]
+    report.zeroed = [p for p in report.zeroed if p in was_written]
+    message = (
+        f"{error.problems[0].message}; the load stopped at '{failed.path}' after writing "
+        f"{len(done)} of {len(plan.writes())} tensors (report.loaded lists them)"
+    )
+    report.problems.append(Problem("source", failed.path, message))
+    return SourceError(message, path=failed.path, report=report)
 
 
 def write_entry(entry: Entry, device: torch.device) -> None:
@@ -41,7 +67,7 @@ def write_entry(entry: Entry, device: torch.device) -> None:
     if entry.status == ZEROED:
         target.zero_()
     else:
-        target.copy_(entry.leaf.read())
+        entry.leaf.read_into(target)
 
 
 def _materialize(entry: Entry, device: torch.device) -> torch.Tensor:

@@ -217,10 +217,11 @@ class LoadError(ValueError):
     def __init__(self, problems: list[Problem], report: LoadReport | None = None, message: str | None = None):
         self.problems = list(problems)
         self.report = report
-        target = report.target if report is not None else "destination"
-        header = message or f"{_problem_count(self.problems)} loading into {target} ({_kind_counts(self.problems)})"
-        lines = [header] + [f"  {problem}" for problem in self.problems]
-        super().__init__("\n".join(lines))
+        if message is None:  # the summary line, then one line per problem
+            target = report.target if report is not None else "destination"
+            lines = [f"{_problem_count(self.problems)} loading into {target} ({_kind_counts(self.problems)})"]
+            message = "\n".join(lines + [f"  {problem}" for problem in self.problems])
+        super().__init__(message)
 
 
 class SourceError(LoadError):

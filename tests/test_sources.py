@@ -176,8 +176,3 @@ def test_unregistered_object_is_a_type_problem():
 
     with pytest.raises(sl.LoadError, match="a value of type Plain is not a tensor"):
         sl.load(nn.Linear(2, 2, bias=False), {"weight": Plain(torch.ones(2, 2))}["weight"])
-
-
-def test_file_paths_are_not_supported_yet(tmp_path):
-    with pytest.raises(sl.SourceError, match="not supported yet"):
-        sl.load(nn.Linear(2, 2), str(tmp_path / "model.safetensors"))

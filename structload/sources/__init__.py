@@ -1,8 +1,9 @@
 """Sources: every kind of input becomes one nested tree of lazy leaves.
 
 `to_source_tree` is the single entry point; each input kind lives in its own
-module (`memory` for tensors, arrays, numbers and pytrees; `module` for
-``nn.Module``). A file format is one more module and one more branch here.
+module: `memory` (tensors, arrays, numbers, pytrees), `module` (``nn.Module``),
+`safetensors_file`, `torch_file` and `sharded` (index files and directories).
+`open_file` picks the file format from the name, or from the first bytes.
 """
 
 from __future__ import annotations
@@ -22,12 +23,54 @@ __all__ = [
     "SourceTensor",
     "count_tensors",
     "iter_leaves",
+    "open_file",
     "to_source_tree",
 ]
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def to_source_tree(src):
     """The nested source tree (dicts and lazy leaves) for anything `load` accepts as `src`."""
+    from .tree import SourceTree
+
     if isinstance(src, (str, os.PathLike)):
-        raise SourceError(f"{os.fspath(src)}: loading from files is not supported yet", path="")
+        return open_file(os.fspath(src))
+    if isinstance(src, SourceTree):
+        return src.node
     return tree_from_object(src)
+
+
+def open_file(path: str) -> dict:
+    """Open a checkpoint file, index or directory as a lazy source tree; reads metadata only."""
+    from .safetensors_file import open_safetensors
+    from .sharded import find_in_directory, open_index
+    from .torch_file import open_torch_file
+
+    if os.path.isdir(path):
+        path = find_in_directory(path)
+    elif not os.path.exists(path):
+        raise SourceError(f"{path}: no such file or directory")
+    if path.endswith(".index.json"):
+        return open_index(path)
+    if path.endswith(".safetensors"):
+        return open_safetensors(path)
+    if path.endswith(TORCH_SUFFIXES):
+        return open_torch_file(path)
+    return _open_by_content(path, open_safetensors, open_torch_file)
+
+
+def _open_by_content(path: str, open_safetensors, open_torch_file) -> dict:
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(9)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot read ({error.strerror})") from None
+    if head.startswith(b"PK\x03\x04"):
+        return open_torch_file(path)
+    if len(head) == 9 and head[8:9] == b"{":
+        return open_safetensors(path)
+    raise SourceError(
+        f"{path}: unknown checkpoint format (expected .safetensors, a torch.save file "
+        f"({', '.join(TORCH_SUFFIXES)}), a *.index.json or a directory holding one)"
+    )

@@ -56,6 +56,10 @@ class SourceTensor:
     def read(self) -> torch.Tensor:
         raise NotImplementedError
 
+    def read_into(self, target: torch.Tensor) -> None:
+        """Write the values into `target` (cast and moved as needed); file sources avoid a temporary."""
+        target.copy_(self.read())
+
     def same_data(self, other: SourceTensor) -> bool:
         """``True`` only when both surely hold the same values without reading them."""
         return self is other

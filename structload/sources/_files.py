@@ -1,0 +1,155 @@
+"""Reading byte ranges of checkpoint files straight into tensor memory.
+
+Every file format ends up here: a tensor is a byte range of a file, read with
+positioned reads (``os.preadv``) into the destination's own storage when
+dtype and layout allow (one copy, from the page cache into the model), or
+through a small bounded buffer when a cast is needed. Nothing is memory
+mapped, so reading a checkpoint never adds its mapped pages to the process's
+resident memory.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+
+import torch
+
+from .._report import SourceError
+from ._leaves import SourceTensor
+
+#: Casting loads go through a buffer of at most this many bytes.
+CHUNK_BYTES = 16 << 20
+
+
+class FileHandle:
+    """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        except OSError as error:
+            raise SourceError(f"{path}: cannot open ({error.strerror})", path="") from None
+        self.size = os.fstat(self.fd).st_size
+        self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
+        weakref.finalize(self, os.close, self.fd)
+
+    def read_into(self, buffer: memoryview, offset: int) -> None:
+        """Fill `buffer` with the bytes at `offset`, or raise `SourceError` naming the file."""
+        done, total = 0, len(buffer)
+        while done < total:
+            try:
+                n = self._read(buffer[done:], offset + done)
+            except OSError as error:
+                raise SourceError(f"{self.path}: read failed at byte {offset + done} ({error.strerror})") from None
+            if n == 0:
+                size = os.fstat(self.fd).st_size
+                raise SourceError(
+                    f"{self.path}: file ended at byte {size} while reading bytes {offset}..{offset + total} "
+                    "(truncated, or changed since it was opened)"
+                )
+            done += n
+
+    def _read(self, buffer: memoryview, offset: int) -> int:
+        if hasattr(os, "preadv"):
+            return os.preadv(self.fd, [buffer], offset)
+        with self._lock:
+            os.lseek(self.fd, offset, os.SEEK_SET)
+            return os.readv(self.fd, [buffer])
+
+    def read_bytes(self, offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.read_into(memoryview(buffer), offset)
+        return bytes(buffer)
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """A ``json.loads`` ``object_pairs_hook`` that refuses a key given twice."""
+    keys = [key for key, _ in pairs]
+    if len(keys) != len(set(keys)):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise ValueError(f"'{duplicate}' is listed twice")
+    return dict(pairs)
+
+
+def writable_bytes(tensor: torch.Tensor) -> memoryview:
+    """The memory of a contiguous CPU tensor as a writable byte view."""
+    flat = tensor.detach().reshape(-1)
+    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(bytearray())
+
+
+def contiguous_strides(shape) -> tuple[int, ...]:
+    strides, step = [], 1
+    for size in reversed(shape):
+        strides.append(step)
+        step *= max(size, 1)
+    return tuple(reversed(strides))
+
+
+class FileTensor(SourceTensor):
+    """A tensor stored in a file as `dtype` elements starting at byte `offset`.
+
+    `stride` is ``None`` for a contiguous tensor; otherwise the element strides
+    of a view into a storage that starts at `offset` (torch files can store
+    views), and reading takes the span the view covers.
+    """
+
+    __slots__ = ("file", "offset", "stride")
+
+    def __init__(self, file: FileHandle, offset: int, shape, dtype: torch.dtype, stride=None):
+        self.file = file
+        self.offset = offset
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.stride = None if stride is None or tuple(stride) == contiguous_strides(shape) else tuple(stride)
+
+    @property
+    def origin(self) -> str:
+        return self.file.path
+
+    def same_data(self, other: SourceTensor) -> bool:
+        return self is other or (
+            isinstance(other, FileTensor)
+            and (other.file.path, other.offset, other.shape, other.dtype, other.stride)
+            == (self.file.path, self.offset, self.shape, self.dtype, self.stride)
+        )
+
+    def _span(self) -> int:
+        """How many elements from `offset` the tensor reaches."""
+        if math.prod(self.shape) == 0:
+            return 0
+        if self.stride is None:
+            return math.prod(self.shape)
+        return 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride))
+
+    def read(self) -> torch.Tensor:
+        """A new CPU tensor holding the values (a strided view for stored views)."""
+        storage = torch.empty(self._span(), dtype=self.dtype)
+        self.file.read_into(writable_bytes(storage), self.offset)
+        if self.stride is None:
+            return storage.view(self.shape)
+        return storage.as_strided(self.shape, self.stride)
+
+    def read_into(self, target: torch.Tensor) -> None:
+        """Write the values into `target` with as few copies and as little memory as possible."""
+        if self.stride is not None or not target.is_contiguous():
+            target.copy_(self.read())
+        elif target.device.type == "cpu" and target.dtype == self.dtype:
+            self.file.read_into(writable_bytes(target), self.offset)  # one copy: file -> model
+        else:
+            self._read_in_chunks(target)
+
+    def _read_in_chunks(self, target: torch.Tensor) -> None:
+        """Cast or move through a bounded buffer instead of a full temporary copy."""
+        flat = target.detach().view(-1)
+        itemsize = self.dtype.itemsize
+        per_chunk = max(1, CHUNK_BYTES // itemsize)
+        buffer = torch.empty(min(per_chunk, flat.numel()), dtype=self.dtype)
+        for start in range(0, flat.numel(), per_chunk):
+            count = min(per_chunk, flat.numel() - start)
+            chunk = buffer[:count]
+            self.file.read_into(writable_bytes(chunk), self.offset + start * itemsize)
+            flat[start : start + count].copy_(chunk)

@@ -1,0 +1,243 @@
+"""PyTorch files written by ``torch.save`` (zip format: ``.pt``, ``.pth``, ``.bin``).
+
+structload reads these itself rather than through ``torch.load``:
+
+- the pickle (``<archive>/data.pkl``) is unpickled with a strict allow-list,
+  as ``weights_only=True`` does: containers, numbers, strings, dtypes,
+  devices, and tensors rebuilt by ``torch._utils``; any other global (a
+  class, ``os.system``, ...) is refused with a `SourceError` and never runs;
+- tensors become lazy `FileTensor` leaves pointing at their storage record
+  inside the zip, so nothing but the pickle is read at open, and each tensor
+  later goes straight from the file into the destination. ``torch.load(...,
+  mmap=True)`` would be as lazy, but reading through a memory map adds every
+  page read to the process's resident memory, a second copy of the weights.
+
+Legacy (pre-1.6, non-zip) files are refused with instructions to convert them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import math
+import pickle
+import struct
+import zipfile
+
+import torch
+
+from .._report import SourceError
+from ._files import FileHandle, FileTensor
+from .memory import tree_from_object
+
+_LEGACY_STORAGES = {
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64,
+    "ComplexDoubleStorage": torch.complex128,
+    "UntypedStorage": torch.uint8,
+}
+
+_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "tuple", "list", "dict", "int", "float", "str", "bool"}
+
+
+class _StorageType:
+    """What a ``torch.FloatStorage``-like global stands for: a dtype."""
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype = dtype
+
+
+class _Storage:
+    """A storage record of the archive: where its bytes start, how many, of which dtype."""
+
+    def __init__(self, offset: int, nbytes: int, dtype: torch.dtype, key: str):
+        self.offset, self.nbytes, self.dtype, self.key = offset, nbytes, dtype, key
+
+
+class _Refused(Exception):
+    pass
+
+
+def open_torch_file(path: str) -> dict:
+    """The nested source tree of a ``torch.save`` file, reading only its pickle."""
+    file = FileHandle(path)
+    archive = _open_archive(file)
+    pickle_name = _pickle_record(path, archive)
+    prefix = pickle_name[: -len("data.pkl")]
+    byteorder = _record_text(archive, prefix + "byteorder")
+    if byteorder not in (None, "little"):
+        raise SourceError(f"{path}: tensors are stored {byteorder}-endian; structload reads little-endian files only")
+    unpickler = _WeightsUnpickler(file, archive, prefix)
+    try:
+        obj = unpickler.load_from(archive.read(pickle_name))
+    except _Refused as refused:
+        raise SourceError(f"{path}: {refused}") from None
+    except SourceError:
+        raise
+    except Exception as error:  # a corrupt pickle can fail in many ways; none may escape raw
+        raise SourceError(f"{path}: the pickle data is corrupt ({type(error).__name__}: {error})") from None
+    return tree_from_object(obj)
+
+
+def _open_archive(file: FileHandle) -> zipfile.ZipFile:
+    path = file.path
+    with open(path, "rb") as stream:
+        magic = stream.read(4)
+    if magic != b"PK\x03\x04":
+        if file.size == 0:
+            raise SourceError(f"{path}: the file is empty")
+        raise SourceError(
+            f"{path}: not a zip-format torch file (a legacy torch.save file, or not a checkpoint at all). "
+            "Convert a trusted legacy file with: torch.save(torch.load(old, weights_only=True), new)"
+        )
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise SourceError(f"{path}: the zip archive is corrupt or truncated ({error})") from None
+
+
+def _pickle_record(path: str, archive: zipfile.ZipFile) -> str:
+    names = [n for n in archive.namelist() if n.endswith("data.pkl") and n.count("/") == 1]
+    if len(names) != 1:
+        raise SourceError(f"{path}: no '<archive>/data.pkl' record; not a torch.save file")
+    return names[0]
+
+
+def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
+    try:
+        return archive.read(name).decode().strip()
+    except KeyError:
+        return None
+
+
+def _record_data_offset(file: FileHandle, info: zipfile.ZipInfo) -> int:
+    """Where a stored record's bytes start: after its local header, whose extra field may differ."""
+    header = file.read_bytes(info.header_offset, 30)
+    signature, *_, name_length, extra_length = struct.unpack("<IHHHHHIIIHH", header)
+    if signature != 0x04034B50:
+        raise SourceError(f"{file.path}: zip record '{info.filename}' has a corrupt local header")
+    return info.header_offset + 30 + name_length + extra_length
+
+
+class _WeightsUnpickler(pickle.Unpickler):
+    """Unpickles ``data.pkl`` allowing only data, never code."""
+
+    def __init__(self, file: FileHandle, archive: zipfile.ZipFile, prefix: str):
+        self.file, self.archive, self.prefix = file, archive, prefix
+        self.storages: dict[str, _Storage] = {}
+
+    def load_from(self, data: bytes):
+        super().__init__(io.BytesIO(data))
+        return self.load()
+
+    def find_class(self, module: str, name: str):
+        allowed = _allowed_global(module, name, self)
+        if allowed is None:
+            raise _Refused(
+                f"the pickle needs '{module}.{name}', which is not allowed: loading it could run code "
+                "(structload reads tensors, containers, numbers and strings only, like weights_only=True)"
+            )
+        return allowed
+
+    def persistent_load(self, pid):
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
+            raise _Refused(f"unknown persistent id {pid!r}")
+        _, storage_type, key, _location, numel = pid
+        if not isinstance(storage_type, _StorageType) or not isinstance(numel, int):
+            raise _Refused(f"invalid storage reference {pid!r}")
+        return self._storage(str(key), storage_type.dtype, numel)
+
+    def _storage(self, key: str, dtype: torch.dtype, numel: int) -> _Storage:
+        if key not in self.storages:
+            name = f"{self.prefix}data/{key}"
+            try:
+                info = self.archive.getinfo(name)
+            except KeyError:
+                raise SourceError(f"{self.file.path}: storage record '{name}' is missing from the archive") from None
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise SourceError(f"{self.file.path}: storage record '{name}' is compressed; torch.save never does that")
+            offset = _record_data_offset(self.file, info)
+            nbytes = numel * dtype.itemsize
+            if info.file_size < nbytes or offset + nbytes > self.file.size:
+                raise SourceError(
+                    f"{self.file.path}: storage record '{name}' holds {info.file_size} bytes, "
+                    f"{nbytes} expected, or runs past the end of the file"
+                )
+            self.storages[key] = _Storage(offset, nbytes, dtype, key)
+        return self.storages[key]
+
+    # Stand-ins for torch._utils' rebuild functions: lazy leaves instead of tensors.
+
+    def rebuild_tensor_v2(self, storage, storage_offset, size, stride, requires_grad=False, hooks=None, metadata=None):
+        if not isinstance(storage, _Storage):
+            raise _Refused("a tensor refers to an invalid storage")
+        return self.lazy_tensor(storage, storage_offset, size, stride, storage.dtype)
+
+    def rebuild_tensor_v3(self, storage, storage_offset, size, stride, requires_grad, hooks, dtype, metadata=None):
+        if not isinstance(dtype, torch.dtype):
+            raise _Refused("a tensor has an invalid dtype")
+        return self.lazy_tensor(storage, storage_offset, size, stride, dtype)
+
+    def rebuild_parameter(self, data, requires_grad=False, hooks=None, state=None):
+        if not isinstance(data, FileTensor):
+            raise _Refused("a parameter wraps something that is not a tensor")
+        return data
+
+    def lazy_tensor(self, storage: _Storage, storage_offset, size, stride, dtype: torch.dtype) -> FileTensor:
+        if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
+            raise _Refused("a tensor refers to an invalid storage")
+        size, stride = tuple(size), tuple(stride)
+        if len(size) != len(stride) or not all(isinstance(n, int) and n >= 0 for n in size):
+            raise _Refused(f"a tensor has an invalid shape {size} or stride {stride}")
+        start = storage_offset * dtype.itemsize
+        span = 0 if math.prod(size) == 0 else 1 + sum((n - 1) * s for n, s in zip(size, stride))
+        if storage_offset < 0 or any(s < 0 for s in stride) or start + span * dtype.itemsize > storage.nbytes:
+            raise SourceError(
+                f"{self.file.path}: a tensor of shape {size} reaches past the end of its storage record '{storage.key}'"
+            )
+        return FileTensor(self.file, storage.offset + start, size, dtype, stride)
+
+
+def _allowed_global(module: str, name: str, unpickler: _WeightsUnpickler):
+    """The object a pickle global may resolve to, or ``None`` when it is not allowed."""
+    if module == "collections" and name == "OrderedDict":
+        return collections.OrderedDict
+    if module == "builtins" and name in _SAFE_BUILTINS:
+        return getattr(builtins, name)
+    if module == "_codecs" and name == "encode":
+        return _latin1_encode
+    if module in ("torch", "torch.storage") and name in _LEGACY_STORAGES:
+        return _StorageType(_LEGACY_STORAGES[name])
+    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+        return getattr(torch, name)
+    if module == "torch" and name in ("device", "Size"):
+        return getattr(torch, name)
+    if module == "torch._utils" and name in _TORCH_REBUILDERS:
+        return getattr(unpickler, _TORCH_REBUILDERS[name])
+    return None
+
+
+#: ``torch._utils`` functions a pickle may call, and the unpickler method standing in for each.
+_TORCH_REBUILDERS = {
+    "_rebuild_tensor_v2": "rebuild_tensor_v2",
+    "_rebuild_tensor_v3": "rebuild_tensor_v3",
+    "_rebuild_parameter": "rebuild_parameter",
+    "_rebuild_parameter_with_state": "rebuild_parameter",
+}
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for ``bytes``; latin-1 only."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _Refused("_codecs.encode is allowed for latin-1 bytes only")
+    return text.encode("latin1")
