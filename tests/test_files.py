@@ -421,3 +421,17 @@ def test_file_shrinking_between_planning_and_writing_reports_what_was_written(tm
     report = error.report
     assert report.loaded == [k for k in source.state_dict() if not k.startswith("head.")]
     assert torch.equal(dst.blocks[2].norm.bias, source.blocks[2].norm.bias)
+
+
+def test_big_reads_split_into_parallel_pieces_give_the_same_values(tmp_path, monkeypatch):
+    monkeypatch.setattr(_files, "PARALLEL_BYTES", 1024)
+    monkeypatch.setattr(_files, "PIECE_BYTES", 100)  # uneven pieces
+    values = {"w": torch.randn(50, 33), "v": torch.arange(1000, dtype=torch.int64)}
+    path = save_safetensors(tmp_path / "big.safetensors", values)
+    dst = {"w": torch.zeros(50, 33), "v": torch.zeros(1000, dtype=torch.int64)}
+    assert sl.load(dst, path).ok
+    assert torch.equal(dst["w"], values["w"]) and torch.equal(dst["v"], values["v"])
+    opened = sl.open(path)
+    os.truncate(path, os.path.getsize(path) - 10)  # a piece of the last read comes up short
+    with pytest.raises(sl.SourceError, match="file ended at byte"):
+        sl.load(dst, opened)

@@ -13,6 +13,10 @@ import os
 from .._report import SourceError
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, count_tensors, iter_leaves
 from .memory import tree_from_object
+from .safetensors_file import open_safetensors
+from .sharded import find_in_directory, open_index
+from .torch_file import open_torch_file
+from .tree import SourceTree
 
 __all__ = [
     "ABSENT",
@@ -32,8 +36,6 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 def to_source_tree(src):
     """The nested source tree (dicts and lazy leaves) for anything `load` accepts as `src`."""
-    from .tree import SourceTree
-
     if isinstance(src, (str, os.PathLike)):
         return open_file(os.fspath(src))
     if isinstance(src, SourceTree):
@@ -43,10 +45,6 @@ def to_source_tree(src):
 
 def open_file(path: str) -> dict:
     """Open a checkpoint file, index or directory as a lazy source tree; reads metadata only."""
-    from .safetensors_file import open_safetensors
-    from .sharded import find_in_directory, open_index
-    from .torch_file import open_torch_file
-
     if os.path.isdir(path):
         path = find_in_directory(path)
     elif not os.path.exists(path):
@@ -57,10 +55,10 @@ def open_file(path: str) -> dict:
         return open_safetensors(path)
     if path.endswith(TORCH_SUFFIXES):
         return open_torch_file(path)
-    return _open_by_content(path, open_safetensors, open_torch_file)
+    return _open_by_content(path)
 
 
-def _open_by_content(path: str, open_safetensors, open_torch_file) -> dict:
+def _open_by_content(path: str) -> dict:
     try:
         with open(path, "rb") as stream:
             head = stream.read(9)

@@ -1,0 +1,172 @@
+"""Loading a GPT-2-small-shaped checkpoint from files: time and peak memory, per method.
+
+Run: python bench/files.py [--repeat N] [--dir DIR]
+
+Writes the checkpoint as .safetensors and .pt (once, into --dir), reads both
+once so they sit in the page cache, then runs every case below as a fresh
+Python process --repeat times and prints the median load time and the median
+peak RSS added by the load (Linux: VmHWM, reset through /proc/self/clear_refs
+just before loading, minus the RSS of the constructed model):
+
+  sl.load from .safetensors / .pt, into a real model and into a meta one;
+  load_state_dict(safetensors.torch.load_file(p));
+  load_state_dict(torch.load(p, mmap=True, weights_only=True));
+  load_state_dict(torch.load(p, weights_only=True));
+  floor: reading the same number of bytes into an allocated buffer;
+  a partial load (include="h.0.*") next to the full one.
+
+Targets: sl.load within 1.1x the fastest baseline and 1.3x the floor; added
+peak RSS under 5% of the file for a real model, at most 1.05x the file for a
+meta model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+CASES = {
+    "sl.load safetensors": ("safetensors", "real"),
+    "sl.load pt": ("pt", "real"),
+    "sl.load safetensors -> meta": ("safetensors", "meta"),
+    "sl.load pt -> meta": ("pt", "meta"),
+    "load_state_dict(load_file)": ("safetensors", "real"),
+    "load_state_dict(torch.load mmap)": ("pt", "real"),
+    "load_state_dict(torch.load)": ("pt", "real"),
+    "floor: read into buffer": ("safetensors", "none"),
+    "sl.load safetensors include=h.0.*": ("safetensors", "real"),
+}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM")
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def child(case: str, path: str) -> None:
+    """Run one case in this (fresh) process and print {"seconds", "added_rss"} as JSON.
+
+    Everything a case imports is imported before the clock starts."""
+    import safetensors.torch
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from overhead import GPT
+
+    import structload as sl
+
+    _, target = CASES[case]
+    if target == "meta":
+        with torch.device("meta"):
+            model = GPT()
+    elif target == "real":
+        model = GPT()
+    nbytes = os.path.getsize(path)
+
+    def run():
+        if case.startswith("sl.load") and "include" in case:
+            return sl.load(model, path, include="h.0.*")
+        if case.startswith("sl.load"):
+            return sl.load(model, path)
+        if case == "load_state_dict(load_file)":
+            return model.load_state_dict(safetensors.torch.load_file(path), strict=False)
+        # strict=False: the file stores the tied lm_head.weight once, as wte.weight
+        if case == "load_state_dict(torch.load mmap)":
+            return model.load_state_dict(torch.load(path, mmap=True, weights_only=True), strict=False)
+        if case == "load_state_dict(torch.load)":
+            return model.load_state_dict(torch.load(path, weights_only=True), strict=False)
+        view = memoryview(floor_buffer)  # the floor: the same bytes into memory we already own
+        with open(path, "rb", buffering=0) as f:
+            while view:
+                view = view[f.readinto(view) :]
+        return None
+
+    floor_buffer = bytearray(nbytes) if target == "none" else None  # allocated and touched, like a model
+    base = rss_bytes()
+    reset_peak()
+    start = time.perf_counter()
+    result = run()
+    seconds = time.perf_counter() - start
+    added = peak_rss_bytes() - base
+    if case.startswith("sl.load") and not getattr(result, "ok", True) and "include" not in case:
+        raise SystemExit(f"{case}: load reported problems: {result}")
+    print(json.dumps({"seconds": seconds, "added_rss": added, "file_bytes": nbytes}))
+
+
+def write_checkpoints(directory: Path) -> dict[str, str]:
+    import safetensors.torch
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from overhead import GPT
+
+    paths = {"safetensors": directory / "gpt2.safetensors", "pt": directory / "gpt2.pt"}
+    if not all(p.exists() for p in paths.values()):
+        torch.manual_seed(0)
+        state = GPT().state_dict()
+        state.pop("lm_head.weight")  # tied to wte.weight: stored once, as Hugging Face does
+        safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
+        torch.save(state, paths["pt"])
+    for path in paths.values():  # into the page cache
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+    return {k: str(v) for k, v in paths.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--dir", default="/tmp/structload-bench")
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = write_checkpoints(directory)
+    print(f"checkpoint: {os.path.getsize(paths['safetensors']) / 2**20:.1f} MiB; median of {args.repeat} fresh processes")
+    results = {}
+    for case, (fmt, _) in CASES.items():
+        runs = []
+        for _ in range(args.repeat):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", case, paths[fmt]], capture_output=True, text=True, check=True
+            )
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        seconds = statistics.median(r["seconds"] for r in runs)
+        added = statistics.median(r["added_rss"] for r in runs)
+        results[case] = (seconds, added, runs[0]["file_bytes"])
+        print(f"{case:36s} {seconds * 1e3:8.1f} ms   peak RSS +{added / 2**20:7.1f} MiB ({added / runs[0]['file_bytes']:6.1%} of file)")
+    baselines = [results[c][0] for c in CASES if c.startswith("load_state_dict")]
+    floor = results["floor: read into buffer"][0]
+    for case in ("sl.load safetensors", "sl.load pt"):
+        t = results[case][0]
+        print(f"{case}: {t / min(baselines):.2f}x the fastest baseline, {t / floor:.2f}x the floor")
+    part, full = results["sl.load safetensors include=h.0.*"][0], results["sl.load safetensors"][0]
+    print(f"partial load (h.0.*): {part / full:.1%} of the full load's time")
+
+
+if __name__ == "__main__":
+    main()
