@@ -1,20 +1,111 @@
 """The ``structload`` command line, built on the public functions.
 
-Exit status: 0 success, 1 problems found, 2 bad usage or unreadable source.
+    structload inspect SRC [--depth N] [--json]
+    structload diff A B [--values] [--json]
+    structload check FACTORY SRC [--no-strict] [--include P] [--exclude P] [--rename REGEX=REPL]
+    structload demo
+
+Exit status: 0 success, 1 problems found (or differences), 2 bad usage or an
+unreadable source. Errors are one message; ``--debug`` shows the traceback.
+Colour is off when output is not a terminal or when ``NO_COLOR`` is set.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import json
 import os
 import sys
+import traceback
 
+import torch
 from rich.console import Console
+
+from ._inspect import diff, inspect
+from ._load import load
+from ._render_checkpoint import inspect_tree
+from ._report import LoadError, SourceError
+
+OK, PROBLEMS, USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """Bad arguments the parser could not catch (a factory that does not import, ...)."""
 
 
 def _console(stderr: bool = False) -> Console:
-    """A console that drops colour when not on a terminal or when NO_COLOR is set."""
-    return Console(stderr=stderr, no_color="NO_COLOR" in os.environ or None)
+    # rich turns colour off by itself when not on a terminal and when NO_COLOR is set
+    return Console(stderr=stderr, soft_wrap=False)
+
+
+def _print_json(data) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    infos = inspect(args.src)
+    if args.json:
+        _print_json({path: info.to_dict() for path, info in infos.items()})
+    else:
+        _console().print(inspect_tree(infos, os.fspath(args.src), depth=args.depth))
+    return OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    result = diff(args.a, args.b, values=args.values)
+    if args.json:
+        _print_json(result.to_dict())
+    else:
+        console = _console()
+        console.print(f"a: {args.a}\nb: {args.b}")
+        console.print(result)
+    return OK if result.ok else PROBLEMS
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    model = build_on_meta(args.factory)
+    rename = dict(_split_rename(r) for r in args.rename) if args.rename else None
+    options = dict(include=args.include, exclude=args.exclude, rename=rename, strict=args.strict, dry_run=True)
+    console = _console()
+    try:
+        report = load(model, args.src, **options)
+    except SourceError:
+        raise
+    except LoadError as error:
+        console.print(error.report)
+        return PROBLEMS
+    console.print(report)
+    return OK if report.ok else PROBLEMS
+
+
+def build_on_meta(factory: str):
+    """Import ``package.module:callable`` and build the model on the meta device."""
+    module_name, _, attribute = factory.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"FACTORY must look like package.module:callable, got '{factory}'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # as `python -m` would, so local modules import
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:
+        raise UsageError(f"cannot import '{module_name}' for {factory}: {type(error).__name__}: {error}") from error
+    make = module
+    for part in attribute.split("."):
+        make = getattr(make, part, None)
+        if make is None:
+            raise UsageError(f"'{module_name}' has no '{attribute}'")
+    if not callable(make):
+        raise UsageError(f"{factory} is not callable")
+    with torch.device("meta"):
+        return make()
+
+
+def _split_rename(text: str) -> tuple[str, str]:
+    pattern, sep, replacement = text.partition("=")
+    if not sep:
+        raise UsageError(f"--rename takes REGEX=REPL (split at the first '='), got '{text}'")
+    return pattern, replacement
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -27,20 +118,64 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="structload",
         description="Load PyTorch weights structurally: inspect, compare and check checkpoints.",
+        epilog="Exit status: 0 success, 1 problems found, 2 bad usage or unreadable source.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    demo = commands.add_parser("demo", help="a self-contained run of the main job on generated data")
-    demo.set_defaults(run=_demo)
+
+    sub = commands.add_parser("inspect", help="tree of a checkpoint: paths, shapes, dtypes, sizes, totals")
+    sub.add_argument("src", help="a .safetensors, torch.save file, *.index.json or checkpoint directory")
+    sub.add_argument("--depth", type=int, metavar="N", help="fold subtrees deeper than N levels")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.set_defaults(run=cmd_inspect)
+
+    sub = commands.add_parser("diff", help="what differs between two checkpoints (exit 1 when they differ)")
+    sub.add_argument("a")
+    sub.add_argument("b")
+    sub.add_argument("--values", action="store_true", help="also compare tensor contents")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.set_defaults(run=cmd_diff)
+
+    sub = commands.add_parser("check", help="dry-run loading SRC into the model FACTORY builds (on meta)")
+    sub.add_argument("factory", metavar="FACTORY", help="package.module:callable returning the model")
+    sub.add_argument("src", metavar="SRC")
+    sub.add_argument("--no-strict", dest="strict", action="store_false", help="report problems instead of failing")
+    sub.add_argument("--include", action="append", metavar="P", help="glob of destination paths to load (repeatable)")
+    sub.add_argument("--exclude", action="append", metavar="P", help="glob of destination paths to leave (repeatable)")
+    sub.add_argument("--rename", action="append", metavar="REGEX=REPL", help="rewrite source paths (repeatable)")
+    sub.set_defaults(run=cmd_check)
+
+    sub = commands.add_parser("demo", help="a self-contained run of the main job on generated data")
+    sub.set_defaults(run=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:  # argparse: 0 for --help, 2 for bad usage
+        return int(exit.code or 0)
     if not hasattr(args, "run"):
         parser.print_help(sys.stderr)
-        return 2
-    return args.run(args)
+        return USAGE
+    try:
+        return args.run(args)
+    except (SourceError, UsageError, ValueError, TypeError) as error:
+        return _fail(args, error)
+    except Exception as error:  # never a bare traceback unless asked for
+        return _fail(args, error, internal=True)
+
+
+def _fail(args: argparse.Namespace, error: Exception, internal: bool = False) -> int:
+    console = _console(stderr=True)
+    if args.debug:
+        traceback.print_exception(error)
+    message = str(error).splitlines()[0] if isinstance(error, SourceError) else str(error)
+    if internal:
+        message = f"internal error: {type(error).__name__}: {message} (run with --debug for the traceback)"
+    console.print(f"structload: {message}", style="red", markup=False, highlight=False)
+    return USAGE
 
 
 if __name__ == "__main__":

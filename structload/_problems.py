@@ -134,10 +134,15 @@ def _suggest_by_path(found: Walk) -> None:
     unfilled = [e.path for e in found.entries if e.status == MISSING or e.leaf is NO_BIAS]
     if not unfilled or len(lone) * len(unfilled) > MAX_SUGGESTION_PAIRS:
         return
+    by_name: dict[str, list[str]] = {}
+    for path in unfilled:  # module paths holding a tensor of each name
+        parent, _, name = path.rpartition(".")
+        by_name.setdefault(name, []).append(parent)
     for record in lone:
-        match = difflib.get_close_matches(record.leaf_paths[0], unfilled, n=1, cutoff=0.75)
-        if match:
-            record.suggestion, record.path = match[0], record.leaf_paths[0]
+        parent, _, name = record.leaf_paths[0].rpartition(".")
+        match = difflib.get_close_matches(parent, by_name.get(name, []), n=1, cutoff=0.6)
+        if parent and match:
+            record.suggestion, record.path = f"{match[0]}.{name}", record.leaf_paths[0]
 
 
 def _unexpected_problem(record: Unexpected) -> Problem:
@@ -202,7 +207,7 @@ def layout_matches(found: Walk) -> dict[str, tuple[str, str]]:
     Returns ``{source path: (destination path, hint text)}`` where the two
     subtrees' relative tensor paths overlap so that one holds the other and
     at least half of it (``blocks`` against ``layers``, the source without
-    the biases the destination adds).
+    the biases the destination adds), when exactly one destination subtree fits.
     """
     missing: dict[str, set[str]] = {}
     for entry in found.entries:
@@ -215,16 +220,21 @@ def layout_matches(found: Walk) -> dict[str, tuple[str, str]]:
         if len(record.leaf_paths) < 2 or record.path in record.leaf_paths or record.suggestion:
             continue
         layout = {p[len(record.path) + 1 :] for p in record.leaf_paths}
-        for root, paths in missing.items():
-            small, big = sorted((layout, paths), key=len)
-            if small <= big and 2 * len(small) >= len(big):
-                text = (
-                    f"'{record.path}' in source is laid out like '{root}' in destination; "
-                    f'pass rename={{r"^{re.escape(record.path + ".")}": "{root}."}}'
-                )
-                moves[record.path] = (root, text)
-                break
+        alike = [root for root, paths in missing.items() if _same_layout(layout, paths)]
+        if len(alike) == 1:
+            root = alike[0]
+            text = (
+                f"'{record.path}' in source is laid out like '{root}' in destination; "
+                f'pass rename={{r"^{re.escape(record.path + ".")}": "{root}."}}'
+            )
+            moves[record.path] = (root, text)
     return moves
+
+
+def _same_layout(a: set[str], b: set[str]) -> bool:
+    """One set of relative paths holds the other and at least half of it, with 3 tensors or more."""
+    small, big = sorted((a, b), key=len)
+    return len(small) >= 3 and small <= big and 2 * len(small) >= len(big)
 
 
 def _with_move(problem: Problem, moves: dict[str, tuple[str, str]]) -> Problem:

@@ -164,9 +164,11 @@ def report_tree(report: LoadReport):
     return Group(*parts)
 
 
-def diff_table(result) -> Table:
+def diff_table(result) -> Table | Text:
     """A `Diff` as a table: one row per differing path."""
-    table = Table(title="no differences" if result.ok else "differences", show_lines=False)
+    if result.ok:
+        return Text(f"no differences ({plural(result.same, 'tensor')} compared)", style="green")
+    table = Table(title="differences", show_lines=False)
     table.add_column("path")
     table.add_column("difference")
     for path in result.only_in_a:

@@ -51,3 +51,140 @@ def test_python_dash_m_runs_the_same_command():
 @pytest.mark.parametrize("args", [[], ["no-such-command"]])
 def test_bad_usage_exits_2(args):
     assert run(*args).returncode == 2
+
+
+# --- inspect, diff, check on real files ---------------------------------------------------
+
+import json  # noqa: E402
+
+import safetensors.torch  # noqa: E402
+import torch  # noqa: E402
+
+from conftest import Net, randomized  # noqa: E402
+
+FACTORY_MODULE = '''
+import sys
+sys.path.insert(0, {tests!r})
+from conftest import Net
+
+def make():
+    return Net(n=3)
+
+def make_wide():
+    return Net(n=3, classes=5)
+'''
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A folder holding checkpoints of Net(n=3) and a factory module, as a user's project would."""
+    source = randomized(Net(n=3), 1)
+    state = source.state_dict()
+    safetensors.torch.save_file(state, str(tmp_path / "model.safetensors"))
+    torch.save({"module." + k: v for k, v in state.items()}, tmp_path / "ddp.pt")
+    changed = dict(state)
+    changed["head.bias"] = changed["head.bias"] + 1
+    changed["extra.weight"] = torch.ones(2)
+    torch.save(changed, tmp_path / "changed.pt")
+    tests = str(Path(__file__).resolve().parent)
+    (tmp_path / "mymodels.py").write_text(FACTORY_MODULE.format(tests=tests))
+    return tmp_path
+
+
+def run_in(folder, *args, env=None):
+    environment = {**os.environ, "COLUMNS": "120", **(env or {})}
+    environment.pop("FORCE_COLOR", None) if env is None or "FORCE_COLOR" not in env else None
+    return subprocess.run(
+        [*structload_command(), *args], capture_output=True, text=True, timeout=120, env=environment, cwd=folder
+    )
+
+
+def test_inspect_draws_a_tree_with_shapes_dtypes_sizes_and_totals(workdir):
+    result = run_in(workdir, "inspect", "model.safetensors")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "model.safetensors  (21 tensors, 307 params, 1.2 KiB)" in out
+    assert "0–2  (6 tensors, 84 params, 336 B, each alike)" in out
+    assert "weight  (8, 4)  float32  128 B" in out
+
+
+def test_inspect_depth_folds_subtrees(workdir):
+    out = run_in(workdir, "inspect", "model.safetensors", "--depth", "1").stdout
+    assert "blocks  (18 tensors, 252 params, 1008 B)" in out
+    assert "fc1" not in out and len(out.splitlines()) == 4
+
+
+def test_inspect_json_is_machine_readable(workdir):
+    result = run_in(workdir, "inspect", "ddp.pt", "--json")
+    data = json.loads(result.stdout)
+    assert data["module.head.weight"] == {"shape": [3, 4], "dtype": "float32", "nbytes": 48}
+    assert len(data) == 21
+
+
+def test_diff_exit_status_and_output(workdir):
+    same = run_in(workdir, "diff", "model.safetensors", "model.safetensors", "--values")
+    assert same.returncode == 0 and "no differences (21 tensors compared)" in same.stdout
+    shallow = run_in(workdir, "diff", "model.safetensors", "changed.pt")
+    assert shallow.returncode == 1 and "extra.weight" in shallow.stdout and "only in b" in shallow.stdout
+    deep = run_in(workdir, "diff", "model.safetensors", "changed.pt", "--values", "--json")
+    assert deep.returncode == 1
+    data = json.loads(deep.stdout)
+    assert data["values"] == ["head.bias"] and data["only_in_b"] == ["extra.weight"] and data["ok"] is False
+
+
+def test_check_passes_for_a_matching_checkpoint(workdir):
+    result = run_in(workdir, "check", "mymodels:make", "model.safetensors")
+    assert result.returncode == 0, result.stderr
+    assert "Net: 21 loaded (nothing written)" in result.stdout
+
+
+def test_check_strict_failure_prints_problems_and_exits_1(workdir):
+    result = run_in(workdir, "check", "mymodels:make", "ddp.pt")
+    assert result.returncode == 1
+    assert 'pass rename={r"^module\\.": ""}' in result.stdout.replace("\n", "")
+    fixed = run_in(workdir, "check", "mymodels:make", "ddp.pt", "--rename", r"^module\.=")
+    assert fixed.returncode == 0, fixed.stdout
+
+
+def test_check_no_strict_include_exclude(workdir):
+    wide = run_in(workdir, "check", "mymodels:make_wide", "model.safetensors", "--no-strict")
+    assert wide.returncode == 1 and "shape (5, 4) in destination, (3, 4) in source" in wide.stdout
+    excluded = run_in(workdir, "check", "mymodels:make_wide", "model.safetensors", "--exclude", "head")
+    assert excluded.returncode == 0 and "excluded" in excluded.stdout
+    included = run_in(workdir, "check", "mymodels:make_wide", "model.safetensors", "--include", "blocks.*", "--include", "embed")
+    assert included.returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "missing.safetensors"], "structload: missing.safetensors: no such file or directory"),
+        (["check", "nosuchmodule:make", "model.safetensors"], "structload: cannot import 'nosuchmodule'"),
+        (["check", "mymodels", "model.safetensors"], "structload: FACTORY must look like package.module:callable"),
+        (["check", "mymodels:make", "model.safetensors", "--rename", "x"], "structload: --rename takes REGEX=REPL"),
+        (["diff", "model.safetensors", "nothing.pt"], "structload: nothing.pt: no such file or directory"),
+    ],
+)
+def test_errors_are_one_clear_message_and_exit_2(workdir, args, message):
+    result = run_in(workdir, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message), result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_debug_shows_the_traceback(workdir):
+    result = run_in(workdir, "--debug", "inspect", "missing.safetensors")
+    assert result.returncode == 2 and "Traceback" in result.stderr and "SourceError" in result.stderr
+
+
+def test_colour_only_on_terminals_and_never_with_no_color(workdir):
+    coloured = run_in(workdir, "inspect", "model.safetensors", env={"FORCE_COLOR": "1"}).stdout
+    assert "\x1b[3" in coloured  # a colour code (cyan shapes, green dtypes)
+    plain = run_in(workdir, "inspect", "model.safetensors", env={"FORCE_COLOR": "1", "NO_COLOR": "1"}).stdout
+    assert "\x1b[3" not in plain
+    assert "\x1b[" not in run_in(workdir, "inspect", "model.safetensors").stdout
+
+
+def test_help_exits_0():
+    result = run("--help")
+    assert result.returncode == 0 and "inspect" in result.stdout and "Exit status" in result.stdout

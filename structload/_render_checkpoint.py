@@ -1,0 +1,118 @@
+"""Drawing a checkpoint's contents for `structload inspect`: a tree with totals.
+
+Each tensor shows its shape, dtype and size; each subtree its tensor count,
+parameter count and bytes. Below ``depth`` subtrees fold into one line, and
+numbered siblings with identical contents (``h.0–11``) are drawn once.
+"""
+
+from __future__ import annotations
+
+import math
+
+from rich.text import Text
+from rich.tree import Tree
+
+from ._problems import plural
+from ._report import dtype_text, shape_text
+
+
+def human_bytes(n: int) -> str:
+    """``474.7 MiB`` for a byte count."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError
+
+
+def human_count(n: int) -> str:
+    """``124.4M`` for a parameter count."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f}{suffix}"
+    return str(n)
+
+
+class _Totals:
+    __slots__ = ("children", "info", "tensors", "params", "nbytes", "signature")
+
+    def __init__(self):
+        self.children: dict[str, _Totals] = {}
+        self.info = None
+        self.tensors = self.params = self.nbytes = 0
+        self.signature: tuple = ()
+
+
+def _totals(infos: dict) -> _Totals:
+    root = _Totals()
+    for path, info in infos.items():
+        node = root
+        for part in path.split(".") if path else []:
+            node = node.children.setdefault(part, _Totals())
+        node.info = info
+    _add_up(root)
+    return root
+
+
+def _add_up(node: _Totals) -> None:
+    if node.children and all(name.isdigit() for name in node.children):  # files often sort 10 before 2
+        node.children = dict(sorted(node.children.items(), key=lambda item: int(item[0])))
+    if node.info is not None:
+        node.tensors, node.params, node.nbytes = 1, math.prod(node.info.shape), node.info.nbytes
+    for child in node.children.values():
+        _add_up(child)
+        node.tensors += child.tensors
+        node.params += child.params
+        node.nbytes += child.nbytes
+    leaf = (tuple(node.info.shape), str(node.info.dtype)) if node.info is not None else None
+    node.signature = (leaf, tuple((name, c.signature) for name, c in node.children.items()))
+
+
+def _totals_text(node: _Totals) -> str:
+    return f"{plural(node.tensors, 'tensor')}, {human_count(node.params)} params, {human_bytes(node.nbytes)}"
+
+
+def _leaf_text(name: str, node: _Totals) -> Text:
+    info = node.info
+    text = Text(name + "  ")
+    text.append(shape_text(info.shape), style="cyan")
+    text.append(f"  {dtype_text(info.dtype)}", style="green")
+    text.append(f"  {human_bytes(info.nbytes)}", style="dim")
+    return text
+
+
+def inspect_tree(infos: dict, title: str, depth: int | None = None) -> Tree:
+    """A checkpoint's tensors as a tree: shape, dtype and size per tensor, totals per subtree,
+    folded below `depth` and where numbered siblings are alike."""
+    root = _totals(infos)
+    tree = Tree(Text(f"{title}  ({_totals_text(root)})", style="bold"))
+    _inspect_children(tree, root, depth, 1)
+    return tree
+
+
+def _inspect_children(tree: Tree, node: _Totals, depth: int | None, level: int) -> None:
+    items = list(node.children.items())
+    i = 0
+    while i < len(items):
+        name, child = items[i]
+        j = i + 1
+        while (
+            name.isdigit()
+            and j < len(items)
+            and items[j][0].isdigit()
+            and int(items[j][0]) == int(items[j - 1][0]) + 1
+            and items[j][1].signature == child.signature
+        ):
+            j += 1
+        label = name if j == i + 1 else f"{name}–{items[j - 1][0]}"
+        if child.info is not None and not child.children:
+            tree.add(_leaf_text(label, child))
+        elif depth is not None and level >= depth:
+            each = " each" if j > i + 1 else ""
+            tree.add(Text(f"{label}  ({_totals_text(child)}{each})", style="bold"))
+        else:
+            each = ", each alike" if j > i + 1 else ""
+            branch = tree.add(Text(f"{label}  ({_totals_text(child)}{each})", style="bold"))
+            _inspect_children(branch, child, depth, level + 1)
+        i = j
