@@ -30,9 +30,10 @@ def info(leaf: SourceTensor) -> TensorInfo:
 def inspect(src) -> dict[str, TensorInfo]:
     """Dotted path -> `TensorInfo` for every tensor of `src`, reading no tensor data from files.
 
-    >>> import torch, structload as sl
-    >>> sl.inspect(torch.nn.Linear(3, 2))
-    {'weight': TensorInfo(shape=(2, 3), dtype=torch.float32, nbytes=24), 'bias': TensorInfo(shape=(2,), dtype=torch.float32, nbytes=8)}
+    Examples:
+        >>> import torch, structload as sl
+        >>> sl.inspect(torch.nn.Linear(3, 2))
+        {'weight': TensorInfo(shape=(2, 3), dtype=torch.float32, nbytes=24), 'bias': TensorInfo(shape=(2,), dtype=torch.float32, nbytes=8)}
     """
     return {path: info(leaf) for path, leaf in iter_leaves(to_source_tree(src)) if isinstance(leaf, SourceTensor)}
 
@@ -99,10 +100,11 @@ class Diff:
 def diff(a, b, *, values: bool = False) -> Diff:
     """Compare two sources path by path.
 
-    >>> import torch, structload as sl
-    >>> result = sl.diff({"w": torch.ones(2), "b": torch.ones(1)}, {"w": torch.zeros(2)}, values=True)
-    >>> result.only_in_a, result.values, result.ok
-    (['b'], ['w'], False)
+    Examples:
+        >>> import torch, structload as sl
+        >>> result = sl.diff({"w": torch.ones(2), "b": torch.ones(1)}, {"w": torch.zeros(2)}, values=True)
+        >>> result.only_in_a, result.values, result.ok
+        (['b'], ['w'], False)
     """
     left = _tensors(a)
     right = _tensors(b)

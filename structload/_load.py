@@ -37,26 +37,27 @@ def load(
     `structload.state`. Leaves may be tensors, numpy arrays, Python numbers,
     ``None`` (skip) and ``False`` (absent).
 
-    >>> import torch, structload as sl
-    >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2, bias=False))
-    >>> pretrained = {"0.weight": torch.ones(8, 4), "0.bias": torch.zeros(8), "2.weight": torch.ones(2, 8)}
-    >>> report = sl.load(model, pretrained)
-    >>> report.loaded
-    ['0.weight', '0.bias', '2.weight']
-    >>> bool(model[0].weight.eq(1).all())
-    True
+    Examples:
+        >>> import torch, structload as sl
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2, bias=False))
+        >>> pretrained = {"0.weight": torch.ones(8, 4), "0.bias": torch.zeros(8), "2.weight": torch.ones(2, 8)}
+        >>> report = sl.load(model, pretrained)
+        >>> report.loaded
+        ['0.weight', '0.bias', '2.weight']
+        >>> bool(model[0].weight.eq(1).all())
+        True
 
-    A strict load (the default) that finds any problem raises `LoadError`
-    listing every problem by path, and writes nothing:
+        A strict load (the default) that finds any problem raises `LoadError`
+        listing every problem by path, and writes nothing:
 
-    >>> sl.load(model, {"0.weight": torch.zeros(8, 3), "2.weight": torch.zeros(2, 8), "3.weight": torch.zeros(1)})
-    Traceback (most recent call last):
-    ...
-    structload._report.LoadError: 2 problems loading into Sequential (1 shape, 1 unexpected)
-      0.weight: shape (8, 4) in destination, (8, 3) in source
-      3.weight: unexpected in source
-    >>> bool(model[0].weight.eq(1).all())  # unchanged
-    True
+        >>> sl.load(model, {"0.weight": torch.zeros(8, 3), "2.weight": torch.zeros(2, 8), "3.weight": torch.zeros(1)})
+        Traceback (most recent call last):
+        ...
+        structload._report.LoadError: 2 problems loading into Sequential (1 shape, 1 unexpected)
+          0.weight: shape (8, 4) in destination, (8, 3) in source
+          3.weight: unexpected in source
+        >>> bool(model[0].weight.eq(1).all())  # unchanged
+        True
 
     Options (keyword-only):
 

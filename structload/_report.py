@@ -38,8 +38,9 @@ class Problem:
     ``unexpected``, the source path after `rename`); `message` says what is
     wrong and, where it can, what to do.
 
-    >>> str(Problem("shape", "fc.weight", "shape (3, 4) in destination, (4, 4) in source"))
-    'fc.weight: shape (3, 4) in destination, (4, 4) in source'
+    Examples:
+        >>> str(Problem("shape", "fc.weight", "shape (3, 4) in destination, (4, 4) in source"))
+        'fc.weight: shape (3, 4) in destination, (4, 4) in source'
     """
 
     kind: str
@@ -103,10 +104,11 @@ class LoadReport:
     `applied` is ``False`` for a dry run and for a strict load that raised:
     the lists then describe what the load would have done.
 
-    >>> import torch, structload as sl
-    >>> report = sl.load(torch.nn.Linear(2, 2, bias=False), {"weight": torch.ones(2, 2), "bias": torch.zeros(2)})
-    >>> report.loaded, report.dropped, report.ok
-    (['weight'], ['bias'], True)
+    Examples:
+        >>> import torch, structload as sl
+        >>> report = sl.load(torch.nn.Linear(2, 2, bias=False), {"weight": torch.ones(2, 2), "bias": torch.zeros(2)})
+        >>> report.loaded, report.dropped, report.ok
+        (['weight'], ['bias'], True)
     """
 
     target: str = ""
@@ -147,9 +149,10 @@ class LoadReport:
     def summary(self) -> str:
         """One line: what happened to how many tensors, and how many problems.
 
-        >>> LoadReport(target="Net", loaded=["a", "b"], missing=["c"],
-        ...            problems=[Problem("missing", "c", "missing in source")]).summary()
-        'Net: 2 loaded, 1 missing; 1 problem (1 missing)'
+        Examples:
+            >>> LoadReport(target="Net", loaded=["a", "b"], missing=["c"],
+            ...            problems=[Problem("missing", "c", "missing in source")]).summary()
+            'Net: 2 loaded, 1 missing; 1 problem (1 missing)'
         """
         parts = [f"{n} {name}" for name, n in self.counts().items() if n]
         if self.cast:
@@ -204,14 +207,15 @@ class LoadError(ValueError):
     `LoadReport`. The message starts with a one-line summary, then one line
     per problem beginning with its path.
 
-    >>> import torch, structload as sl
-    >>> try:
-    ...     sl.load(torch.nn.Linear(2, 3), {"weight": torch.ones(2, 2), "bais": torch.ones(3)})
-    ... except sl.LoadError as error:
-    ...     print(error)
-    2 problems loading into Linear (1 shape, 1 unexpected)
-      weight: shape (3, 2) in destination, (2, 2) in source
-      bais: unexpected in source; did you mean 'bias'?
+    Examples:
+        >>> import torch, structload as sl
+        >>> try:
+        ...     sl.load(torch.nn.Linear(2, 3), {"weight": torch.ones(2, 2), "bais": torch.ones(3)})
+        ... except sl.LoadError as error:
+        ...     print(error)
+        2 problems loading into Linear (1 shape, 1 unexpected)
+          weight: shape (3, 2) in destination, (2, 2) in source
+          bais: unexpected in source; did you mean 'bias'?
     """
 
     def __init__(self, problems: list[Problem], report: LoadReport | None = None, message: str | None = None):

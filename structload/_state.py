@@ -17,16 +17,17 @@ def state(model, *, trainable: bool = False):
     state) is ``None``, so loading the tree back touches trainable parameters
     only.
 
-    >>> import torch, structload as sl
-    >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
-    >>> tree = sl.state(net)
-    >>> list(tree["0"]), tree["0"]["bias"], list(tree["1"])
-    (['weight', 'bias'], False, ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
-    >>> sl.state(net, trainable=True)["1"]["running_mean"] is None
-    True
-    >>> copy = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
-    >>> sl.load(copy, tree).ok and torch.equal(copy[0].weight, net[0].weight)
-    True
+    Examples:
+        >>> import torch, structload as sl
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
+        >>> tree = sl.state(net)
+        >>> list(tree["0"]), tree["0"]["bias"], list(tree["1"])
+        (['weight', 'bias'], False, ['weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked'])
+        >>> sl.state(net, trainable=True)["1"]["running_mean"] is None
+        True
+        >>> copy = torch.nn.Sequential(torch.nn.Linear(2, 2, bias=False), torch.nn.BatchNorm1d(2))
+        >>> sl.load(copy, tree).ok and torch.equal(copy[0].weight, net[0].weight)
+        True
     """
     root = as_dest(model)
     if root is None:

@@ -67,10 +67,11 @@ class SourceTree(Mapping):
 def open_source(src) -> SourceTree:
     """The lazy source tree of a checkpoint file, index, directory, or any in-memory source.
 
-    >>> import torch, structload as sl
-    >>> tree = sl.open({"model": {"fc.weight": torch.zeros(2, 3)}, "epoch": 3})
-    >>> list(tree), tree["model"]["fc"]["weight"].shape, tree["model.fc.weight"].dtype
-    (['model', 'epoch'], (2, 3), torch.float32)
+    Examples:
+        >>> import torch, structload as sl
+        >>> tree = sl.open({"model": {"fc.weight": torch.zeros(2, 3)}, "epoch": 3})
+        >>> list(tree), tree["model"]["fc"]["weight"].shape, tree["model.fc.weight"].dtype
+        (['model', 'epoch'], (2, 3), torch.float32)
     """
     from . import to_source_tree
 
