@@ -47,7 +47,11 @@ _LEGACY_STORAGES = {
     "UntypedStorage": torch.uint8,
 }
 
-_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "bytearray", "tuple", "list", "dict", "int", "float", "str", "bool"}
+# Constructors whose output is bounded by their input (not bytearray: bytearray(10**12) allocates).
+_SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "tuple", "list", "dict", "int", "float", "str", "bool"}
+
+#: A ``data.pkl`` larger than this is refused (about 100 bytes per tensor: millions of tensors fit).
+MAX_PICKLE_BYTES = 512 << 20
 
 
 class _StorageType:
@@ -77,9 +81,10 @@ def open_torch_file(path: str) -> dict:
     byteorder = _record_text(archive, prefix + "byteorder")
     if byteorder not in (None, "little"):
         raise SourceError(f"{path}: tensors are stored {byteorder}-endian; structload reads little-endian files only")
+    data = _read_pickle(path, archive, pickle_name)
     unpickler = _WeightsUnpickler(file, archive, prefix)
     try:
-        obj = unpickler.load_from(archive.read(pickle_name))
+        obj = unpickler.load_from(data)
     except _Refused as refused:
         raise SourceError(f"{path}: {refused}") from None
     except SourceError:
@@ -113,10 +118,27 @@ def _pickle_record(path: str, archive: zipfile.ZipFile) -> str:
     return names[0]
 
 
-def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
+def _read_pickle(path: str, archive: zipfile.ZipFile, name: str) -> bytes:
+    """The pickle's bytes, never more than `MAX_PICKLE_BYTES` whatever the archive declares."""
+    info = archive.getinfo(name)
+    if info.file_size > MAX_PICKLE_BYTES:
+        raise SourceError(f"{path}: '{name}' declares {info.file_size} bytes, over the {MAX_PICKLE_BYTES}-byte limit")
     try:
-        return archive.read(name).decode().strip()
-    except KeyError:
+        with archive.open(info) as stream:
+            data = stream.read(MAX_PICKLE_BYTES + 1)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+        raise SourceError(f"{path}: cannot read '{name}' from the archive ({error})") from None
+    if len(data) > MAX_PICKLE_BYTES:
+        raise SourceError(f"{path}: '{name}' is over the {MAX_PICKLE_BYTES}-byte limit")
+    return data
+
+
+def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
+    """A small text record (``byteorder``), or ``None`` when absent or unreadable."""
+    try:
+        with archive.open(name) as stream:
+            return stream.read(64).decode("ascii", "replace").strip()
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
         return None
 
 
