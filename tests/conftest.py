@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import optree
 import torch
 import torch.nn as nn
 
@@ -44,16 +45,24 @@ def randomized(module: nn.Module, seed: int = 0) -> nn.Module:
     return module
 
 
-def snapshot(module: nn.Module) -> dict:
-    """Everything needed to prove a module unchanged: values, bytes and parameter identities."""
-    return {
-        "values": {k: v.detach().clone() for k, v in module.state_dict().items()},
-        "ids": {name: id(p) for name, p in module.named_parameters(remove_duplicate=False)},
-    }
+def _named_tensors(obj) -> dict[str, torch.Tensor]:
+    """Every tensor of a module (its state_dict) or of a pytree of tensors, by path."""
+    if isinstance(obj, nn.Module):
+        return dict(obj.state_dict())
+    if isinstance(obj, torch.Tensor):
+        return {"": obj}
+    paths, leaves, _ = optree.tree_flatten_with_path(obj, namespace="structload")
+    return {".".join(map(str, path)): leaf for path, leaf in zip(paths, leaves) if isinstance(leaf, torch.Tensor)}
 
 
-def assert_unchanged(module: nn.Module, before: dict) -> None:
-    after = snapshot(module)
+def snapshot(obj) -> dict:
+    """Everything needed to prove a destination unchanged: values, bytes and parameter identities."""
+    ids = {name: id(p) for name, p in obj.named_parameters(remove_duplicate=False)} if isinstance(obj, nn.Module) else {}
+    return {"values": {k: v.detach().clone() for k, v in _named_tensors(obj).items()}, "ids": ids}
+
+
+def assert_unchanged(obj, before: dict) -> None:
+    after = snapshot(obj)
     assert after["ids"] == before["ids"]
     assert after["values"].keys() == before["values"].keys()
     for key, value in before["values"].items():

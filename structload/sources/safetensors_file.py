@@ -70,8 +70,8 @@ def _read_header(file: FileHandle) -> tuple[dict, int]:
     raw = file.read_bytes(8, length)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
-    except (UnicodeDecodeError, ValueError) as error:
-        raise _fail(file.path, f"header is not valid JSON ({error})") from None
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
+        raise _fail(file.path, f"header is not valid JSON ({type(error).__name__}: {error})") from None
     if not isinstance(header, dict):
         raise _fail(file.path, "header is not a JSON object")
     return header, 8 + length

@@ -119,7 +119,7 @@ def _read_weight_map(path: str) -> dict[str, str]:
             index = json.loads(stream.read().decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
     except OSError as error:
         raise SourceError(f"{path}: cannot read the index ({error.strerror})") from None
-    except (UnicodeDecodeError, ValueError) as error:
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise SourceError(f"{path}: not a valid checkpoint index ({error})") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):

@@ -84,14 +84,13 @@ def open_torch_file(path: str) -> dict:
     data = _read_pickle(path, archive, pickle_name)
     unpickler = _WeightsUnpickler(file, archive, prefix)
     try:
-        obj = unpickler.load_from(data)
+        return tree_from_object(unpickler.load_from(data))
     except _Refused as refused:
         raise SourceError(f"{path}: {refused}") from None
     except SourceError:
         raise
     except Exception as error:  # a corrupt pickle can fail in many ways; none may escape raw
         raise SourceError(f"{path}: the pickle data is corrupt ({type(error).__name__}: {error})") from None
-    return tree_from_object(obj)
 
 
 def _open_archive(file: FileHandle) -> zipfile.ZipFile:
@@ -107,8 +106,8 @@ def _open_archive(file: FileHandle) -> zipfile.ZipFile:
         )
     try:
         return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        raise SourceError(f"{path}: the zip archive is corrupt or truncated ({error})") from None
+    except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
+        raise SourceError(f"{path}: the zip archive is corrupt or truncated ({type(error).__name__}: {error})") from None
 
 
 def _pickle_record(path: str, archive: zipfile.ZipFile) -> str:
@@ -126,7 +125,7 @@ def _read_pickle(path: str, archive: zipfile.ZipFile, name: str) -> bytes:
     try:
         with archive.open(info) as stream:
             data = stream.read(MAX_PICKLE_BYTES + 1)
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
+    except Exception as error:  # zlib.error, BadZipFile, NotImplementedError, ...
         raise SourceError(f"{path}: cannot read '{name}' from the archive ({error})") from None
     if len(data) > MAX_PICKLE_BYTES:
         raise SourceError(f"{path}: '{name}' is over the {MAX_PICKLE_BYTES}-byte limit")
@@ -138,7 +137,7 @@ def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
     try:
         with archive.open(name) as stream:
             return stream.read(64).decode("ascii", "replace").strip()
-    except (KeyError, zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+    except Exception:  # absent or unreadable: the archive's other checks will say what is wrong
         return None
 
 
