@@ -8,13 +8,15 @@ True
 
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
-from ._report import Cast, LoadError, LoadReport, Mismatch, Problem, SourceError
+from . import convert
+from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
 
 __all__ = [
     "Cast",
+    "Converted",
     "Diff",
     "LoadError",
     "LoadReport",
@@ -22,6 +24,7 @@ __all__ = [
     "Problem",
     "SourceError",
     "SourceTree",
+    "convert",
     "TensorInfo",
     "diff",
     "inspect",

@@ -12,6 +12,7 @@ from ._plan import make_plan
 from ._rename import compile_rename, rename_tree
 from ._report import LoadError, LoadReport
 from ._select import Selection
+from .convert import convert_tree
 from .sources import to_source_tree
 
 
@@ -71,6 +72,10 @@ def load(
       tensors; ``False`` excludes that whole subtree.
     - ``rename``: ``{regex: replacement}`` applied in order with ``re.sub``
       to source paths, or ``callable(path) -> str | None`` (``None`` drops).
+    - ``convert``: a list of converters from `structload.convert`
+      (``Transpose``, ``Reshape``, ``Split``, ``Concat``, ``Stack``,
+      ``Unstack``, ``Apply``) for tensors laid out differently; they run
+      after ``rename`` and are checked in the plan like everything else.
     - ``device``: where ``meta`` tensors of `dst` are materialized (CPU by
       default); real tensors stay where they are.
     - ``dry_run=True``: validate and return the report without writing (a
@@ -94,8 +99,6 @@ def load(
       buffers) plus ``_extra_state`` when the source has it.
     - R6 every check runs before the first write.
     """
-    if convert is not None:
-        raise NotImplementedError("structload: convert= is not supported yet")
     selection = Selection(include, exclude, filter)
     renamer = compile_rename(rename)
     target_device = torch.device(device if device is not None else "cpu")
@@ -103,7 +106,10 @@ def load(
         tree = to_source_tree(src)
         if renamer is not None:
             tree = rename_tree(tree, renamer)
-        plan = make_plan(dst, tree, selection)
+        converter_problems = []
+        if convert is not None:
+            tree, converter_problems = convert_tree(tree, convert)
+        plan = make_plan(dst, tree, selection, converter_problems)
         if strict and plan.problems:
             raise LoadError(plan.problems, plan.report(applied=False))
         if dry_run:

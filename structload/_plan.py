@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 from ._dest import TENSOR, dest_name
 from ._problems import compose_problems
-from ._report import Cast, LoadReport, Mismatch, Problem
+from ._report import Cast, Converted, LoadReport, Mismatch, Problem
 from ._rules import DROPPED, EXCLUDED, LOADED, MISMATCHED, MISSING, SKIPPED, UNEXPECTED, ZEROED
 from ._select import Selection
 from ._ties import resolve_ties
 from ._walk import Entry, Walk, walk
+from .sources._leaves import ConvertedTensor
 
 _LISTS = {LOADED: "loaded", ZEROED: "zeroed", SKIPPED: "skipped", EXCLUDED: "excluded", MISSING: "missing", DROPPED: "dropped"}
 
@@ -67,15 +68,17 @@ def _add_entry(report: LoadReport, entry: Entry) -> None:
         src_dtype, dst_dtype = entry.leaf.dtype, entry.slot.tensor.dtype
         if src_dtype is not None and src_dtype != dst_dtype:
             report.cast.append(Cast(entry.path, src_dtype, dst_dtype))
+        if isinstance(entry.leaf, ConvertedTensor):
+            report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
 
 
 def _tied_groups(found: Walk) -> list[list[Entry]]:
     return [group for group in found.by_tensor.values() if len(group) > 1]
 
 
-def make_plan(dst, tree, selection: Selection) -> Plan:
+def make_plan(dst, tree, selection: Selection, converter_problems: list[Problem] = ()) -> Plan:
     """Walk, settle ties, find every problem; read no data except R3's and R4's checks."""
     found = walk(dst, tree, selection)
     resolve_ties(_tied_groups(found))
     problems, hints = compose_problems(found)
-    return Plan(dest_name(dst), found, problems, hints)
+    return Plan(dest_name(dst), found, list(converter_problems) + problems, hints)

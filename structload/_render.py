@@ -160,6 +160,10 @@ def report_tree(report: LoadReport):
     parts: list = [tree]
     if report.tied:
         parts.append(Text("tied: " + "; ".join(" = ".join(group) for group in report.tied), style="cyan"))
+    if report.converted:
+        converters = dict.fromkeys(c.made_by.rsplit(" of ", 1)[0] for c in report.converted)
+        text = f"converted: {plural(len(report.converted), 'tensor')}, by " + "; ".join(converters)
+        parts.append(Text(text, style="cyan"))
     parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]
     return Group(*parts)
 

@@ -90,6 +90,18 @@ class Cast:
         return {"path": self.path, "src_dtype": _dtype(self.src_dtype), "dst_dtype": _dtype(self.dst_dtype)}
 
 
+@dataclass(frozen=True)
+class Converted:
+    """A destination tensor made by converters: which ones, from which source paths."""
+
+    path: str
+    made_by: str
+    sources: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "made_by": self.made_by, "sources": list(self.sources)}
+
+
 @dataclass
 class LoadReport:
     """What a load did, or would do, path by path.
@@ -101,6 +113,7 @@ class LoadReport:
     match nothing in the destination; `dropped` holds destination paths
     registered as absent whose source tensor was all zeros.
 
+    `converted` lists the destination tensors made by ``convert=`` converters.
     `applied` is ``False`` for a dry run and for a strict load that raised:
     the lists then describe what the load would have done.
 
@@ -122,6 +135,7 @@ class LoadReport:
     mismatched: list[Mismatch] = field(default_factory=list)
     cast: list[Cast] = field(default_factory=list)
     tied: list[tuple[str, ...]] = field(default_factory=list)
+    converted: list[Converted] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
     applied: bool = True
@@ -170,6 +184,7 @@ class LoadReport:
         data["mismatched"] = [m.to_dict() for m in self.mismatched]
         data["cast"] = [c.to_dict() for c in self.cast]
         data["tied"] = [list(group) for group in self.tied]
+        data["converted"] = [c.to_dict() for c in self.converted]
         data["problems"] = [p.to_dict() for p in self.problems]
         data["ok"] = self.ok
         return data

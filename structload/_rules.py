@@ -30,6 +30,7 @@ from ._dest import ABSENT as ABSENT_SLOT
 from ._dest import EXTRA, IGNORED, TENSOR, Slot
 from ._report import dtype_text, shape_text
 from .sources import ABSENT, SKIP, BadLeaf, ExtraState, SourceTensor
+from .sources._leaves import ConvertedTensor
 
 # What a rule decides for one destination path.
 LOADED, ZEROED, SKIPPED, EXCLUDED = "loaded", "zeroed", "skipped", "excluded"
@@ -91,6 +92,8 @@ def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
     dst = slot.tensor
     if tuple(dst.shape) != tuple(leaf.shape):
         message = f"shape {shape_text(dst.shape)} in destination, {shape_text(leaf.shape)} in source"
+        if isinstance(leaf, ConvertedTensor):
+            message += f" (made by {leaf.made_by})"
         return Verdict(MISMATCHED, "shape", message, tuple(leaf.shape))
     if leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex:
         message = f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"

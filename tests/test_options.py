@@ -109,8 +109,8 @@ def test_rename_rejects_bad_arguments():
         sl.load(nn.Linear(2, 2), {}, rename={"(": ""})
 
 
-def test_convert_is_not_available_yet():
-    with pytest.raises(NotImplementedError, match="convert"):
+def test_convert_takes_converters_only():
+    with pytest.raises(TypeError, match="convert= takes a list of converters"):
         sl.load(nn.Linear(2, 2), {}, convert=[object()])
 
 

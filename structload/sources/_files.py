@@ -147,6 +147,15 @@ class FileTensor(SourceTensor):
             == (self.file.path, self.offset, self.shape, self.dtype, self.stride)
         )
 
+    def strides(self) -> tuple[int, ...]:
+        return self.stride if self.stride is not None else contiguous_strides(self.shape)
+
+    def view(self, shape, stride, element_offset: int = 0) -> FileTensor:
+        """The same bytes seen with another shape and stride (no data read): transposes,
+        slices and squeezes of a stored tensor stay file tensors."""
+        offset = self.offset + element_offset * self.dtype.itemsize
+        return FileTensor(self.file, offset, shape, self.dtype, stride)
+
     def _span(self) -> int:
         """How many elements from `offset` the tensor reaches."""
         if math.prod(self.shape) == 0:

@@ -96,6 +96,37 @@ class MemoryTensor(SourceTensor):
         )
 
 
+class ConvertedTensor(SourceTensor):
+    """A tensor a converter makes from source tensors, read lazily.
+
+    `made_by` names the converter and the source paths, for reports and
+    messages; `reader` produces the values; `writer`, when given, writes them
+    straight into a destination tensor (a concatenation filling slices).
+    """
+
+    __slots__ = ("made_by", "sources", "reader", "writer")
+
+    def __init__(self, shape, dtype, made_by: str, sources: tuple[str, ...], reader, writer=None):
+        self.shape = tuple(shape)
+        self.dtype = dtype
+        self.made_by = made_by
+        self.sources = sources
+        self.reader = reader
+        self.writer = writer
+
+    def read(self) -> torch.Tensor:
+        return self.reader()
+
+    def read_into(self, target: torch.Tensor) -> None:
+        if self.writer is not None:
+            self.writer(target)
+        else:
+            target.copy_(self.read())
+
+    def __repr__(self) -> str:
+        return f"ConvertedTensor(shape={self.shape}, dtype={self.dtype}, {self.made_by})"
+
+
 class ExtraState:
     """The value of a module's ``_extra_state`` entry, handed to ``set_extra_state``."""
 
