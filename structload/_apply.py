@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from ._dest import EXTRA, Slot
+from ._distributed import is_dtensor, local_block
 from ._plan import Plan
 from ._progress import progress_bar, wants_progress
 from ._report import Problem, SourceError
@@ -62,6 +63,13 @@ def write_entry(entry: Entry, device: torch.device) -> None:
         slot.owner.set_extra_state(entry.leaf.value)
         return
     target = slot.tensor
+    if is_dtensor(target):  # a shard of a global tensor: fill the local block only
+        local = target.to_local()
+        if entry.status == ZEROED:
+            local.zero_()
+        else:
+            entry.leaf.read_slice_into(local, *local_block(target))
+        return
     if target.is_meta:
         target = _materialize(entry, device)
     if entry.status == ZEROED:
@@ -88,4 +96,6 @@ def _install(slot: Slot, tensor: torch.Tensor) -> None:
 
 def _nbytes(entry: Entry) -> int:
     tensor = entry.slot.tensor
+    if is_dtensor(tensor):
+        tensor = tensor.to_local()
     return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0

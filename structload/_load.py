@@ -8,6 +8,8 @@ import gc
 import torch
 
 from ._apply import apply_plan
+from ._dest import dest_name
+from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
 from ._rename import compile_rename, rename_tree
 from ._report import LoadError, LoadReport
@@ -102,21 +104,45 @@ def load(
     selection = Selection(include, exclude, filter)
     renamer = compile_rename(rename)
     target_device = torch.device(device if device is not None else "cpu")
+    collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
+    target = dest_name(dst)
     with gc_paused():
-        tree = to_source_tree(src)
-        if renamer is not None:
-            tree = rename_tree(tree, renamer)
-        converter_problems = []
-        if convert is not None:
-            tree, converter_problems = convert_tree(tree, convert)
-        plan = make_plan(dst, tree, selection, converter_problems)
-        if strict and plan.problems:
-            raise LoadError(plan.problems, plan.report(applied=False))
+        plan = _in_step(collective, target, lambda: _plan(dst, src, selection, renamer, convert, strict))
         if dry_run:
             return plan.report(applied=False)
         with torch.no_grad():
-            apply_plan(plan, target_device, progress)
+            _in_step(collective, target, lambda: apply_plan(plan, target_device, progress))
         return plan.report(applied=True)
+
+
+def _in_step(collective: bool, target: str, step):
+    """Run one step of the load. For a sharded destination, every rank learns whether any rank
+    failed and raises the same error, so none waits forever in a later collective."""
+    try:
+        result = step()
+    except Exception as error:
+        if not collective:
+            raise
+        agreed = agree(error, target)
+        raise agreed from (None if agreed is error else error)
+    if collective and (agreed := agree(None, target)) is not None:
+        raise agreed
+    return result
+
+
+def _plan(dst, src, selection: Selection, renamer, convert, strict: bool):
+    """Open the source, rename, convert and plan the load (no writes); a strict load with
+    problems raises here, before anything is written."""
+    tree = to_source_tree(src)
+    if renamer is not None:
+        tree = rename_tree(tree, renamer)
+    converter_problems = []
+    if convert is not None:
+        tree, converter_problems = convert_tree(tree, convert)
+    plan = make_plan(dst, tree, selection, converter_problems)
+    if strict and plan.problems:
+        raise LoadError(plan.problems, plan.report(applied=False))
+    return plan
 
 
 @contextlib.contextmanager

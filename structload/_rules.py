@@ -27,6 +27,7 @@ from typing import NamedTuple
 import torch
 
 from ._dest import ABSENT as ABSENT_SLOT
+from ._distributed import dtensor_problem, is_dtensor
 from ._dest import EXTRA, IGNORED, TENSOR, Slot
 from ._report import dtype_text, shape_text
 from .sources import ABSENT, SKIP, BadLeaf, ExtraState, SourceTensor
@@ -88,7 +89,7 @@ def source_kind(leaf) -> str:
 
 
 def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
-    """R1: equal shapes; the dtype may differ (a cast)."""
+    """R1: equal shapes; the dtype may differ (a cast). A DTensor is judged on its global shape."""
     dst = slot.tensor
     if tuple(dst.shape) != tuple(leaf.shape):
         message = f"shape {shape_text(dst.shape)} in destination, {shape_text(leaf.shape)} in source"
@@ -98,6 +99,8 @@ def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
     if leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex:
         message = f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"
         return Verdict(MISMATCHED, "type", message, tuple(leaf.shape))
+    if is_dtensor(dst) and dtensor_problem(dst):
+        return Verdict(MISMATCHED, "type", dtensor_problem(dst), tuple(leaf.shape))
     if dst.is_meta and slot.owner is None:
         message = "a meta tensor in a pytree destination cannot be materialized in place; build it with real tensors"
         return Verdict(MISMATCHED, "type", message, tuple(leaf.shape))

@@ -433,6 +433,7 @@ def convert_tree(tree, converters) -> tuple[object, list[Problem]]:
         if path in made:
             made_by, sources = made[path]
             description = f"{made_by} of " + ", ".join(f"'{s}'" for s in sources)
-            leaf = ConvertedTensor(leaf.shape, leaf.dtype, description, sources, leaf.read, leaf.read_into)
+            base = leaf if isinstance(leaf, FileTensor) else None  # views of files slice exactly
+            leaf = ConvertedTensor(leaf.shape, leaf.dtype, description, sources, leaf.read, leaf.read_into, base)
         insert(converted, path, leaf)
     return converted, problems

@@ -435,3 +435,21 @@ def test_big_reads_split_into_parallel_pieces_give_the_same_values(tmp_path, mon
     os.truncate(path, os.path.getsize(path) - 10)  # a piece of the last read comes up short
     with pytest.raises(sl.SourceError, match="file ended at byte"):
         sl.load(dst, opened)
+
+
+@pytest.mark.parametrize("chunk", [64, 1 << 20])
+def test_slices_of_file_tensors_read_exact_blocks(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(_files, "CHUNK_BYTES", chunk)  # small: exercise the row-by-row and block paths
+    monkeypatch.setattr(_files, "SEGMENT_BYTES", 32)
+    values = torch.arange(7 * 6 * 5, dtype=torch.float32).reshape(7, 6, 5)
+    path = save_safetensors(tmp_path / "t.safetensors", {"t": values})
+    leaf = sl.open(path)["t"]
+    for starts, sizes in [((2, 0, 0), (3, 6, 5)), ((0, 3, 0), (7, 3, 5)), ((1, 2, 1), (5, 3, 3)), ((0, 0, 4), (7, 6, 1))]:
+        target = torch.zeros(sizes)
+        leaf.read_slice_into(target, starts, sizes)
+        index = tuple(slice(a, a + n) for a, n in zip(starts, sizes))
+        assert torch.equal(target, values[index]), (starts, sizes)
+    log = ReadLog(monkeypatch)
+    target = torch.zeros(3, 6, 5)
+    leaf.read_slice_into(target, (4, 0, 0), (3, 6, 5))
+    assert log.bytes_read() == 3 * 6 * 5 * 4  # a row block: exactly its bytes, one read

@@ -2,7 +2,8 @@
 
 `to_source_tree` is the single entry point; each input kind lives in its own
 module: `memory` (tensors, arrays, numbers, pytrees), `module` (``nn.Module``),
-`safetensors_file`, `torch_file` and `sharded` (index files and directories).
+`safetensors_file`, `torch_file`, `sharded` (index files and directories) and
+`dcp` (``torch.distributed.checkpoint`` directories).
 `open_file` picks the file format from the name, or from the first bytes.
 """
 
@@ -12,6 +13,7 @@ import os
 
 from .._report import SourceError
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, count_tensors, iter_leaves
+from .dcp import is_dcp_directory, open_dcp
 from .memory import tree_from_object
 from .safetensors_file import open_safetensors
 from .sharded import find_in_directory, open_index
@@ -46,6 +48,8 @@ def to_source_tree(src):
 def open_file(path: str) -> dict:
     """Open a checkpoint file, index or directory as a lazy source tree; reads metadata only."""
     if os.path.isdir(path):
+        if is_dcp_directory(path):
+            return open_dcp(path)
         path = find_in_directory(path)
     elif not os.path.exists(path):
         raise SourceError(f"{path}: no such file or directory")

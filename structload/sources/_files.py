@@ -23,6 +23,8 @@ from ._leaves import SourceTensor
 
 #: Casting loads go through a buffer of at most this many bytes.
 CHUNK_BYTES = 16 << 20
+#: Strided reads fetch rows of at least this many bytes one by one (exact), smaller rows in blocks.
+SEGMENT_BYTES = 64 << 10
 #: Reads of at least this many bytes are split into pieces read in parallel.
 PARALLEL_BYTES = 32 << 20
 PIECE_BYTES = 8 << 20
@@ -165,12 +167,10 @@ class FileTensor(SourceTensor):
         return 1 + sum((size - 1) * step for size, step in zip(self.shape, self.stride))
 
     def read(self) -> torch.Tensor:
-        """A new CPU tensor holding the values (a strided view for stored views)."""
-        storage = torch.empty(self._span(), dtype=self.dtype)
-        self.file.read_into(writable_bytes(storage), self.offset)
-        if self.stride is None:
-            return storage.view(self.shape)
-        return storage.as_strided(self.shape, self.stride)
+        """A new contiguous CPU tensor holding the values."""
+        out = torch.empty(self.shape, dtype=self.dtype)
+        self._fill(out)
+        return out
 
     def read_into(self, target: torch.Tensor) -> None:
         """Write the values into `target` with as few copies and as little memory as possible."""
@@ -180,6 +180,48 @@ class FileTensor(SourceTensor):
             self.file.read_into(writable_bytes(target), self.offset)  # one copy: file -> model
         else:
             self._read_in_chunks(target)
+
+    def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
+        """Read only the block ``starts .. starts + sizes``: a row block of a contiguous tensor
+        (a dim-0 shard) is one positioned read straight into `target`."""
+        strides = self.strides()
+        first = sum(a * step for a, step in zip(starts, strides))
+        self.view(tuple(sizes), strides, first).read_into(target)
+
+    def _fill(self, out: torch.Tensor) -> None:
+        """Read this (possibly strided) view into the contiguous CPU tensor `out`, reading
+        the bytes it covers, never a full-size temporary of a larger tensor."""
+        if self.stride is None:
+            self.file.read_into(writable_bytes(out), self.offset)
+            return
+        if out.numel() == 0:
+            return
+        itemsize = self.dtype.itemsize
+        if self._span() * itemsize <= CHUNK_BYTES:  # small: read what it spans, pick the elements
+            buffer = torch.empty(self._span(), dtype=self.dtype)
+            self.file.read_into(writable_bytes(buffer), self.offset)
+            out.copy_(buffer.as_strided(self.shape, self.stride))
+            return
+        dim = max(range(len(self.shape)), key=lambda d: self.stride[d] if self.shape[d] > 1 else -1)
+        step = self.stride[dim]
+        rows = max(1, CHUNK_BYTES // (step * itemsize)) if self._row_bytes(dim) < SEGMENT_BYTES else 1
+        for start in range(0, self.shape[dim], rows):
+            count = min(rows, self.shape[dim] - start)
+            shape = list(self.shape)
+            shape[dim] = count
+            part = self.view(shape, self.stride, start * step)
+            target = out.narrow(dim, start, count)
+            if target.is_contiguous():
+                part._fill(target)
+            else:
+                target.copy_(part.read())
+
+    def _row_bytes(self, dim: int) -> int:
+        """Bytes one index of `dim` covers (a row, for dim 0)."""
+        shape = [n for d, n in enumerate(self.shape) if d != dim]
+        stride = [n for d, n in enumerate(self.stride) if d != dim]
+        span = 0 if math.prod(shape) == 0 else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+        return span * self.dtype.itemsize
 
     def _read_in_chunks(self, target: torch.Tensor) -> None:
         """Cast or move through a bounded buffer instead of a full temporary copy."""

@@ -60,12 +60,25 @@ class SourceTensor:
         """Write the values into `target` (cast and moved as needed); file sources avoid a temporary."""
         target.copy_(self.read())
 
+    def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
+        """Write the block ``[starts[d] : starts[d] + sizes[d]]`` of every dim into `target`.
+
+        This default reads the whole tensor first; memory and file sources read
+        only the block (what a sharded destination's rank loads).
+        """
+        target.copy_(self.read()[block(starts, sizes)])
+
     def same_data(self, other: SourceTensor) -> bool:
         """``True`` only when both surely hold the same values without reading them."""
         return self is other
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(shape={tuple(self.shape)}, dtype={self.dtype})"
+
+
+def block(starts, sizes) -> tuple[slice, ...]:
+    """The index of a block of a tensor: ``(slice(0, 2), slice(4, 8))``."""
+    return tuple(slice(a, a + n) for a, n in zip(starts, sizes))
 
 
 class MemoryTensor(SourceTensor):
@@ -80,6 +93,9 @@ class MemoryTensor(SourceTensor):
 
     def read(self) -> torch.Tensor:
         return self.tensor
+
+    def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
+        target.copy_(self.tensor[block(starts, sizes)])  # a view: only the block is copied
 
     def same_data(self, other: SourceTensor) -> bool:
         if self is other:
@@ -104,15 +120,16 @@ class ConvertedTensor(SourceTensor):
     straight into a destination tensor (a concatenation filling slices).
     """
 
-    __slots__ = ("made_by", "sources", "reader", "writer")
+    __slots__ = ("made_by", "sources", "reader", "writer", "base")
 
-    def __init__(self, shape, dtype, made_by: str, sources: tuple[str, ...], reader, writer=None):
+    def __init__(self, shape, dtype, made_by: str, sources: tuple[str, ...], reader, writer=None, base=None):
         self.shape = tuple(shape)
         self.dtype = dtype
         self.made_by = made_by
         self.sources = sources
         self.reader = reader
         self.writer = writer
+        self.base = base  # the leaf it reads through, when it is a plain view of one
 
     def read(self) -> torch.Tensor:
         return self.reader()
@@ -122,6 +139,12 @@ class ConvertedTensor(SourceTensor):
             self.writer(target)
         else:
             target.copy_(self.read())
+
+    def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
+        if self.base is not None:  # a view of a file or memory tensor: read only the block
+            self.base.read_slice_into(target, starts, sizes)
+        else:
+            super().read_slice_into(target, starts, sizes)
 
     def __repr__(self) -> str:
         return f"ConvertedTensor(shape={self.shape}, dtype={self.dtype}, {self.made_by})"

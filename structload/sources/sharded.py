@@ -88,6 +88,9 @@ class ShardTensor(SourceTensor):
     def read_into(self, target: torch.Tensor) -> None:
         self.resolve().read_into(target)
 
+    def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
+        self.resolve().read_slice_into(target, starts, sizes)
+
     def same_data(self, other: SourceTensor) -> bool:
         other = other.resolve() if isinstance(other, ShardTensor) else other
         return self.resolve().same_data(other)
