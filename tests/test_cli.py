@@ -188,3 +188,12 @@ def test_colour_only_on_terminals_and_never_with_no_color(workdir):
 def test_help_exits_0():
     result = run("--help")
     assert result.returncode == 0 and "inspect" in result.stdout and "Exit status" in result.stdout
+
+
+def test_inspect_a_dcp_checkpoint(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save({"model": Net(n=1).state_dict(), "step": 5}, checkpoint_id=str(tmp_path / "dcp"))
+    result = run_in(tmp_path, "inspect", "dcp", "--depth", "1")
+    assert result.returncode == 0, result.stderr
+    assert "dcp  (9 tensors, 139 params, 556 B)" in result.stdout and "model" in result.stdout

@@ -453,3 +453,27 @@ def test_slices_of_file_tensors_read_exact_blocks(tmp_path, monkeypatch, chunk):
     target = torch.zeros(3, 6, 5)
     leaf.read_slice_into(target, (4, 0, 0), (3, 6, 5))
     assert log.bytes_read() == 3 * 6 * 5 * 4  # a row block: exactly its bytes, one read
+
+
+def test_parallel_reads_work_in_a_forked_child(tmp_path, monkeypatch):
+    import multiprocessing
+
+    monkeypatch.setattr(_files, "PARALLEL_BYTES", 1024)
+    monkeypatch.setattr(_files, "PIECE_BYTES", 256)
+    values = {"w": torch.randn(64, 64)}
+    path = save_safetensors(tmp_path / "w.safetensors", values)
+    sl.load({"w": torch.zeros(64, 64)}, path)  # the parent's reader pool now has threads
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_load_in_child, args=(path, str(tmp_path / "ok")))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # stuck on a pool whose threads the fork did not copy
+        child.kill()
+    assert child.exitcode == 0 and (tmp_path / "ok").exists()
+
+
+def _load_in_child(path, marker):
+    target = {"w": torch.zeros(64, 64)}
+    sl.load(target, path)
+    if torch.equal(target["w"], safetensors.torch.load_file(path)["w"]):
+        open(marker, "w").close()

@@ -43,6 +43,16 @@ def _pool() -> ThreadPoolExecutor:
     return _reader_pool
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: it must start its own pool."""
+    global _reader_pool
+    _reader_pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 class FileHandle:
     """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone."""
 
