@@ -52,13 +52,18 @@ def outcomes_by_path(report: LoadReport) -> dict[str, str]:
     return result
 
 
+def node_at(root, path: str, make):
+    """The node of a tree of ``.children`` dicts at a dotted path, created with `make()` as needed."""
+    node = root
+    for part in path.split(".") if path else []:
+        node = node.children.setdefault(part, make())
+    return node
+
+
 def _build(outcomes: dict[str, str]) -> _Node:
     root = _Node()
     for path, outcome in outcomes.items():
-        node = root
-        for part in path.split(".") if path else []:
-            node = node.children.setdefault(part, _Node())
-        node.outcome = outcome
+        node_at(root, path, _Node).outcome = outcome
     _summarize(root)
     return root
 

@@ -13,6 +13,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ._problems import plural
+from ._render import node_at
 from ._report import dtype_text, shape_text
 
 
@@ -47,10 +48,7 @@ class _Totals:
 def _totals(infos: dict) -> _Totals:
     root = _Totals()
     for path, info in infos.items():
-        node = root
-        for part in path.split(".") if path else []:
-            node = node.children.setdefault(part, _Totals())
-        node.info = info
+        node_at(root, path, _Totals).info = info
     _add_up(root)
     return root
 

@@ -38,7 +38,7 @@ import torch
 from ._report import Problem, SourceError, shape_text
 from .sources import SourceTensor, iter_leaves
 from .sources._files import FileTensor
-from .sources._leaves import ConvertedTensor
+from .sources._leaves import ComputedTensor, ConvertedTensor
 from .sources.nesting import insert
 
 __all__ = ["Apply", "Concat", "Converter", "Reshape", "Split", "Stack", "Transpose", "Unstack"]
@@ -105,24 +105,6 @@ def _captures(match: re.Match) -> tuple[str, ...]:
 # --- lazy tensor operations (file tensors stay file views where the layout allows) -----------
 
 
-class _Lazy(SourceTensor):
-    """A tensor computed from others when read; `writer` may fill a destination directly."""
-
-    __slots__ = ("reader", "writer")
-
-    def __init__(self, shape, dtype, reader, writer=None):
-        self.shape, self.dtype, self.reader, self.writer = tuple(shape), dtype, reader, writer
-
-    def read(self) -> torch.Tensor:
-        return self.reader()
-
-    def read_into(self, target: torch.Tensor) -> None:
-        if self.writer is not None:
-            self.writer(target)
-        else:
-            target.copy_(self.read())
-
-
 def _file(leaf: SourceTensor) -> FileTensor | None:
     base = leaf.resolve() if hasattr(leaf, "resolve") else leaf
     return base if isinstance(base, FileTensor) else None
@@ -136,7 +118,7 @@ def _transpose(leaf: SourceTensor, a: int, b: int) -> SourceTensor:
         stride = list(file.strides())
         stride[a], stride[b] = stride[b], stride[a]
         return file.view(shape, stride)
-    return _Lazy(shape, leaf.dtype, lambda: leaf.read().transpose(a, b))
+    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().transpose(a, b))
 
 
 def _narrow(leaf: SourceTensor, dim: int, start: int, length: int) -> SourceTensor:
@@ -146,7 +128,7 @@ def _narrow(leaf: SourceTensor, dim: int, start: int, length: int) -> SourceTens
     if file is not None:
         stride = file.strides()
         return file.view(shape, stride, start * stride[dim])
-    return _Lazy(shape, leaf.dtype, lambda: leaf.read().narrow(dim, start, length))
+    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().narrow(dim, start, length))
 
 
 def _select(leaf: SourceTensor, dim: int, index: int) -> SourceTensor:
@@ -157,14 +139,14 @@ def _select(leaf: SourceTensor, dim: int, index: int) -> SourceTensor:
         stride = list(file.strides())
         step = stride.pop(dim)
         return file.view(shape, stride, index * step)
-    return _Lazy(shape, leaf.dtype, lambda: leaf.read().select(dim, index))
+    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().select(dim, index))
 
 
 def _reshape(leaf: SourceTensor, shape: tuple[int, ...]) -> SourceTensor:
     file = _file(leaf)
     if file is not None and file.stride is None:
         return file.view(shape, None)
-    return _Lazy(shape, leaf.dtype, lambda: leaf.read().reshape(shape))
+    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().reshape(shape))
 
 
 def _dim(dim: int, ndim: int, what: str) -> int:
@@ -275,7 +257,7 @@ class Apply(Converter):
                 raise SourceError(f"{self} made shape {shape_text(result.shape)} for '{path}', but declared {shape_text(shape)}")
             return result
 
-        return [(path, _Lazy(shape, dtype, read))]
+        return [(path, ComputedTensor(shape, dtype, read))]
 
 
 class Split(Converter):
@@ -370,7 +352,7 @@ class Concat(_Gather):
                 leaf.read_into(target.narrow(dim, start, leaf.shape[dim]))
                 start += leaf.shape[dim]
 
-        return _Lazy(shape, leaves[0].dtype, lambda: torch.cat([leaf.read() for leaf in leaves], dim), write)
+        return ComputedTensor(shape, leaves[0].dtype, lambda: torch.cat([leaf.read() for leaf in leaves], dim), write)
 
     def __str__(self) -> str:
         return f"Concat({[p.text for p in self.patterns]!r})"
@@ -411,7 +393,7 @@ class Stack(_Gather):
             for i, leaf in enumerate(leaves):
                 leaf.read_into(target.select(dim, i))
 
-        return _Lazy(shape, leaves[0].dtype, lambda: torch.stack([leaf.read() for leaf in leaves], dim), write)
+        return ComputedTensor(shape, leaves[0].dtype, lambda: torch.stack([leaf.read() for leaf in leaves], dim), write)
 
 
 # --- running them ----------------------------------------------------------------------------
@@ -433,7 +415,6 @@ def convert_tree(tree, converters) -> tuple[object, list[Problem]]:
         if path in made:
             made_by, sources = made[path]
             description = f"{made_by} of " + ", ".join(f"'{s}'" for s in sources)
-            base = leaf if isinstance(leaf, FileTensor) else None  # views of files slice exactly
-            leaf = ConvertedTensor(leaf.shape, leaf.dtype, description, sources, leaf.read, leaf.read_into, base)
+            leaf = ConvertedTensor(leaf, description, sources)
         insert(converted, path, leaf)
     return converted, problems

@@ -168,18 +168,24 @@ def test_storage_references_are_validated(tmp_path):
 # --- zip bombs and memory -----------------------------------------------------------------------
 
 
+def peak_traced(action):
+    """``(result, peak bytes Python allocated)`` while running `action()`."""
+    tracemalloc.start()
+    try:
+        result = action()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+
 def test_zip_bomb_pickle_is_refused_with_bounded_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_file, "MAX_PICKLE_BYTES", 1 << 20)
     path = tmp_path / "bomb.pt"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MiB of zeros, a few KiB on disk
     assert path.stat().st_size < 1 << 20
-    tracemalloc.start()
-    try:
-        error = expect_source_error(path, dst={})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    error, peak = peak_traced(lambda: expect_source_error(path, dst={}))
     assert "1048576-byte limit" in str(error)
     assert peak < 8 << 20
 
@@ -195,12 +201,7 @@ def test_zip_declaring_a_smaller_size_than_it_inflates_to(tmp_path, monkeypatch)
     local = raw.find(b"PK\x03\x04")
     raw[local + 22 : local + 26] = (100).to_bytes(4, "little")
     path.write_bytes(bytes(raw))
-    tracemalloc.start()
-    try:
-        expect_source_error(path, dst={})
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = peak_traced(lambda: expect_source_error(path, dst={}))
     assert peak < 8 << 20
 
 
@@ -218,12 +219,7 @@ def test_compressed_storage_records_are_refused(tmp_path):
 def test_huge_safetensors_header_length_reads_nothing_big(tmp_path):
     path = tmp_path / "huge.safetensors"
     path.write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
-    tracemalloc.start()
-    try:
-        expect_source_error(path)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    _, peak = peak_traced(lambda: expect_source_error(path))
     assert peak < 1 << 20
 
 

@@ -179,6 +179,15 @@ def parameter_objects(model: nn.Module) -> dict[str, int]:
 # --- the invariants ------------------------------------------------------------------------
 
 
+def draw_load_case(data):
+    """A destination (a variant of a random spec) and a damaged source derived from that spec."""
+    spec = data.draw(model_specs)
+    dst = data.draw(models(data.draw(variant(spec))))
+    src = data.draw(sources(data.draw(models(spec))))
+    return dst, src
+
+
+
 @SETTINGS
 @given(st.data())
 def test_strict_load_succeeds_or_leaves_the_destination_bitwise_unchanged(data):
@@ -200,9 +209,7 @@ def test_strict_load_succeeds_or_leaves_the_destination_bitwise_unchanged(data):
 @SETTINGS
 @given(st.data())
 def test_non_strict_report_partitions_the_destination_paths(data):
-    spec = data.draw(model_specs)
-    dst = data.draw(models(data.draw(variant(spec))))
-    src = data.draw(sources(data.draw(models(spec))))
+    dst, src = draw_load_case(data)
     exclude = data.draw(st.sampled_from([None, "*.bias", "0", "enc.*"]))
     report = sl.load(dst, src, strict=False, exclude=exclude)
     lists = [report.loaded, report.missing, report.skipped, report.excluded, report.zeroed, [m.path for m in report.mismatched]]
@@ -245,9 +252,7 @@ def test_round_trip_where_structures_differ(data):
 @SETTINGS
 @given(st.data())
 def test_dry_run_changes_nothing_and_predicts_the_real_report(data):
-    spec = data.draw(model_specs)
-    dst = data.draw(models(data.draw(variant(spec))))
-    src = data.draw(sources(data.draw(models(spec))))
+    dst, src = draw_load_case(data)
     strict = data.draw(st.booleans())
     before = snapshot(dst)
     try:

@@ -112,24 +112,17 @@ class MemoryTensor(SourceTensor):
         )
 
 
-class ConvertedTensor(SourceTensor):
-    """A tensor a converter makes from source tensors, read lazily.
+class ComputedTensor(SourceTensor):
+    """A tensor computed from other source tensors when it is read.
 
-    `made_by` names the converter and the source paths, for reports and
-    messages; `reader` produces the values; `writer`, when given, writes them
-    straight into a destination tensor (a concatenation filling slices).
+    `reader` produces the values; `writer`, when given, writes them straight
+    into a destination tensor (a concatenation filling its slices).
     """
 
-    __slots__ = ("made_by", "sources", "reader", "writer", "base")
+    __slots__ = ("reader", "writer")
 
-    def __init__(self, shape, dtype, made_by: str, sources: tuple[str, ...], reader, writer=None, base=None):
-        self.shape = tuple(shape)
-        self.dtype = dtype
-        self.made_by = made_by
-        self.sources = sources
-        self.reader = reader
-        self.writer = writer
-        self.base = base  # the leaf it reads through, when it is a plain view of one
+    def __init__(self, shape, dtype, reader, writer=None):
+        self.shape, self.dtype, self.reader, self.writer = tuple(shape), dtype, reader, writer
 
     def read(self) -> torch.Tensor:
         return self.reader()
@@ -140,11 +133,20 @@ class ConvertedTensor(SourceTensor):
         else:
             target.copy_(self.read())
 
+
+class ConvertedTensor(ComputedTensor):
+    """A tensor converters made, with who made it (`made_by`) and from which source paths."""
+
+    __slots__ = ("made_by", "sources", "base")
+
+    def __init__(self, leaf: SourceTensor, made_by: str, sources: tuple[str, ...]):
+        super().__init__(leaf.shape, leaf.dtype, leaf.read, leaf.read_into)
+        self.made_by = made_by
+        self.sources = sources
+        self.base = leaf  # reads of a block go through it: file views read only the block
+
     def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
-        if self.base is not None:  # a view of a file or memory tensor: read only the block
-            self.base.read_slice_into(target, starts, sizes)
-        else:
-            super().read_slice_into(target, starts, sizes)
+        self.base.read_slice_into(target, starts, sizes)
 
     def __repr__(self) -> str:
         return f"ConvertedTensor(shape={self.shape}, dtype={self.dtype}, {self.made_by})"
