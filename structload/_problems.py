@@ -47,7 +47,7 @@ def compose_problems(found: Walk) -> tuple[list[Problem], list[str]]:
         return [_with_hint(p, prefix, text, direction) for p in problems], [text]
     moves = layout_matches(found)
     if moves:
-        return [_with_move(p, moves) for p in problems], [text for _, text in moves.values()]
+        return [_with_move(p, moves) for p in problems], list(moves.values())
     return problems, []
 
 
@@ -201,10 +201,10 @@ def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
     return prefix if 2 * n >= len(paths) else None
 
 
-def layout_matches(found: Walk) -> dict[str, tuple[str, str]]:
+def layout_matches(found: Walk) -> dict[str, str]:
     """Unexpected source subtrees laid out like a missing destination subtree.
 
-    Returns ``{source path: (destination path, hint text)}`` where the two
+    Returns ``{source path: hint text with the rename=}`` where the two
     subtrees' relative tensor paths overlap so that one holds the other and
     at least half of it (``blocks`` against ``layers``, the source without
     the biases the destination adds), when exactly one destination subtree fits.
@@ -227,7 +227,7 @@ def layout_matches(found: Walk) -> dict[str, tuple[str, str]]:
                 f"'{record.path}' in source is laid out like '{root}' in destination; "
                 f'pass rename={{r"^{re.escape(record.path + ".")}": "{root}."}}'
             )
-            moves[record.path] = (root, text)
+            moves[record.path] = text
     return moves
 
 
@@ -237,11 +237,9 @@ def _same_layout(a: set[str], b: set[str]) -> bool:
     return len(small) >= 3 and small <= big and 2 * len(small) >= len(big)
 
 
-def _with_move(problem: Problem, moves: dict[str, tuple[str, str]]) -> Problem:
-    for source, (root, text) in moves.items():
-        if problem.kind == "unexpected" and problem.path == source:
-            return Problem(problem.kind, problem.path, f"{problem.message}; {text}")
-    return problem
+def _with_move(problem: Problem, moves: dict[str, str]) -> Problem:
+    hint = moves.get(problem.path) if problem.kind == "unexpected" else None
+    return Problem(problem.kind, problem.path, f"{problem.message}; {hint}") if hint else problem
 
 
 def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:

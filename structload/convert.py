@@ -37,8 +37,8 @@ import torch
 
 from ._report import Problem, SourceError, shape_text
 from .sources import SourceTensor, iter_leaves
-from .sources._files import FileTensor
 from .sources._leaves import ComputedTensor, ConvertedTensor
+from .sources.views import narrow, reshape, select, transpose
 from .sources.nesting import insert
 
 __all__ = ["Apply", "Concat", "Converter", "Reshape", "Split", "Stack", "Transpose", "Unstack"]
@@ -100,53 +100,6 @@ def _captures(match: re.Match) -> tuple[str, ...]:
     """The ``*`` captures of a match, without the ``{i}`` index."""
     index = match.re.groupindex.get("i")
     return tuple(match.group(k) for k in range(1, match.re.groups + 1) if k != index)
-
-
-# --- lazy tensor operations (file tensors stay file views where the layout allows) -----------
-
-
-def _file(leaf: SourceTensor) -> FileTensor | None:
-    base = leaf.resolve() if hasattr(leaf, "resolve") else leaf
-    return base if isinstance(base, FileTensor) else None
-
-
-def _transpose(leaf: SourceTensor, a: int, b: int) -> SourceTensor:
-    shape = list(leaf.shape)
-    shape[a], shape[b] = shape[b], shape[a]
-    file = _file(leaf)
-    if file is not None:
-        stride = list(file.strides())
-        stride[a], stride[b] = stride[b], stride[a]
-        return file.view(shape, stride)
-    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().transpose(a, b))
-
-
-def _narrow(leaf: SourceTensor, dim: int, start: int, length: int) -> SourceTensor:
-    shape = list(leaf.shape)
-    shape[dim] = length
-    file = _file(leaf)
-    if file is not None:
-        stride = file.strides()
-        return file.view(shape, stride, start * stride[dim])
-    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().narrow(dim, start, length))
-
-
-def _select(leaf: SourceTensor, dim: int, index: int) -> SourceTensor:
-    shape = list(leaf.shape)
-    del shape[dim]
-    file = _file(leaf)
-    if file is not None:
-        stride = list(file.strides())
-        step = stride.pop(dim)
-        return file.view(shape, stride, index * step)
-    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().select(dim, index))
-
-
-def _reshape(leaf: SourceTensor, shape: tuple[int, ...]) -> SourceTensor:
-    file = _file(leaf)
-    if file is not None and file.stride is None:
-        return file.view(shape, None)
-    return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().reshape(shape))
 
 
 def _dim(dim: int, ndim: int, what: str) -> int:
@@ -218,7 +171,7 @@ class Transpose(Converter):
     def outputs(self, leaf, captures):
         ndim = len(leaf.shape)
         a, b = (_dim(d, ndim, f"a {ndim}-d tensor") for d in self.dims)
-        return [(_fill(self.pattern.template, captures), _transpose(leaf, a, b))]
+        return [(_fill(self.pattern.template, captures), transpose(leaf, a, b))]
 
 
 class Reshape(Converter):
@@ -236,7 +189,7 @@ class Reshape(Converter):
             shape[shape.index(-1)] = numel // known
         if math.prod(shape) != numel:
             raise _Bad(f"cannot reshape {numel} elements to {shape_text(self.shape)}")
-        return [(_fill(self.pattern.template, captures), _reshape(leaf, tuple(shape)))]
+        return [(_fill(self.pattern.template, captures), reshape(leaf, tuple(shape)))]
 
 
 class Apply(Converter):
@@ -281,7 +234,7 @@ class Split(Converter):
         elif sum(sizes) != total:
             raise _Bad(f"sizes {list(sizes)} add up to {sum(sizes)}, not to dim {dim}'s size {total}")
         starts = [sum(sizes[:k]) for k in range(n)]
-        return [(_fill(t, captures), _narrow(leaf, dim, a, s)) for t, a, s in zip(self.into, starts, sizes)]
+        return [(_fill(t, captures), narrow(leaf, dim, a, s)) for t, a, s in zip(self.into, starts, sizes)]
 
 
 class Unstack(Converter):
@@ -296,7 +249,7 @@ class Unstack(Converter):
 
     def outputs(self, leaf, captures):
         dim = _dim(self.dim, len(leaf.shape), f"a {len(leaf.shape)}-d tensor")
-        return [(_fill(self.into, captures, i), _select(leaf, dim, i)) for i in range(leaf.shape[dim])]
+        return [(_fill(self.into, captures, i), select(leaf, dim, i)) for i in range(leaf.shape[dim])]
 
 
 class _Gather(Converter):

@@ -100,6 +100,6 @@ def _check_entry(path: str, name: str, entry, data_size: int):
 
 def _check_no_overlap(path: str, spans: list[tuple[int, int, str]]) -> None:
     spans.sort()
-    for (b1, e1, n1), (b2, e2, n2) in zip(spans, spans[1:]):
-        if b2 < e1 and e2 > b2:
-            raise _fail(path, f"tensors '{n1}' and '{n2}' overlap")
+    for (_, end, first), (begin, next_end, second) in zip(spans, spans[1:]):
+        if begin < end and begin < next_end:  # starts inside the previous one, and is not empty
+            raise _fail(path, f"tensors '{first}' and '{second}' overlap")
