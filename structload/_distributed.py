@@ -14,6 +14,7 @@ each rank reads its own blocks.
 
 from __future__ import annotations
 
+import itertools
 import sys
 
 import torch
@@ -70,8 +71,8 @@ def holds_dtensors(dst) -> bool:
     """Whether ranks must agree on this load: a process group is up and `dst` holds DTensors."""
     if _tensor_module() is None or not dist.is_available() or not dist.is_initialized():
         return False
-    if isinstance(dst, torch.nn.Module):
-        return any(is_dtensor(t) for t in dst.state_dict(keep_vars=True).values())
+    if isinstance(dst, torch.nn.Module):  # parameters and buffers directly: no state_dict hooks run
+        return any(is_dtensor(t) for t in itertools.chain(dst.parameters(), dst.buffers()))
     import optree
 
     return any(is_dtensor(leaf) for leaf in optree.tree_leaves(dst, none_is_leaf=True, namespace="structload"))
