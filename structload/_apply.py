@@ -16,7 +16,7 @@ from ._dest import EXTRA, Slot
 from ._distributed import is_dtensor, local_block
 from ._plan import Plan
 from ._progress import progress_bar, wants_progress
-from ._report import Problem, SourceError
+from ._report import LoadError, Problem, SourceError
 from ._rules import ZEROED
 from ._walk import Entry
 
@@ -31,29 +31,38 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
         for entry, size in zip(writes, sizes):
             try:
                 write_entry(entry, device)
-            except SourceError as error:
-                raise _partial_failure(plan, done, entry, error) from None
+            except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
+                raise _partial_failure(plan, done, entry, error) from (None if isinstance(error, SourceError) else error)
             done.append(entry)
             advance(size)
 
 
-def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: SourceError) -> SourceError:
-    """The error of a source that failed while writing, with a report of what was written."""
+def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Exception) -> LoadError:
+    """The error of a load that failed while writing, with a report of exactly what was written.
+
+    A source that could not be read stays a `SourceError`; any other failure
+    becomes a `LoadError` chained to it.
+    """
     written = {id(e) for e in done}
-    report = plan.report(applied=True)
     was_written = {
         e.path
         for e in plan.entries
         if id(e) in written or (not e.write and e.group and any(id(g) in written for g in e.group))
     }
+    report = plan.report(applied=True)
     report.loaded = [p for p in report.loaded if p in was_written]
     report.zeroed = [p for p in report.zeroed if p in was_written]
+    report.cast = [c for c in report.cast if c.path in was_written]
+    report.converted = [c for c in report.converted if c.path in was_written]
+    cause = error.problems[0].message if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
     message = (
-        f"{error.problems[0].message}; the load stopped at '{failed.path}' after writing "
+        f"{cause}; the load stopped at '{failed.path}' after writing "
         f"{len(done)} of {len(plan.writes())} tensors (report.loaded lists them)"
     )
     report.problems.append(Problem("source", failed.path, message))
-    return SourceError(message, path=failed.path, report=report)
+    if isinstance(error, SourceError):
+        return SourceError(message, path=failed.path, report=report)
+    return LoadError(report.problems[-1:], report, message=f"writing '{failed.path}' failed: {message}")
 
 
 def write_entry(entry: Entry, device: torch.device) -> None:

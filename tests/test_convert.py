@@ -239,3 +239,21 @@ def test_a_failed_conversion_never_loads_its_input_unconverted():
     report = sl.load(dst, {"w": torch.ones(4, 4)}, convert=[Split("w", into=["w"], sizes=[3])], strict=False)
     assert torch.equal(dst["w"], torch.zeros(4, 4))
     assert report.missing == ["w"] and [p.kind for p in report.problems] == ["shape", "missing"]
+
+
+def test_a_converter_failing_while_writing_reports_exactly_what_was_written():
+    def explode(tensor):
+        raise ValueError("bad weights")
+
+    dst = {"a": torch.zeros(2), "b": torch.zeros(2), "c": torch.zeros(2)}
+    src = {"a": torch.ones(2), "b": torch.ones(2), "c": torch.ones(2)}
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(dst, src, convert=[Apply("b", explode)])
+    error = info.value
+    assert not isinstance(error, sl.SourceError) and isinstance(error.__cause__, ValueError)
+    assert str(error) == (
+        "writing 'b' failed: ValueError: bad weights; the load stopped at 'b' after writing 1 of 3 tensors "
+        "(report.loaded lists them)"
+    )
+    assert error.report.loaded == ["a"] and error.report.converted == []
+    assert torch.equal(dst["a"], torch.ones(2)) and torch.equal(dst["c"], torch.zeros(2))
