@@ -54,8 +54,6 @@ def _totals(infos: dict) -> _Totals:
 
 
 def _add_up(node: _Totals) -> None:
-    if node.children and all(name.isdigit() for name in node.children):  # files often sort 10 before 2
-        node.children = dict(sorted(node.children.items(), key=lambda item: int(item[0])))
     if node.info is not None:
         node.tensors, node.params, node.nbytes = 1, math.prod(node.info.shape), node.info.nbytes
     for child in node.children.values():

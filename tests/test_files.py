@@ -476,3 +476,10 @@ def _load_in_child(path, marker):
     sl.load(target, path)
     if torch.equal(target["w"], safetensors.torch.load_file(path)["w"]):
         open(marker, "w").close()
+
+
+def test_numbered_entries_come_in_numeric_order(tmp_path):
+    state = {f"h.{i}.w": torch.zeros(1) for i in range(12)}
+    path = save_safetensors(tmp_path / "h.safetensors", state)
+    assert list(sl.open(path)["h"]) == [str(i) for i in range(12)]
+    assert list(sl.inspect(path)) == [f"h.{i}.w" for i in range(12)]

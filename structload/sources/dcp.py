@@ -17,7 +17,7 @@ import torch
 
 from .._report import SourceError
 from ._leaves import SourceTensor
-from .nesting import insert
+from .nesting import insert, numbered_in_order
 
 
 def is_dcp_directory(path: str) -> bool:
@@ -134,4 +134,4 @@ def open_dcp(path: str) -> dict:
     for fqn, entry in checkpoint.metadata.state_dict_metadata.items():
         if isinstance(entry, TensorStorageMetadata):
             insert(tree, fqn, DCPTensor(checkpoint, fqn, entry.size, entry.properties.dtype))
-    return tree
+    return numbered_in_order(tree)

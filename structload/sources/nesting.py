@@ -49,3 +49,20 @@ def merge_into(node: dict, name: str, value, dotted: str, origin: str = "") -> N
 def _conflict(dotted: str, origin: str) -> BadLeaf:
     how = f"renamed from both {origin}" if origin else f"as '{dotted}'"
     return BadLeaf(f"given twice in the source ({how})", kind="source")
+
+
+def numbered_in_order(tree):
+    """The same tree with numbered children (``0``, ``1``, ..., ``10``) in numeric order.
+
+    Safetensors headers, Hugging Face indexes and DCP metadata list names as
+    sorted strings, which puts ``h.10`` before ``h.2``.
+
+    >>> list(numbered_in_order({"h": {"10": 1, "2": 2, "0": 3}})["h"])
+    ['0', '2', '10']
+    """
+    if type(tree) is not dict:
+        return tree
+    items = [(name, numbered_in_order(child)) for name, child in tree.items()]
+    if items and all(name.isdigit() for name, _ in items):
+        items.sort(key=lambda item: int(item[0]))
+    return dict(items)

@@ -15,7 +15,7 @@ import torch
 
 from .._report import SourceError
 from ._files import FileHandle, FileTensor, refuse_duplicate_keys
-from .nesting import insert
+from .nesting import insert, numbered_in_order
 
 #: Headers larger than this are refused (the reference implementation allows 100 MB).
 MAX_HEADER_BYTES = 100_000_000
@@ -54,7 +54,7 @@ def open_safetensors(path: str) -> dict:
         spans.append((begin, end, name))
         insert(tree, name, FileTensor(file, data_start + begin, shape, dtype))
     _check_no_overlap(path, spans)
-    return tree
+    return numbered_in_order(tree)
 
 
 def _fail(path: str, what: str) -> SourceError:

@@ -16,7 +16,7 @@ import torch
 from .._report import SourceError
 from ._files import refuse_duplicate_keys
 from ._leaves import SourceTensor
-from .nesting import insert
+from .nesting import insert, numbered_in_order
 
 #: Checkpoint files a directory is searched for, in order of preference.
 DIRECTORY_FILES = (
@@ -113,7 +113,7 @@ def open_index(path: str) -> dict:
                 raise SourceError(f"{path}: shard '{filename}' (holding '{name}') does not exist")
             shard = shards[filename] = Shard(shard_path, path)
         insert(tree, name, ShardTensor(shard, name))
-    return tree
+    return numbered_in_order(tree)
 
 
 def _read_weight_map(path: str) -> dict[str, str]:
