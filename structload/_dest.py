@@ -16,11 +16,19 @@ from __future__ import annotations
 
 import torch
 
+from collections.abc import Callable
+
 from ._pytree import children
-from .sources.memory import EXTRA_STATE
-from .sources.module import has_extra_state
 
 TENSOR, ABSENT, EXTRA, IGNORED = "tensor", "absent", "extra", "ignored"
+
+#: The name a module's extra state has in `state_dict()`.
+EXTRA_STATE = "_extra_state"
+
+
+def has_extra_state(module: torch.nn.Module) -> bool:
+    """``True`` when the module's class defines its own ``get_extra_state``."""
+    return type(module).get_extra_state is not torch.nn.Module.get_extra_state
 
 
 class Slot:
@@ -101,6 +109,25 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, object]]:
         if child is not None:
             out.append((name, child))
     return out
+
+
+def state_tree(node, leaf: Callable[[Slot], object]) -> dict:
+    """The nested dict of ``leaf(slot)`` for every slot that is state (rule R5) under a container.
+
+    The one walk of what a module's state is: `structload.state` and module
+    sources both build on it, with their own `leaf`.
+
+    >>> import torch
+    >>> state_tree(torch.nn.Linear(2, 3, bias=False), lambda slot: slot.kind)
+    {'weight': 'tensor', 'bias': 'absent'}
+    """
+    tree = {}
+    for name, child in dest_children(node):
+        if is_container(child):
+            tree[name] = state_tree(child, leaf)
+        elif child.kind != IGNORED:
+            tree[name] = leaf(child)
+    return tree
 
 
 def dest_name(dst) -> str:

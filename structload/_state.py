@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dest import ABSENT, EXTRA, IGNORED, TENSOR, Slot, as_dest, dest_children, is_container
+from ._dest import ABSENT, EXTRA, TENSOR, Slot, as_dest, is_container, state_tree
 
 
 def state(model, *, trainable: bool = False):
@@ -33,18 +33,8 @@ def state(model, *, trainable: bool = False):
     if root is None:
         raise TypeError(f"structload.state: {type(model).__name__} is not a module, tensor or pytree of tensors")
     if is_container(root):
-        return _container_state(root, trainable)
+        return state_tree(root, lambda slot: _slot_state(slot, trainable))
     return _slot_state(root, trainable)
-
-
-def _container_state(node, trainable: bool) -> dict:
-    tree = {}
-    for name, child in dest_children(node):
-        if is_container(child):
-            tree[name] = _container_state(child, trainable)
-        elif child.kind != IGNORED:
-            tree[name] = _slot_state(child, trainable)
-    return tree
 
 
 def _slot_state(slot: Slot, trainable: bool):

@@ -7,11 +7,11 @@ import warnings
 import numpy as np
 import torch
 
+from .._dest import EXTRA_STATE
 from .._pytree import children
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor
 from .nesting import insert
 
-EXTRA_STATE = "_extra_state"
 
 
 def leaf_from_value(value):
