@@ -94,7 +94,7 @@ def _length_problem(parent: str, found: Walk, roots) -> Problem:
     prefix = f"{parent}." if parent else ""
     with_state = {e.path[len(prefix) :].split(".", 1)[0] for e in found.entries if e.path.startswith(prefix)}
     n_dst = sum(1 for name in with_state if name.isdigit())
-    n_src = found.lengths[parent][1]
+    n_src = found.lengths[parent]
     missing_roots = [r for r in roots if r.startswith(prefix) and r[len(prefix) :].isdigit()]
     indices = sorted(int(r[len(prefix) :]) for r in missing_roots)
     tensors = sum(roots[r][1] for r in missing_roots)

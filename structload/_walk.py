@@ -64,7 +64,7 @@ class Walk:
     entries: list[Entry] = field(default_factory=list)
     unexpected: list[Unexpected] = field(default_factory=list)
     by_tensor: dict[int, list[Entry]] = field(default_factory=dict)
-    lengths: dict[str, tuple[int, int]] = field(default_factory=dict)  # path -> (dst entries, src entries)
+    lengths: dict[str, int] = field(default_factory=dict)  # numbered container -> entries in the shorter source
     clashes: dict[str, str] = field(default_factory=dict)  # subtree root -> message
     suggestions: dict[str, str] = field(default_factory=dict)  # missing root -> similar source path
 
@@ -161,7 +161,7 @@ class _Walker:
     def _unexpected(self, path: str, kids, src: dict, missing_names: list[str]) -> None:
         known = {name for name, _ in kids}
         if _is_shorter_list(known, src):
-            self.found.lengths[path] = (len(known), len(src))
+            self.found.lengths[path] = len(src)
         extra_names = [name for name in src if name not in known]
         for name in extra_names:
             child_path = f"{path}.{name}" if path else name
