@@ -10,15 +10,16 @@ keeps its identity.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from ._dest import EXTRA, Slot
-from ._distributed import is_dtensor, local_block
+from ._dest import Slot, SlotKind
+from ._distributed import local_block
 from ._plan import Plan
 from ._progress import progress_bar, wants_progress
-from ._report import LoadError, Problem, SourceError
-from ._rules import ZEROED
-from ._walk import Entry
+from ._report import LoadError, Problem, ProblemKind, SourceError
+from ._rules import Entry, Status
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
@@ -26,11 +27,12 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     writes = plan.writes()
     sizes = [_nbytes(entry) for entry in writes]
     total = sum(sizes)
+    shared = {id(group[0].slot.tensor): [e.slot for e in group] for group in plan.groups}
     done: list[Entry] = []
     with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
         for entry, size in zip(writes, sizes):
             try:
-                write_entry(entry, device)
+                write_entry(entry, device, shared.get(id(entry.slot.tensor), (entry.slot,)))
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 raise _partial_failure(plan, done, entry, error) from (None if isinstance(error, SourceError) else error)
             done.append(entry)
@@ -43,12 +45,8 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     A source that could not be read stays a `SourceError`; any other failure
     becomes a `LoadError` chained to it.
     """
-    written = {id(e) for e in done}
-    was_written = {
-        e.path
-        for e in plan.entries
-        if id(e) in written or (not e.write and e.group and any(id(g) in written for g in e.group))
-    }
+    written = {e.path for e in done}
+    was_written = written | {e.path for e in plan.entries if e.writer and e.writer in written}
     report = plan.report(applied=True)
     report.loaded = [p for p in report.loaded if p in was_written]
     report.zeroed = [p for p in report.zeroed if p in was_written]
@@ -59,42 +57,41 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
         f"{cause}; the load stopped at '{failed.path}' after writing "
         f"{len(done)} of {len(plan.writes())} tensors (report.loaded lists them)"
     )
-    report.problems.append(Problem("source", failed.path, message))
+    report.problems.append(Problem(ProblemKind.SOURCE, failed.path, message))
     if isinstance(error, SourceError):
         return SourceError(message, path=failed.path, report=report)
     return LoadError(report.problems[-1:], report, message=f"writing '{failed.path}' failed: {message}")
 
 
-def write_entry(entry: Entry, device: torch.device) -> None:
-    """Write one planned entry into the destination."""
+def write_entry(entry: Entry, device: torch.device, sharing: Sequence[Slot]) -> None:
+    """Write one planned entry into the destination; `sharing` lists every slot holding its tensor."""
     slot = entry.slot
-    if slot.kind == EXTRA:
+    if slot.kind == SlotKind.EXTRA:
         slot.owner.set_extra_state(entry.leaf.value)
         return
     target = slot.tensor
-    if is_dtensor(target):  # a shard of a global tensor: fill the local block only
+    if slot.kind == SlotKind.SHARDED:  # a shard of a global tensor: fill the local block only
         local = target.to_local()
-        if entry.status == ZEROED:
+        if entry.status == Status.ZEROED:
             local.zero_()
         else:
             entry.leaf.read_slice_into(local, *local_block(target))
         return
     if target.is_meta:
-        target = _materialize(entry, device)
-    if entry.status == ZEROED:
+        target = _materialize(target, device, sharing)
+    if entry.status == Status.ZEROED:
         target.zero_()
     else:
         entry.leaf.read_into(target)
 
 
-def _materialize(entry: Entry, device: torch.device) -> torch.Tensor:
-    """A real tensor for a meta slot, installed at every path that shares it."""
-    old = entry.slot.tensor
+def _materialize(old: torch.Tensor, device: torch.device, sharing: Sequence[Slot]) -> torch.Tensor:
+    """A real tensor for a meta tensor, installed in every slot that shares it."""
     new = torch.empty(old.shape, dtype=old.dtype, device=device)
     if isinstance(old, torch.nn.Parameter):
         new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
-    for other in entry.group or [entry]:
-        _install(other.slot, new)
+    for slot in sharing:
+        _install(slot, new)
     return new
 
 
@@ -105,6 +102,6 @@ def _install(slot: Slot, tensor: torch.Tensor) -> None:
 
 def _nbytes(entry: Entry) -> int:
     tensor = entry.slot.tensor
-    if is_dtensor(tensor):
+    if entry.slot.kind == SlotKind.SHARDED:
         tensor = tensor.to_local()
     return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0

@@ -13,18 +13,20 @@ Colour is off when output is not a terminal or when ``NO_COLOR`` is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 
 import torch
 from rich.console import Console
 
 from ._inspect import diff, inspect
 from ._load import load
-from ._render_checkpoint import inspect_tree
+from ._render_inspect import inspect_tree
 from ._report import LoadError, SourceError
 
 OK, PROBLEMS, USAGE = 0, 1, 2
@@ -80,25 +82,39 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_on_meta(factory: str):
-    """Import ``package.module:callable`` and build the model on the meta device."""
+    """Import ``package.module:callable`` and build the model on the meta device.
+
+    Modules in the working directory import (as with ``python -m``) while the
+    factory is imported and called; `sys.path` is restored afterwards.
+    """
     module_name, _, attribute = factory.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"FACTORY must look like package.module:callable, got '{factory}'")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # as `python -m` would, so local modules import
+    with _importing_from(os.getcwd()):
+        try:
+            module = importlib.import_module(module_name)
+        except Exception as error:
+            raise UsageError(f"cannot import '{module_name}' for {factory}: {type(error).__name__}: {error}") from error
+        make = module
+        for part in attribute.split("."):
+            make = getattr(make, part, None)
+            if make is None:
+                raise UsageError(f"'{module_name}' has no '{attribute}'")
+        if not callable(make):
+            raise UsageError(f"{factory} is not callable")
+        with torch.device("meta"):
+            return make()
+
+
+@contextlib.contextmanager
+def _importing_from(directory: str) -> Iterator[None]:
+    """Let imports find modules in `directory` while the block runs; `sys.path` is restored after."""
+    saved = list(sys.path)
+    sys.path.insert(0, directory)
     try:
-        module = importlib.import_module(module_name)
-    except Exception as error:
-        raise UsageError(f"cannot import '{module_name}' for {factory}: {type(error).__name__}: {error}") from error
-    make = module
-    for part in attribute.split("."):
-        make = getattr(make, part, None)
-        if make is None:
-            raise UsageError(f"'{module_name}' has no '{attribute}'")
-    if not callable(make):
-        raise UsageError(f"{factory} is not callable")
-    with torch.device("meta"):
-        return make()
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _split_rename(text: str) -> tuple[str, str]:

@@ -1,26 +1,32 @@
 """The destination as the walk sees it: containers and slots.
 
 A *container* is a ``nn.Module`` or a pytree node; its children come from
-`dest_children`. A *slot* is one place state can go:
-
-- ``TENSOR``: a parameter, a persistent buffer, or a tensor leaf of a pytree;
-- ``ABSENT``: a parameter or buffer registered as ``None`` (``bias=False``),
-  or a ``None`` / ``False`` leaf of a pytree (rule R3);
-- ``EXTRA``: a module's ``_extra_state`` (``get_extra_state`` /
-  ``set_extra_state`` overridden; rule R5);
-- ``IGNORED``: a non-persistent buffer, which is not state (rule R5) but is
-  named in messages when a source provides it.
+`dest_children`. A *slot* is one place state can go, of a `SlotKind`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from enum import StrEnum
+
 import torch
 
-from collections.abc import Callable
-
+from ._distributed import dtensor_class, is_dtensor
 from ._pytree import children
 
-TENSOR, ABSENT, EXTRA, IGNORED = "tensor", "absent", "extra", "ignored"
+
+class SlotKind(StrEnum):
+    """What a destination slot is: the row of the rules table (`_rules.RULES`)."""
+
+    TENSOR = "tensor"  # a parameter, a persistent buffer, or a tensor leaf of a pytree
+    SHARDED = "sharded"  # the same, held as a DTensor: each rank writes its local shard
+    ABSENT = "absent"  # a parameter or buffer registered as None (bias=False), or a None / False leaf (R3)
+    EXTRA = "extra"  # a module's _extra_state (get_extra_state / set_extra_state overridden; R5)
+    IGNORED = "ignored"  # a non-persistent buffer: not state (R5), named in messages when a source gives it
+
+
+#: Slots that hold a tensor of the destination.
+TENSOR_SLOTS = (SlotKind.TENSOR, SlotKind.SHARDED)
 
 #: The name a module's extra state has in `state_dict()`.
 EXTRA_STATE = "_extra_state"
@@ -39,21 +45,23 @@ class Slot:
     they are ``None`` for pytree leaves, whose tensors are only updated in place.
     """
 
-    __slots__ = ("kind", "tensor", "owner", "attr", "name")
+    __slots__ = ("attr", "kind", "name", "owner", "tensor")
 
-    def __init__(self, kind: str, tensor=None, owner=None, attr=None, name=None):
+    def __init__(self, kind: SlotKind, tensor=None, owner=None, attr=None, name=None):
         self.kind = kind
         self.tensor = tensor
         self.owner = owner
         self.attr = attr
         self.name = name
 
-    @property
-    def is_param(self) -> bool:
-        return self.attr == "_parameters"
-
     def __repr__(self) -> str:
         return f"Slot({self.kind}, {self.name})"
+
+
+def tensor_slot(tensor: torch.Tensor, owner=None, attr=None, name=None) -> Slot:
+    """The slot of a destination tensor: `SHARDED` for a DTensor, else `TENSOR`."""
+    kind = SlotKind.SHARDED if is_dtensor(tensor) else SlotKind.TENSOR
+    return Slot(kind, tensor, owner, attr, name)
 
 
 def is_container(node) -> bool:
@@ -83,9 +91,9 @@ def dest_children(node) -> list[tuple[str, object]]:
 def as_dest(value):
     """A pytree value as the walk sees it: a slot, a container, or ``None`` when it is not state."""
     if isinstance(value, torch.Tensor):
-        return Slot(TENSOR, value)
+        return tensor_slot(value)
     if value is None or value is False:
-        return Slot(ABSENT)
+        return Slot(SlotKind.ABSENT)
     if isinstance(value, torch.nn.Module) or children(value) is not None:
         return value
     return None
@@ -93,18 +101,24 @@ def as_dest(value):
 
 def _module_children(module: torch.nn.Module) -> list[tuple[str, object]]:
     out: list[tuple[str, object]] = []
+    dtensor = dtensor_class()  # looked up once per module: this runs for every module of a model
     for name, param in module._parameters.items():
-        kind = ABSENT if param is None else TENSOR
+        if param is None:
+            kind = SlotKind.ABSENT
+        else:
+            kind = SlotKind.SHARDED if dtensor is not None and isinstance(param, dtensor) else SlotKind.TENSOR
         out.append((name, Slot(kind, param, module, "_parameters", name)))
     non_persistent = module._non_persistent_buffers_set
     for name, buffer in module._buffers.items():
         if name in non_persistent:
-            kind = IGNORED
+            kind = SlotKind.IGNORED
+        elif buffer is None:
+            kind = SlotKind.ABSENT
         else:
-            kind = ABSENT if buffer is None else TENSOR
+            kind = SlotKind.SHARDED if dtensor is not None and isinstance(buffer, dtensor) else SlotKind.TENSOR
         out.append((name, Slot(kind, buffer, module, "_buffers", name)))
     if has_extra_state(module):
-        out.append((EXTRA_STATE, Slot(EXTRA, None, module, None, EXTRA_STATE)))
+        out.append((EXTRA_STATE, Slot(SlotKind.EXTRA, None, module, None, EXTRA_STATE)))
     for name, child in module._modules.items():
         if child is not None:
             out.append((name, child))
@@ -119,13 +133,13 @@ def state_tree(node, leaf: Callable[[Slot], object]) -> dict:
 
     >>> import torch
     >>> state_tree(torch.nn.Linear(2, 3, bias=False), lambda slot: slot.kind)
-    {'weight': 'tensor', 'bias': 'absent'}
+    {'weight': <SlotKind.TENSOR: 'tensor'>, 'bias': <SlotKind.ABSENT: 'absent'>}
     """
     tree = {}
     for name, child in dest_children(node):
         if is_container(child):
             tree[name] = state_tree(child, leaf)
-        elif child.kind != IGNORED:
+        elif child.kind != SlotKind.IGNORED:
             tree[name] = leaf(child)
     return tree
 

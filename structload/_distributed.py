@@ -33,6 +33,12 @@ def is_dtensor(tensor) -> bool:
     return module is not None and isinstance(tensor, module.DTensor)
 
 
+def dtensor_class() -> type | None:
+    """The ``DTensor`` class, or ``None`` while no DTensor can exist (its module is not imported)."""
+    module = _tensor_module()
+    return module.DTensor if module is not None else None
+
+
 def dtensor_problem(tensor) -> str | None:
     """Why a DTensor destination cannot be loaded as it is, or ``None``."""
     module = _tensor_module()

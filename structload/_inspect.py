@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._report import dtype_text, shape_text
+from ._text import dtype_text, shape_text
 from .sources import SourceTensor, iter_leaves, to_source_tree
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import gc
-
 import torch
 
 from ._apply import apply_plan
@@ -13,6 +10,7 @@ from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
 from ._rename import compile_rename, rename_tree
 from ._report import LoadError, LoadReport
+from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
 from .sources import to_source_tree
@@ -106,12 +104,11 @@ def load(
     target_device = torch.device(device if device is not None else "cpu")
     collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
     target = dest_name(dst)
-    with gc_paused():
+    with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
         plan = _in_step(collective, target, lambda: _plan(dst, src, selection, renamer, convert, strict))
         if dry_run:
             return plan.report(applied=False)
-        with torch.no_grad():
-            _in_step(collective, target, lambda: apply_plan(plan, target_device, progress))
+        _in_step(collective, target, lambda: apply_plan(plan, target_device, progress))
         return plan.report(applied=True)
 
 
@@ -143,21 +140,3 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool):
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause Python's cyclic garbage collector for the duration of a load.
-
-    A load allocates a few small objects per tensor and none of them form
-    cycles; with a big model alive, every collection those allocations trigger
-    rescans hundreds of thousands of torch objects, which doubled the time of a
-    20,000-tensor load. Reference counting still frees everything as usual.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()

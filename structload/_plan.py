@@ -1,49 +1,62 @@
 """The plan of a load: every decision made, every problem found, nothing written yet.
 
-`make_plan` runs the walk, settles tied tensors (R4) and composes the
-problems; `Plan.report` turns the decisions into a `LoadReport`. Because all
-of this happens before the first write, a strict load that finds a problem
-leaves the destination untouched (R6).
+`make_plan` runs the steps in order, each a new value from the last:
+
+1. `_walk.walk` pairs every destination slot with what the source holds for it;
+2. the selection (`_select`) marks what ``include`` / ``exclude`` / ``filter`` leave out;
+3. the rules (`_rules.decide`) judge each pair;
+4. `_ties.settle_ties` makes one writer per shared tensor (R4);
+5. `_problems.compose_problems` turns the findings into problems and hints.
+
+`Plan.report` turns the decisions into a `LoadReport`. Because all of this
+happens before the first write, a strict load that finds a problem leaves
+the destination untouched (R6).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._dest import TENSOR, dest_name
+from ._dest import TENSOR_SLOTS, dest_name
 from ._problems import compose_problems
-from ._report import Cast, Converted, LoadReport, Mismatch, Problem
-from ._rules import DROPPED, EXCLUDED, LOADED, MISMATCHED, MISSING, SKIPPED, UNEXPECTED, ZEROED
-from ._select import Selection
-from ._ties import resolve_ties
-from ._walk import Entry, Walk, walk
+from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
+from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide
+from ._select import LeftOut, Selection
+from ._ties import settle_ties
+from ._walk import Pair, Unpaired, walk
+from .sources import iter_leaves
 from .sources._leaves import ConvertedTensor
 
-_LISTS = {LOADED: "loaded", ZEROED: "zeroed", SKIPPED: "skipped", EXCLUDED: "excluded", MISSING: "missing", DROPPED: "dropped"}
+_LISTS = {
+    Status.LOADED: "loaded",
+    Status.ZEROED: "zeroed",
+    Status.SKIPPED: "skipped",
+    Status.EXCLUDED: "excluded",
+    Status.MISSING: "missing",
+    Status.DROPPED: "dropped",
+}
 
 
 @dataclass
 class Plan:
-    """What `load` will do: entries in module order, problems, hints."""
+    """What `load` will do: entries in module order, unexpected source tensors, problems, hints."""
 
     target: str
-    found: Walk
+    entries: list[Entry]
+    unexpected: list[Unexpected]
+    groups: list[list[Entry]]  # tied entries (R4), one list per shared tensor
     problems: list[Problem]
     hints: list[str]
 
-    @property
-    def entries(self) -> list[Entry]:
-        return self.found.entries
-
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order."""
-        return [e for e in self.found.entries if e.write and e.status in (LOADED, ZEROED)]
+        return [e for e in self.entries if e.writes]
 
     def report(self, applied: bool) -> LoadReport:
         report = LoadReport(target=self.target, problems=list(self.problems), hints=list(self.hints), applied=applied)
-        unexpected = iter(self.found.unexpected)
+        unexpected = iter(self.unexpected)
         pending = next(unexpected, None)
-        for index, entry in enumerate(self.found.entries):
+        for index, entry in enumerate(self.entries):
             while pending is not None and pending.position <= index:
                 report.unexpected.extend(pending.leaf_paths)
                 pending = next(unexpected, None)
@@ -51,34 +64,80 @@ class Plan:
         while pending is not None:
             report.unexpected.extend(pending.leaf_paths)
             pending = next(unexpected, None)
-        report.tied = [tuple(e.path for e in group) for group in _tied_groups(self.found)]
+        report.tied = [tuple(e.path for e in group) for group in self.groups]
         return report
 
 
 def _add_entry(report: LoadReport, entry: Entry) -> None:
     status = entry.status
+    if status is Status.LOADED and entry.writer is None:  # the common case, first
+        report.loaded.append(entry.path)
+        if entry.slot.kind in TENSOR_SLOTS:
+            _add_changes(report, entry)
+        return
     if status in _LISTS:
         getattr(report, _LISTS[status]).append(entry.path)
-    elif status == MISMATCHED:
-        shape = tuple(entry.slot.tensor.shape) if entry.slot.kind == TENSOR else ()
-        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch))
-    elif status == UNEXPECTED:
+    elif status == Status.MISMATCHED:
+        shape = tuple(entry.slot.tensor.shape) if entry.slot.kind in TENSOR_SLOTS else ()
+        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch or ProblemKind.TYPE))
+    elif status == Status.UNEXPECTED:
         report.unexpected.append(entry.path)
-    if status == LOADED and entry.write and entry.slot.kind == TENSOR:
-        src_dtype, dst_dtype = entry.leaf.dtype, entry.slot.tensor.dtype
-        if src_dtype is not None and src_dtype != dst_dtype:
-            report.cast.append(Cast(entry.path, src_dtype, dst_dtype))
-        if isinstance(entry.leaf, ConvertedTensor):
-            report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
 
 
-def _tied_groups(found: Walk) -> list[list[Entry]]:
-    return [group for group in found.by_tensor.values() if len(group) > 1]
+def _add_changes(report: LoadReport, entry: Entry) -> None:
+    """A loaded tensor's cast (R1) and the converters that made it, if any."""
+    src_dtype, dst_dtype = entry.leaf.dtype, entry.slot.tensor.dtype
+    if src_dtype is not None and src_dtype != dst_dtype:
+        report.cast.append(Cast(entry.path, src_dtype, dst_dtype))
+    if isinstance(entry.leaf, ConvertedTensor):
+        report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
 
 
 def make_plan(dst, tree, selection: Selection, converter_problems: list[Problem] = ()) -> Plan:
-    """Walk, settle ties, find every problem; read no data except R3's and R4's checks."""
-    found = walk(dst, tree, selection)
-    resolve_ties(_tied_groups(found))
-    problems, hints = compose_problems(found)
-    return Plan(dest_name(dst), found, list(converter_problems) + problems, hints)
+    """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks."""
+    found = walk(dst, tree)
+    left_out = selection.left_out(dst)
+    entries, positions = judge(found.pairs, left_out)
+    entries, groups = settle_ties(entries)
+    unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
+    problems, hints = compose_problems(entries, unexpected, found.lengths)
+    return Plan(dest_name(dst), entries, unexpected, groups, list(converter_problems) + problems, hints)
+
+
+def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
+    """One `Entry` per pair the rules have something to say about, in walk order; and for each
+    pair index (and one past the last), how many entries came before it."""
+    entries: list[Entry] = []
+    positions = []
+    excluded = left_out.paths if left_out is not None else ()
+    for path, slot, leaf in pairs:
+        positions.append(len(entries))
+        holds_tensor = slot.kind in TENSOR_SLOTS
+        if excluded and path in excluded:
+            if holds_tensor:  # still part of any tied group it belongs to
+                entries.append(Entry(path, slot, None, Status.EXCLUDED))
+            continue
+        status, kind, message, src_shape = decide(slot, leaf)
+        if kind is None and not holds_tensor and status == Status.NOTHING:
+            continue
+        problem = Problem(kind, path, message) if kind is not None else None
+        mismatch = (ProblemKind.SHAPE if kind == ProblemKind.SHAPE else ProblemKind.TYPE) if status == Status.MISMATCHED else None
+        entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch))
+    positions.append(len(entries))
+    return entries, positions
+
+
+def unexpected_sources(
+    unpaired: list[Unpaired], positions: list[int], selection: Selection, left_out: LeftOut | None
+) -> list[Unexpected]:
+    """The source tensors no destination slot took, per unpaired subtree, minus what the selection ignores."""
+    records = []
+    for record in unpaired:
+        leaf_paths = [
+            p
+            for p, leaf in iter_leaves(record.subtree, record.path)
+            if counts_as_unexpected(leaf) and selection.accepts_source(p, left_out)
+        ]
+        if leaf_paths:
+            records.append(Unexpected(record.path, leaf_paths, positions[record.position], record.beside))
+    return records

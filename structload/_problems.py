@@ -15,9 +15,11 @@ import difflib
 import re
 from collections import Counter
 
-from ._report import Problem
-from ._rules import MISMATCHED, MISSING, NO_BIAS
-from ._walk import Entry, Unexpected, Walk
+from ._report import Problem, ProblemKind
+from ._rules import Entry, Status, Unexpected
+from ._text import number_ranges, plural, shape_text
+from ._walk import Clash, Missing
+from .sources import ABSENT, SourceTensor
 
 #: Who usually adds a prefix, for the hint's wording.
 KNOWN_PREFIXES = {
@@ -26,26 +28,35 @@ KNOWN_PREFIXES = {
     "model.": "training wrappers often add it",
 }
 
+#: A suggestion for an unexpected source subtree: (the source path it is for, the destination path meant).
+Suggestion = tuple[str, str]
 
-def compose_problems(found: Walk) -> tuple[list[Problem], list[str]]:
+
+def compose_problems(
+    entries: list[Entry], unexpected: list[Unexpected], lengths: dict[str, int]
+) -> tuple[list[Problem], list[str]]:
     """Every problem in walk order, and the hints that apply to the whole load."""
-    roots = _root_counts(found.entries)
-    events: list[tuple[int, Problem]] = []
+    roots = _root_counts(entries)
+    suggestions = _suggest_by_sibling(unexpected)
+    meant = {dst: src for src, dst in suggestions.values()}  # missing path -> the source path like it
+    suggestions.update(_suggest_by_path(entries, unexpected, suggestions))
+    events: list[tuple[float, Problem]] = []
     done_roots: set[str] = set()
-    for index, entry in enumerate(found.entries):
-        problem = _entry_problem(entry, found, roots, done_roots)
+    for index, entry in enumerate(entries):
+        if entry.status is Status.LOADED:  # never a problem, never under a missing root
+            continue
+        problem = _entry_problem(entry, entries, lengths, roots, meant, done_roots)
         if problem is not None:
             events.append((index, problem))
-    _suggest_by_path(found)
-    for record in found.unexpected:
-        events.append((record.position - 0.5, _unexpected_problem(record)))
+    for i, record in enumerate(unexpected):
+        events.append((record.position - 0.5, _unexpected_problem(record, suggestions.get(i))))
     events.sort(key=lambda pair: pair[0])
     problems = [problem for _, problem in events]
-    hint = prefix_hint(found)
+    hint = prefix_hint(entries, unexpected)
     if hint is not None:
         prefix, text, direction = hint
         return [_with_hint(p, prefix, text, direction) for p in problems], [text]
-    moves = layout_matches(found)
+    moves = layout_matches(entries, unexpected, suggestions)
     if moves:
         return [_with_move(p, moves) for p in problems], list(moves.values())
     return problems, []
@@ -55,30 +66,43 @@ def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
     """For each subtree root: [tensors under it, tensors still missing or clashing there]."""
     counts: dict[str, list[int]] = {}
     for entry in entries:
-        if entry.root is not None:
-            pair = counts.setdefault(entry.root, [0, 0])
+        if entry.status is Status.LOADED:  # a tensor, or a tied path another entry writes: no root
+            continue
+        root = entry.root
+        if root is not None:
+            pair = counts.setdefault(root, [0, 0])
             pair[0] += 1
-            pair[1] += entry.status in (MISSING, MISMATCHED)
+            pair[1] += entry.status in (Status.MISSING, Status.MISMATCHED)
     return counts
 
 
-def _entry_problem(entry: Entry, found: Walk, roots, done_roots: set[str]) -> Problem | None:
+def _entry_problem(entry: Entry, entries, lengths, roots, meant: dict[str, str], done_roots: set[str]) -> Problem | None:
     if entry.problem is not None:
-        kind, message = entry.problem
-        return Problem(kind, entry.path, message)
-    if entry.status == MISMATCHED and entry.root in found.clashes:
-        return _once(entry.root, done_roots, lambda: Problem("type", entry.root, found.clashes[entry.root]))
-    if entry.status != MISSING:
+        return entry.problem
+    root = entry.root
+    if entry.status == Status.MISMATCHED and isinstance(entry.leaf, Clash) and root is not None:
+        clash = entry.leaf
+        return _once(root, done_roots, lambda: Problem(ProblemKind.TYPE, root, clash_message(clash.found)))
+    if entry.status != Status.MISSING:
         return None
-    total, remaining = roots.get(entry.root, (1, 1))
-    if remaining == total:  # the source lacks the whole subtree at entry.root
-        parent, _, name = entry.root.rpartition(".")
-        if name.isdigit() and parent in found.lengths:
-            return _once(f"[length] {parent}", done_roots, lambda: _length_problem(parent, found, roots))
-        if entry.root != entry.path and total > 1:
-            message = f"missing in source (whole subtree, {plural(total, 'tensor')})" + _did_you_mean(found, entry.root)
-            return _once(entry.root, done_roots, lambda: Problem("missing", entry.root, message))
-    return Problem("missing", entry.path, "missing in source" + _did_you_mean(found, entry.path))
+    total, remaining = roots.get(root, (1, 1)) if root is not None else (1, 1)
+    if root is not None and remaining == total:  # the source lacks the whole subtree at the root
+        parent, _, name = root.rpartition(".")
+        if name.isdigit() and parent in lengths:
+            return _once(f"[length] {parent}", done_roots, lambda: _length_problem(parent, entries, lengths, roots))
+        if root != entry.path and total > 1:
+            message = f"missing in source (whole subtree, {plural(total, 'tensor')})" + _did_you_mean(meant, root)
+            return _once(root, done_roots, lambda: Problem(ProblemKind.MISSING, root, message))
+    return Problem(ProblemKind.MISSING, entry.path, "missing in source" + _did_you_mean(meant, entry.path))
+
+
+def clash_message(found) -> str:
+    """Why a source leaf cannot stand where the destination has a subtree."""
+    if found is ABSENT:
+        return "a subtree in destination, False in source (False marks one absent tensor; None skips a subtree)"
+    if isinstance(found, SourceTensor):
+        return f"a subtree in destination, a tensor of shape {shape_text(found.shape)} in source"
+    return f"a subtree in destination; in source, {getattr(found, 'reason', type(found).__name__)}"
 
 
 def _once(key: str, done: set[str], make) -> Problem | None:
@@ -89,87 +113,96 @@ def _once(key: str, done: set[str], make) -> Problem | None:
     return make()
 
 
-def _length_problem(parent: str, found: Walk, roots) -> Problem:
+def _length_problem(parent: str, entries: list[Entry], lengths: dict[str, int], roots) -> Problem:
     """One problem for a numbered container (``ModuleList``, list) shorter in the source."""
     prefix = f"{parent}." if parent else ""
-    with_state = {e.path[len(prefix) :].split(".", 1)[0] for e in found.entries if e.path.startswith(prefix)}
+    with_state = {e.path[len(prefix) :].split(".", 1)[0] for e in entries if e.path.startswith(prefix)}
     n_dst = sum(1 for name in with_state if name.isdigit())
-    n_src = found.lengths[parent]
+    n_src = lengths[parent]
     missing_roots = [r for r in roots if r.startswith(prefix) and r[len(prefix) :].isdigit()]
     indices = sorted(int(r[len(prefix) :]) for r in missing_roots)
     tensors = sum(roots[r][1] for r in missing_roots)
     message = (
         f"destination has {n_dst} entries, source has {n_src}; "
-        f"{_ranges(indices)} missing in source ({plural(tensors, 'tensor')})"
+        f"{number_ranges(indices)} missing in source ({plural(tensors, 'tensor')})"
     )
-    return Problem("missing", parent, message)
+    return Problem(ProblemKind.MISSING, parent, message)
 
 
-def plural(n: int, noun: str) -> str:
-    """``1 tensor``, ``2 tensors``."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+def _suggest_by_sibling(unexpected: list[Unexpected]) -> dict[int, Suggestion]:
+    """The destination name each unexpected subtree was probably meant to be, among the names its
+    level left unfilled (``lm_head`` -> ``head``)."""
+    suggestions = {}
+    for i, record in enumerate(unexpected):
+        parent, _, name = record.path.rpartition(".")
+        similar = _similar(name, record.beside)
+        if similar:
+            suggestions[i] = (record.path, f"{parent}.{similar}" if parent else similar)
+    return suggestions
 
 
-def _ranges(indices: list[int]) -> str:
-    """``0–2, 5`` for ``[0, 1, 2, 5]``."""
-    spans: list[list[int]] = []
-    for i in indices:
-        if spans and i == spans[-1][1] + 1:
-            spans[-1][1] = i
-        else:
-            spans.append([i, i])
-    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+def _similar(name: str, candidates) -> str | None:
+    if name.isdigit():
+        return None
+    matches = difflib.get_close_matches(name, [c for c in candidates if not c.isdigit()], n=1, cutoff=0.6)
+    return matches[0] if matches else None
 
 
 #: Above this many (unexpected path, candidate) pairs, path-level suggestions are skipped.
 MAX_SUGGESTION_PAIRS = 100_000
 
 
-def _suggest_by_path(found: Walk) -> None:
-    """Suggest, for single unexpected tensors the walk found no sibling for, the closest
-    destination path the source did not fill (missing, or zeroed for lack of a bias)."""
-    lone = [r for r in found.unexpected if r.suggestion is None and len(r.leaf_paths) == 1]
+def _suggest_by_path(entries: list[Entry], unexpected: list[Unexpected], found: dict) -> dict[int, Suggestion]:
+    """For single unexpected tensors with no sibling suggestion, the closest destination path the
+    source did not fill (missing, or zeroed for lack of a bias)."""
+    lone = [i for i, r in enumerate(unexpected) if i not in found and len(r.leaf_paths) == 1]
     if not lone:
-        return
-    unfilled = [e.path for e in found.entries if e.status == MISSING or e.leaf is NO_BIAS]
+        return {}
+    unfilled = [
+        e.path for e in entries if e.status == Status.MISSING or (e.status == Status.ZEROED and isinstance(e.leaf, Missing))
+    ]
     if not unfilled or len(lone) * len(unfilled) > MAX_SUGGESTION_PAIRS:
-        return
+        return {}
     by_name: dict[str, list[str]] = {}
     for path in unfilled:  # module paths holding a tensor of each name
         parent, _, name = path.rpartition(".")
         by_name.setdefault(name, []).append(parent)
-    for record in lone:
-        parent, _, name = record.leaf_paths[0].rpartition(".")
+    suggestions = {}
+    for i in lone:
+        leaf_path = unexpected[i].leaf_paths[0]
+        parent, _, name = leaf_path.rpartition(".")
         match = difflib.get_close_matches(parent, by_name.get(name, []), n=1, cutoff=0.6)
         if parent and match:
-            record.suggestion, record.path = f"{match[0]}.{name}", record.leaf_paths[0]
+            suggestions[i] = (leaf_path, f"{match[0]}.{name}")
+    return suggestions
 
 
-def _unexpected_problem(record: Unexpected) -> Problem:
+def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Problem:
     if len(record.leaf_paths) == 1:
         path = record.leaf_paths[0]
         message = "unexpected in source"
-        if record.suggestion:
-            return Problem("unexpected", path, f"{message}; did you mean '{record.suggestion}{path[len(record.path):]}'?")
-        return Problem("unexpected", path, message)
+        if suggestion:
+            src, dst = suggestion
+            return Problem(ProblemKind.UNEXPECTED, path, f"{message}; did you mean '{dst}{path[len(src):]}'?")
+        return Problem(ProblemKind.UNEXPECTED, path, message)
     message = f"unexpected in source ({plural(len(record.leaf_paths), 'tensor')})"
-    if record.suggestion:
-        message += f"; did you mean '{record.suggestion}'?"
-    return Problem("unexpected", record.path, message)
+    if suggestion:
+        message += f"; did you mean '{suggestion[1]}'?"
+    return Problem(ProblemKind.UNEXPECTED, record.path, message)
 
 
-def _did_you_mean(found: Walk, path: str) -> str:
-    similar = found.suggestions.get(path)
+def _did_you_mean(meant: dict[str, str], path: str) -> str:
+    similar = meant.get(path)
     return f"; did you mean '{similar}' in source?" if similar else ""
 
 
-def prefix_hint(found: Walk) -> tuple[str, str, str] | None:
+def prefix_hint(entries: list[Entry], records: list[Unexpected]) -> tuple[str, str, str] | None:
     """``(prefix, hint text, "strip" | "add")`` when source and destination paths differ by a prefix."""
-    unexpected = [p for record in found.unexpected for p in record.leaf_paths]
-    missing = [e.path for e in found.entries if e.status == MISSING]
+    unexpected = [p for record in records for p in record.leaf_paths]
+    missing = [e.path for e in entries if e.status == Status.MISSING]
     if not unexpected or not missing:
         return None
-    dst_paths = {e.path for e in found.entries}
+    dst_paths = {e.path for e in entries}
     prefix = _common_prefix(unexpected, dst_paths)
     if prefix is not None:
         why = KNOWN_PREFIXES.get(prefix, "")
@@ -201,7 +234,7 @@ def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
     return prefix if 2 * n >= len(paths) else None
 
 
-def layout_matches(found: Walk) -> dict[str, str]:
+def layout_matches(entries: list[Entry], records: list[Unexpected], suggestions: dict[int, Suggestion]) -> dict[str, str]:
     """Unexpected source subtrees laid out like a missing destination subtree.
 
     Returns ``{source path: hint text with the rename=}`` where the two
@@ -210,14 +243,15 @@ def layout_matches(found: Walk) -> dict[str, str]:
     the biases the destination adds), when exactly one destination subtree fits.
     """
     missing: dict[str, set[str]] = {}
-    for entry in found.entries:
-        if entry.status == MISSING and entry.root is not None and entry.root != entry.path:
-            missing.setdefault(entry.root, set()).add(entry.path[len(entry.root) + 1 :])
+    for entry in entries:
+        root = entry.root
+        if entry.status == Status.MISSING and root is not None and root != entry.path:
+            missing.setdefault(root, set()).add(entry.path[len(root) + 1 :])
     if not missing:
         return {}
     moves = {}
-    for record in found.unexpected:
-        if len(record.leaf_paths) < 2 or record.path in record.leaf_paths or record.suggestion:
+    for i, record in enumerate(records):
+        if len(record.leaf_paths) < 2 or record.path in record.leaf_paths or i in suggestions:
             continue
         layout = {p[len(record.path) + 1 :] for p in record.leaf_paths}
         alike = [root for root, paths in missing.items() if _same_layout(layout, paths)]
@@ -238,12 +272,12 @@ def _same_layout(a: set[str], b: set[str]) -> bool:
 
 
 def _with_move(problem: Problem, moves: dict[str, str]) -> Problem:
-    hint = moves.get(problem.path) if problem.kind == "unexpected" else None
+    hint = moves.get(problem.path) if problem.kind == ProblemKind.UNEXPECTED else None
     return Problem(problem.kind, problem.path, f"{problem.message}; {hint}") if hint else problem
 
 
 def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:
-    kind = "unexpected" if direction == "strip" else "missing"
+    kind = ProblemKind.UNEXPECTED if direction == "strip" else ProblemKind.MISSING
     path = problem.path + "."
     if problem.kind == kind and (path.startswith(prefix) or prefix.startswith(path)):
         return Problem(problem.kind, problem.path, f"{problem.message}; {text}")

@@ -13,8 +13,9 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from ._problems import plural
-from ._report import LoadReport, display_path
+from ._render_tree import node_at, numbered_run_end
+from ._report import LoadReport
+from ._text import display_path, plural
 
 STYLES = {
     "loaded": "green",
@@ -50,14 +51,6 @@ def outcomes_by_path(report: LoadReport) -> dict[str, str]:
     for mismatch in report.mismatched:
         result[mismatch.path] = "mismatched"
     return result
-
-
-def node_at(root, path: str, make):
-    """The node of a tree of ``.children`` dicts at a dotted path, created with `make()` as needed."""
-    node = root
-    for part in path.split(".") if path else []:
-        node = node.children.setdefault(part, make())
-    return node
 
 
 def _build(outcomes: dict[str, str]) -> _Node:
@@ -109,7 +102,7 @@ class _Drawing:
         while i < len(items):
             name, child = items[i]
             child_path = f"{path}.{name}" if path else name
-            end = self._run_end(items, i, path)
+            end = numbered_run_end(items, i, lambda k: self._alike(items, k, i, path))
             if end > i + 1:  # numbered siblings with identical subtrees: drawn once
                 span = f"{name}–{items[end - 1][0]}"
                 count = sum(c.count for _, c in items[i:end])
@@ -128,26 +121,11 @@ class _Drawing:
                 self.children(branch, child, child_path)
             i = end
 
-    def _run_end(self, items, i: int, path: str) -> int:
-        """One past the last consecutive numbered sibling from `i` with a subtree identical to
-        item `i`'s and no problem at or under it."""
-
-        def alike(k: int) -> bool:
-            name, node = items[k]
-            full = f"{path}.{name}" if path else name
-            return (
-                name.isdigit()
-                and full not in self.messages
-                and full not in self.unfoldable
-                and node.signature == items[i][1].signature
-            )
-
-        if not alike(i):
-            return i + 1
-        j = i + 1
-        while j < len(items) and alike(j) and int(items[j][0]) == int(items[j - 1][0]) + 1:
-            j += 1
-        return j
+    def _alike(self, items, k: int, first: int, path: str) -> bool:
+        """Whether sibling `k` has a subtree identical to sibling `first`'s and no problem at or under it."""
+        name, node = items[k]
+        full = f"{path}.{name}" if path else name
+        return full not in self.messages and full not in self.unfoldable and node.signature == items[first][1].signature
 
 
 def report_tree(report: LoadReport):

@@ -9,24 +9,23 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import torch
 
-#: The kinds a `Problem` can have.
-PROBLEM_KINDS = ("missing", "unexpected", "shape", "absent", "tied", "type", "source")
+from ._text import display_path, dtype_text, plural
 
 
-def display_path(path: str) -> str:
-    """The path as users read it; the root of the tree has the empty path."""
-    return path if path else "<root>"
+class ProblemKind(StrEnum):
+    """What kind of problem a `Problem` is. Members are strings: ``kind == "missing"`` holds."""
 
-
-def _shape(shape) -> str:
-    return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _dtype(dtype) -> str:
-    return str(dtype).removeprefix("torch.")
+    MISSING = "missing"  # the destination expects a tensor the source lacks
+    UNEXPECTED = "unexpected"  # the source holds a tensor the destination has no place for
+    SHAPE = "shape"  # shapes differ (R1), or a converter cannot make its output
+    ABSENT = "absent"  # a non-zero source tensor for a destination registered as None (R3)
+    TIED = "tied"  # tied destination paths given different values (R4)
+    TYPE = "type"  # a value that is not a tensor, or a tensor that cannot go there
+    SOURCE = "source"  # the source itself is unreadable or inconsistent
 
 
 @dataclass(frozen=True)
@@ -43,15 +42,18 @@ class Problem:
         'fc.weight: shape (3, 4) in destination, (4, 4) in source'
     """
 
-    kind: str
+    kind: ProblemKind
     path: str
     message: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ProblemKind(self.kind))  # a plain string is checked and converted
 
     def __str__(self) -> str:
         return f"{display_path(self.path)}: {self.message}"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "path": self.path, "message": self.message}
+        return {"kind": self.kind.value, "path": self.path, "message": self.message}
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,15 @@ class Mismatch:
     path: str
     dst_shape: tuple[int, ...]
     src_shape: tuple[int, ...] | None
-    kind: str = "shape"
+    kind: ProblemKind = ProblemKind.SHAPE
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ProblemKind(self.kind))
 
     def to_dict(self) -> dict:
         return {
             "path": self.path,
-            "kind": self.kind,
+            "kind": self.kind.value,
             "dst_shape": list(self.dst_shape),
             "src_shape": None if self.src_shape is None else list(self.src_shape),
         }
@@ -87,7 +92,7 @@ class Cast:
     dst_dtype: torch.dtype
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "src_dtype": _dtype(self.src_dtype), "dst_dtype": _dtype(self.dst_dtype)}
+        return {"path": self.path, "src_dtype": dtype_text(self.src_dtype), "dst_dtype": dtype_text(self.dst_dtype)}
 
 
 @dataclass(frozen=True)
@@ -201,10 +206,6 @@ class LoadReport:
         return report_tree(self)
 
 
-def _problem_count(problems: list[Problem]) -> str:
-    return f"{len(problems)} problem" + ("" if len(problems) == 1 else "s")
-
-
 def _kind_counts(problems: list[Problem]) -> str:
     """``1 shape, 1 unexpected``: kinds in the order they first appear."""
     by_kind = Counter(p.kind for p in problems)
@@ -212,7 +213,7 @@ def _kind_counts(problems: list[Problem]) -> str:
 
 
 def _problem_summary(problems: list[Problem]) -> str:
-    return f"{_problem_count(problems)} ({_kind_counts(problems)})"
+    return f"{plural(len(problems), 'problem')} ({_kind_counts(problems)})"
 
 
 class LoadError(ValueError):
@@ -238,7 +239,7 @@ class LoadError(ValueError):
         self.report = report
         if message is None:  # the summary line, then one line per problem
             target = report.target if report is not None else "destination"
-            lines = [f"{_problem_count(self.problems)} loading into {target} ({_kind_counts(self.problems)})"]
+            lines = [f"{plural(len(self.problems), 'problem')} loading into {target} ({_kind_counts(self.problems)})"]
             message = "\n".join(lines + [f"  {problem}" for problem in self.problems])
         super().__init__(message)
 
@@ -250,14 +251,4 @@ class SourceError(LoadError):
     """
 
     def __init__(self, message: str, path: str = "", report: LoadReport | None = None):
-        super().__init__([Problem("source", path, message)], report, message=message)
-
-
-def shape_text(shape) -> str:
-    """``(3, 4)`` for a shape, as messages print it."""
-    return _shape(shape)
-
-
-def dtype_text(dtype) -> str:
-    """``float32`` for ``torch.float32``."""
-    return _dtype(dtype)
+        super().__init__([Problem(ProblemKind.SOURCE, path, message)], report, message=message)

@@ -1,160 +1,221 @@
 """The rules: one small pure function per (destination slot, source leaf) pair.
 
 Like the leaf methods of Flux's ``loadmodel!``, each rule looks at one
-destination slot and the source leaf the walk found for it, and returns a
+destination slot and the source leaf the walk paired with it, and returns a
 `Verdict`: what the load will do there, or the problem that stops it. No rule
-writes anything; only the zero test of R3 and nothing else reads tensor data.
+writes anything. Two read tensor data, because their rule is about values: R3's
+zero test (a source tensor into an absent slot must be all zeros) here, and
+R4's comparison of tied sources (`values_agree`, used by `_ties`).
 
-===========  ==================  =====================================================
-destination  source              verdict
-===========  ==================  =====================================================
-tensor       tensor              R1: loaded (shapes equal, a dtype change is a cast)
-tensor       None                R2: skipped
-tensor       absent / no bias    R3: zeroed
-tensor       nothing             missing
-absent       tensor              R3: dropped when all zeros, else an ``absent`` problem
-absent       absent/None/nothing nothing to do
-extra        _extra_state        R5: loaded through ``set_extra_state``
-ignored      anything            R5: non-persistent buffer, so unexpected if given
-any          subtree / bad leaf  a ``type`` problem
-===========  ==================  =====================================================
+===========  ===================  =====================================================
+slot         source               verdict
+===========  ===================  =====================================================
+tensor       tensor               R1: loaded (shapes equal, a dtype change is a cast)
+sharded      tensor               R1 on the global shape; each rank writes its shard
+tensor       None                 R2: skipped
+tensor       absent               R3: zeroed
+tensor       missing              missing; R3: zeroed when it is a bias beside its module
+absent       tensor               R3: dropped when all zeros, else an ``absent`` problem
+absent       absent/None/missing  nothing to do
+extra        _extra_state         R5: loaded through ``set_extra_state``
+ignored      anything             R5: non-persistent buffer, so unexpected if given
+any          subtree / bad leaf   a ``type`` problem
+===========  ===================  =====================================================
+
+`RULES` holds every (`SlotKind`, `SourceKind`) pair; a test checks it is complete.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import NamedTuple
 
 import torch
 
-from ._dest import ABSENT as ABSENT_SLOT
-from ._distributed import dtensor_problem, is_dtensor
-from ._dest import EXTRA, IGNORED, TENSOR, Slot
-from ._report import dtype_text, shape_text
+from ._dest import Slot, SlotKind
+from ._distributed import dtensor_problem
+from ._report import Problem, ProblemKind
+from ._text import dtype_text, shape_text
+from ._walk import Clash, Missing
 from .sources import ABSENT, SKIP, BadLeaf, ExtraState, SourceTensor
 from .sources._leaves import ConvertedTensor
 
-# What a rule decides for one destination path.
-LOADED, ZEROED, SKIPPED, EXCLUDED = "loaded", "zeroed", "skipped", "excluded"
-MISSING, MISMATCHED, DROPPED, UNEXPECTED, NOTHING = "missing", "mismatched", "dropped", "unexpected", "nothing"
+
+class SourceKind(StrEnum):
+    """What the walk paired with a slot: the column of the rules table."""
+
+    TENSOR = "tensor"  # a `SourceTensor`
+    SKIP = "skip"  # None: leave the destination as it is (R2)
+    ABSENT = "absent"  # False, or a parameter registered as None in a source module (R3)
+    MISSING = "missing"  # nothing at all (`_walk.Missing`)
+    EXTRA = "extra"  # an `_extra_state` value
+    OTHER = "other"  # a subtree, a bad leaf or a clash
 
 
-class Missing:
-    """The source has nothing at `root`, the destination path where it first diverges."""
+class Status(StrEnum):
+    """What a load does, or would do, at one destination path."""
 
-    __slots__ = ("root",)
-
-    def __init__(self, root: str):
-        self.root = root
-
-
-class Clash:
-    """The source has a leaf at `root` where the destination has a whole subtree."""
-
-    __slots__ = ("root", "message")
-
-    def __init__(self, root: str, message: str):
-        self.root = root
-        self.message = message
+    LOADED = "loaded"
+    ZEROED = "zeroed"
+    SKIPPED = "skipped"
+    EXCLUDED = "excluded"
+    MISSING = "missing"
+    MISMATCHED = "mismatched"
+    DROPPED = "dropped"
+    UNEXPECTED = "unexpected"
+    NOTHING = "nothing"
 
 
-#: A matching source node without a ``bias`` entry: the bias is absent (R3).
-NO_BIAS = "no bias entry"
+#: The statuses that write into the destination.
+WRITES = (Status.LOADED, Status.ZEROED)
 
 
 class Verdict(NamedTuple):
     """A rule's answer: the outcome, and the problem (kind, message) if any."""
 
-    status: str
-    problem_kind: str | None = None
+    status: Status
+    problem_kind: ProblemKind | None = None
     message: str | None = None
     src_shape: tuple | None = None
 
 
-def source_kind(leaf) -> str:
+class Entry(NamedTuple):
+    """The decision at one destination path. Never changed in place: `_ties` makes new ones.
+
+    `mismatch` is the kind of a `MISMATCHED` entry (``shape``, ``type``,
+    ``tied``). `writer` is set on the paths of a tied group that do not write
+    themselves: the path of the entry whose write fills them, or ``""`` when
+    none does (a skipped or clashing group).
+    """
+
+    path: str
+    slot: Slot
+    leaf: object
+    status: Status
+    problem: Problem | None = None
+    src_shape: tuple | None = None
+    mismatch: ProblemKind | None = None
+    writer: str | None = None
+
+    @property
+    def writes(self) -> bool:
+        """Whether applying the plan writes this entry."""
+        return self.status in WRITES and self.writer is None
+
+    @property
+    def root(self) -> str | None:
+        """The subtree root a `Missing` / `Clash` marker came from (not for tied followers)."""
+        leaf = self.leaf
+        return leaf.root if isinstance(leaf, (Missing, Clash)) and self.writer is None else None
+
+
+@dataclass(frozen=True)
+class Unexpected:
+    """Source tensors under `path` with no place in the destination (`leaf_paths`, after the
+    selection), `position` entries into the walk; `beside`: the destination names at that level
+    the source did not fill."""
+
+    path: str
+    leaf_paths: list[str]
+    position: int
+    beside: tuple[str, ...] = ()
+
+
+def source_kind(leaf) -> SourceKind:
     """The column of the rules table a source leaf falls in."""
     if isinstance(leaf, SourceTensor):
-        return "tensor"
+        return SourceKind.TENSOR
     if leaf is SKIP:
-        return "skip"
-    if leaf is ABSENT or leaf is NO_BIAS:
-        return "absent"
+        return SourceKind.SKIP
+    if leaf is ABSENT:
+        return SourceKind.ABSENT
     if isinstance(leaf, Missing):
-        return "missing"
+        return SourceKind.MISSING
     if isinstance(leaf, ExtraState):
-        return "extra"
-    return "other"  # a subtree, a bad leaf or a clash
+        return SourceKind.EXTRA
+    return SourceKind.OTHER
 
 
 # --- tensor destinations ---------------------------------------------------------------
 
 
 def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
-    """R1: equal shapes; the dtype may differ (a cast). A DTensor is judged on its global shape."""
+    """R1: equal shapes; the dtype may differ (a cast)."""
     dst = slot.tensor
     if tuple(dst.shape) != tuple(leaf.shape):
         message = f"shape {shape_text(dst.shape)} in destination, {shape_text(leaf.shape)} in source"
         if isinstance(leaf, ConvertedTensor):
             message += f" (made by {leaf.made_by})"
-        return Verdict(MISMATCHED, "shape", message, tuple(leaf.shape))
+        return Verdict(Status.MISMATCHED, ProblemKind.SHAPE, message, tuple(leaf.shape))
     if leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex:
         message = f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"
-        return Verdict(MISMATCHED, "type", message, tuple(leaf.shape))
-    if is_dtensor(dst) and dtensor_problem(dst):
-        return Verdict(MISMATCHED, "type", dtensor_problem(dst), tuple(leaf.shape))
+        return Verdict(Status.MISMATCHED, ProblemKind.TYPE, message, tuple(leaf.shape))
     if dst.is_meta and slot.owner is None:
         message = "a meta tensor in a pytree destination cannot be materialized in place; build it with real tensors"
-        return Verdict(MISMATCHED, "type", message, tuple(leaf.shape))
-    return Verdict(LOADED)
+        return Verdict(Status.MISMATCHED, ProblemKind.TYPE, message, tuple(leaf.shape))
+    return Verdict(Status.LOADED)
+
+
+def load_shard(slot: Slot, leaf: SourceTensor) -> Verdict:
+    """R1 for a DTensor, judged on its global shape; some placements cannot be loaded."""
+    verdict = load_tensor(slot, leaf)
+    problem = dtensor_problem(slot.tensor) if verdict.status == Status.LOADED else None
+    return Verdict(Status.MISMATCHED, ProblemKind.TYPE, problem, tuple(leaf.shape)) if problem else verdict
 
 
 def skip(slot: Slot, leaf) -> Verdict:
     """R2: ``None`` leaves the destination as it is."""
-    return Verdict(SKIPPED)
+    return Verdict(Status.SKIPPED)
 
 
 def zero(slot: Slot, leaf) -> Verdict:
     """R3: the source computed without this tensor; zero reproduces it."""
-    return Verdict(ZEROED)
+    return Verdict(Status.ZEROED)
 
 
-def missing(slot: Slot, leaf) -> Verdict:
-    return Verdict(MISSING)
+def missing(slot: Slot, leaf: Missing) -> Verdict:
+    """Nothing in the source; R3: a ``bias`` its module's source node lacks is absent there."""
+    if leaf.beside and leaf.root.rpartition(".")[2] == "bias":
+        return Verdict(Status.ZEROED)
+    return Verdict(Status.MISSING)
 
 
 def mismatch(slot: Slot, leaf) -> Verdict:
     """A source value that cannot fill a tensor: a subtree, a bad leaf, extra state."""
     if isinstance(leaf, Clash):  # reported once, at the subtree root
-        return Verdict(MISMATCHED)
+        return Verdict(Status.MISMATCHED)
     if isinstance(leaf, BadLeaf):
-        return Verdict(MISMATCHED, leaf.kind, leaf.reason)
+        return Verdict(Status.MISMATCHED, ProblemKind(leaf.kind), leaf.reason)
     if type(leaf) is dict:
         names = ", ".join(list(leaf)[:4]) + (", ..." if len(leaf) > 4 else "")
-        return Verdict(MISMATCHED, "type", f"a tensor in destination, a subtree in source ({names})")
-    return Verdict(MISMATCHED, "type", f"a tensor in destination, {type(leaf).__name__} in source")
+        return Verdict(Status.MISMATCHED, ProblemKind.TYPE, f"a tensor in destination, a subtree in source ({names})")
+    return Verdict(Status.MISMATCHED, ProblemKind.TYPE, f"a tensor in destination, {type(leaf).__name__} in source")
 
 
 # --- absent destinations ---------------------------------------------------------------
 
 
 def drop_if_zero(slot: Slot, leaf: SourceTensor) -> Verdict:
-    """R3: a tensor into an absent slot is fine only if it is all zeros."""
+    """R3: a tensor into an absent slot is fine only if it is all zeros (reads the values)."""
     values = leaf.read()
     if values.numel() == 0 or not bool(values.any()):
-        return Verdict(DROPPED)
+        return Verdict(Status.DROPPED)
     message = "absent in destination (registered as None) but non-zero in source; loading would lose it"
-    return Verdict(NOTHING, "absent", message, tuple(leaf.shape))
+    return Verdict(Status.NOTHING, ProblemKind.ABSENT, message, tuple(leaf.shape))
 
 
 def nothing(slot: Slot, leaf) -> Verdict:
-    return Verdict(NOTHING)
+    return Verdict(Status.NOTHING)
 
 
 def absent_mismatch(slot: Slot, leaf) -> Verdict:
     if isinstance(leaf, Clash):
-        return Verdict(NOTHING)
+        return Verdict(Status.NOTHING)
     if isinstance(leaf, BadLeaf):
-        return Verdict(NOTHING, leaf.kind, leaf.reason)
-    return Verdict(NOTHING, "type", "absent in destination (registered as None), a subtree in source")
+        return Verdict(Status.NOTHING, ProblemKind(leaf.kind), leaf.reason)
+    return Verdict(Status.NOTHING, ProblemKind.TYPE, "absent in destination (registered as None), a subtree in source")
 
 
 # --- extra state and non-persistent buffers --------------------------------------------
@@ -162,39 +223,48 @@ def absent_mismatch(slot: Slot, leaf) -> Verdict:
 
 def set_extra(slot: Slot, leaf: ExtraState) -> Verdict:
     """R5: extra state goes through ``set_extra_state`` when the source has it."""
-    return Verdict(LOADED)
+    return Verdict(Status.LOADED)
 
 
 def not_state(slot: Slot, leaf) -> Verdict:
     """R5: non-persistent buffers are neither loaded nor expected."""
-    return Verdict(UNEXPECTED, "unexpected", "unexpected in source; a non-persistent buffer in destination (not state)")
+    message = "unexpected in source; a non-persistent buffer in destination (not state)"
+    return Verdict(Status.UNEXPECTED, ProblemKind.UNEXPECTED, message)
 
 
-RULES = {
-    (TENSOR, "tensor"): load_tensor,
-    (TENSOR, "skip"): skip,
-    (TENSOR, "absent"): zero,
-    (TENSOR, "missing"): missing,
-    (TENSOR, "extra"): mismatch,
-    (TENSOR, "other"): mismatch,
-    (ABSENT_SLOT, "tensor"): drop_if_zero,
-    (ABSENT_SLOT, "skip"): nothing,
-    (ABSENT_SLOT, "absent"): nothing,
-    (ABSENT_SLOT, "missing"): nothing,
-    (ABSENT_SLOT, "extra"): absent_mismatch,
-    (ABSENT_SLOT, "other"): absent_mismatch,
-    (EXTRA, "extra"): set_extra,
-    (EXTRA, "skip"): nothing,
-    (EXTRA, "absent"): nothing,
-    (EXTRA, "missing"): nothing,
-    (EXTRA, "tensor"): mismatch,
-    (EXTRA, "other"): mismatch,
-    (IGNORED, "tensor"): not_state,
-    (IGNORED, "skip"): nothing,
-    (IGNORED, "absent"): nothing,
-    (IGNORED, "missing"): nothing,
-    (IGNORED, "extra"): not_state,
-    (IGNORED, "other"): not_state,
+Rule = Callable[[Slot, object], Verdict]
+
+_S, _K = SlotKind, SourceKind
+_TENSOR_ROW: dict[SourceKind, Rule] = {
+    _K.TENSOR: load_tensor,
+    _K.SKIP: skip,
+    _K.ABSENT: zero,
+    _K.MISSING: missing,
+    _K.EXTRA: mismatch,
+    _K.OTHER: mismatch,
+}
+RULES: dict[tuple[SlotKind, SourceKind], Rule] = {
+    **{(_S.TENSOR, k): rule for k, rule in _TENSOR_ROW.items()},
+    **{(_S.SHARDED, k): rule for k, rule in _TENSOR_ROW.items()},
+    (_S.SHARDED, _K.TENSOR): load_shard,
+    (_S.ABSENT, _K.TENSOR): drop_if_zero,
+    (_S.ABSENT, _K.SKIP): nothing,
+    (_S.ABSENT, _K.ABSENT): nothing,
+    (_S.ABSENT, _K.MISSING): nothing,
+    (_S.ABSENT, _K.EXTRA): absent_mismatch,
+    (_S.ABSENT, _K.OTHER): absent_mismatch,
+    (_S.EXTRA, _K.EXTRA): set_extra,
+    (_S.EXTRA, _K.SKIP): nothing,
+    (_S.EXTRA, _K.ABSENT): nothing,
+    (_S.EXTRA, _K.MISSING): nothing,
+    (_S.EXTRA, _K.TENSOR): mismatch,
+    (_S.EXTRA, _K.OTHER): mismatch,
+    (_S.IGNORED, _K.TENSOR): not_state,
+    (_S.IGNORED, _K.SKIP): nothing,
+    (_S.IGNORED, _K.ABSENT): nothing,
+    (_S.IGNORED, _K.MISSING): nothing,
+    (_S.IGNORED, _K.EXTRA): not_state,
+    (_S.IGNORED, _K.OTHER): not_state,
 }
 
 
@@ -202,21 +272,25 @@ def decide(slot: Slot, leaf) -> Verdict:
     """Apply the rule for this (slot, leaf) pair.
 
     >>> import torch
-    >>> from structload._dest import Slot, TENSOR
+    >>> from structload._dest import Slot, SlotKind
     >>> from structload.sources import MemoryTensor
-    >>> decide(Slot(TENSOR, torch.zeros(3)), MemoryTensor(torch.ones(2))).message
+    >>> decide(Slot(SlotKind.TENSOR, torch.zeros(3)), MemoryTensor(torch.ones(2))).message
     'shape (3,) in destination, (2,) in source'
     """
     return RULES[slot.kind, source_kind(leaf)](slot, leaf)
 
 
+def counts_as_unexpected(leaf) -> bool:
+    """Whether a source leaf with no destination is unexpected (``None`` and ``False`` ask nothing)."""
+    return leaf is not SKIP and leaf is not ABSENT
+
+
 def values_agree(a, b, dtype: torch.dtype) -> bool:
-    """Whether two source leaves (tensors or absent) give one tied tensor the same values (R4)."""
-    if source_kind(a) == "absent" and source_kind(b) == "absent":
-        return True
-    if source_kind(a) == "absent" or source_kind(b) == "absent":
-        present = b if source_kind(a) == "absent" else a
-        return not bool(present.read().any())
+    """Whether two source leaves (tensors, absent, or a missing bias) give one tied tensor the
+    same values (R4); reads the values unless both surely share their data."""
+    a_absent, b_absent = not isinstance(a, SourceTensor), not isinstance(b, SourceTensor)
+    if a_absent or b_absent:
+        return (a_absent and b_absent) or not bool((b if a_absent else a).read().any())
     if a.same_data(b):
         return True
     return torch.equal(a.read().to(dtype), b.read().to(dtype))

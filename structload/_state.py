@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dest import ABSENT, EXTRA, TENSOR, Slot, as_dest, is_container, state_tree
+from ._dest import TENSOR_SLOTS, Slot, SlotKind, as_dest, is_container, state_tree
 
 
 def state(model, *, trainable: bool = False):
@@ -38,13 +38,13 @@ def state(model, *, trainable: bool = False):
 
 
 def _slot_state(slot: Slot, trainable: bool):
-    if slot.kind == TENSOR:
+    if slot.kind in TENSOR_SLOTS:
         tensor: torch.Tensor = slot.tensor
         if trainable and not tensor.requires_grad:
             return None
         return tensor.detach()
-    if slot.kind == ABSENT:
+    if slot.kind == SlotKind.ABSENT:
         return None if trainable else False
-    if slot.kind == EXTRA:
+    if slot.kind == SlotKind.EXTRA:
         return None if trainable else slot.owner.get_extra_state()
     raise AssertionError(slot.kind)

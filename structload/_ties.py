@@ -1,56 +1,83 @@
 """Rule R4: a tensor reachable at several destination paths is written once.
 
-The walk records, for each destination tensor, every entry that reaches it.
-For a group of more than one, the first entry with a source writes the
-tensor; the sources of the others must agree with it (else a ``tied``
-problem), and paths the source did not provide are filled by that same write.
+Entries whose slots hold the same tensor form a group. The first entry with a
+source writes the tensor; the sources of the others must agree with it (else a
+``tied`` problem), and paths the source did not provide are filled by that same
+write. `settle_ties` returns new entries; it changes none.
+
+>>> import torch
+>>> from structload._dest import tensor_slot
+>>> from structload._rules import Entry, Status
+>>> from structload._walk import Missing
+>>> shared = torch.zeros(2)
+>>> entries = [Entry("a", tensor_slot(shared), None, Status.LOADED), Entry("b", tensor_slot(shared), Missing("b"), Status.MISSING)]
+>>> settled, groups = settle_ties(entries)
+>>> [(e.path, e.status, e.writer) for e in settled], [[e.path for e in g] for g in groups]
+([('a', <Status.LOADED: 'loaded'>, None), ('b', <Status.LOADED: 'loaded'>, 'a')], [['a', 'b']])
 """
 
 from __future__ import annotations
 
-from ._rules import EXCLUDED, LOADED, MISMATCHED, MISSING, SKIPPED, ZEROED, values_agree
-from ._walk import Entry
-
-WRITES = (LOADED, ZEROED)
-
-
-def resolve_ties(groups: list[list[Entry]]) -> None:
-    """Settle every tied group in place: one writer, the rest follow it or clash."""
-    for group in groups:
-        for entry in group:
-            entry.group = group
-        active = [e for e in group if e.status != EXCLUDED]
-        writers = [e for e in active if e.status in WRITES]
-        if not writers:
-            if any(e.status == SKIPPED for e in active):
-                _follow(active, SKIPPED, statuses=(MISSING,))
-            continue
-        first = writers[0]
-        dtype = first.slot.tensor.dtype
-        disagreeing = [e for e in writers[1:] if not values_agree(first.leaf, e.leaf, dtype)]
-        if disagreeing:
-            _clash(first, disagreeing[0], writers, group)
-        else:
-            _follow(active, first.status, statuses=(LOADED, ZEROED, MISSING, SKIPPED), writer=first)
+from ._dest import TENSOR_SLOTS
+from ._report import Problem, ProblemKind
+from ._rules import WRITES, Entry, Status, values_agree
 
 
-def _follow(entries: list[Entry], status: str, statuses: tuple, writer: Entry | None = None) -> None:
-    for entry in entries:
-        if entry is not writer and entry.status in statuses:
-            entry.status = status
-            entry.write = False
-            entry.root = None
+def settle_ties(entries: list[Entry]) -> tuple[list[Entry], list[list[Entry]]]:
+    """The entries with every tied group settled, and the groups (settled entries, in order)."""
+    by_tensor: dict[int, list[int]] = {}
+    for index, entry in enumerate(entries):
+        if entry.slot.kind in TENSOR_SLOTS:
+            by_tensor.setdefault(id(entry.slot.tensor), []).append(index)
+    groups = [indices for indices in by_tensor.values() if len(indices) > 1]
+    if not groups:
+        return entries, []
+    settled = list(entries)
+    for indices in groups:
+        for index, entry in zip(indices, _settle([entries[i] for i in indices])):
+            settled[index] = entry
+    return settled, [[settled[i] for i in indices] for indices in groups]
 
 
-def _clash(first: Entry, other: Entry, writers: list[Entry], group: list[Entry]) -> None:
+def _settle(group: list[Entry]) -> list[Entry]:
+    """One group: one writer, the rest follow it or clash."""
+    active = [e for e in group if e.status != Status.EXCLUDED]
+    writers = [e for e in active if e.status in WRITES]
+    if not writers:
+        if any(e.status == Status.SKIPPED for e in active):
+            return _follow(group, Status.SKIPPED, from_statuses=(Status.MISSING,))
+        return group
+    first = writers[0]
+    dtype = first.slot.tensor.dtype
+    disagreeing = [e for e in writers[1:] if not values_agree(first.leaf, e.leaf, dtype)]
+    if disagreeing:
+        return _clash(group, first, disagreeing[0], writers)
+    statuses = (Status.LOADED, Status.ZEROED, Status.MISSING, Status.SKIPPED)
+    return _follow(group, first.status, from_statuses=statuses, writer=first)
+
+
+def _follow(group: list[Entry], status: Status, from_statuses: tuple, writer: Entry | None = None) -> list[Entry]:
+    """Every entry but the writer takes `status`, written by the writer (or by nobody)."""
+    writer_path = writer.path if writer is not None else ""
+    return [
+        e._replace(status=status, writer=writer_path) if e is not writer and e.status in from_statuses else e
+        for e in group
+    ]
+
+
+def _clash(group: list[Entry], first: Entry, other: Entry, writers: list[Entry]) -> list[Entry]:
     paths = ", ".join(f"'{e.path}'" for e in group if e is not first)
     message = (
         f"tied to {paths} (one shared tensor), but the source gives '{first.path}' and "
         f"'{other.path}' different values"
     )
-    for entry in writers:
-        entry.status = MISMATCHED
-        entry.mismatch = "tied"
-        entry.write = False
-        entry.src_shape = tuple(first.slot.tensor.shape)
-    first.problem = ("tied", message)
+    shape = tuple(first.slot.tensor.shape)
+    out = []
+    for entry in group:
+        if any(entry is w for w in writers):
+            problem = Problem(ProblemKind.TIED, entry.path, message) if entry is first else None
+            entry = entry._replace(
+                status=Status.MISMATCHED, mismatch=ProblemKind.TIED, problem=problem, src_shape=shape, writer=""
+            )
+        out.append(entry)
+    return out

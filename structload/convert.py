@@ -35,7 +35,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._report import Problem, SourceError, shape_text
+from ._report import Problem, SourceError
+from ._text import shape_text
 from .sources import SourceTensor, iter_leaves
 from .sources._leaves import ComputedTensor, ConvertedTensor
 from .sources.views import narrow, reshape, select, transpose

@@ -14,11 +14,11 @@ import math
 import os
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from .._report import SourceError
+from .._runtime import READERS, ReaderPool
 from ._leaves import SourceTensor
 
 #: Casting loads go through a buffer of at most this many bytes.
@@ -29,35 +29,15 @@ SEGMENT_BYTES = 64 << 10
 PARALLEL_BYTES = 32 << 20
 PIECE_BYTES = 8 << 20
 
-_reader_pool: ThreadPoolExecutor | None = None
-
-
-def _workers() -> int:
-    return min(4, os.cpu_count() or 1)
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _reader_pool
-    if _reader_pool is None:
-        _reader_pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="structload-read")
-    return _reader_pool
-
-
-def _forget_pool_after_fork() -> None:
-    """A forked child has none of the parent's threads: it must start its own pool."""
-    global _reader_pool
-    _reader_pool = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
 class FileHandle:
-    """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone."""
+    """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone.
 
-    def __init__(self, path: str):
+    Big reads are split across the threads of `readers` (see `structload._runtime`).
+    """
+
+    def __init__(self, path: str, readers: ReaderPool = READERS):
         self.path = path
+        self.readers = readers
         try:
             self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
         except OSError as error:
@@ -73,10 +53,10 @@ class FileHandle:
         (``preadv`` releases the GIL): the kernel's copy out of the page cache
         is the whole cost of a load, and one thread leaves cores idle.
         """
-        if len(buffer) < PARALLEL_BYTES or _workers() < 2 or not hasattr(os, "preadv"):
+        if len(buffer) < PARALLEL_BYTES or self.readers.workers < 2 or not hasattr(os, "preadv"):
             return self._read_range(buffer, offset)
         starts = range(0, len(buffer), PIECE_BYTES)
-        pieces = [_pool().submit(self._read_range, buffer[a : a + PIECE_BYTES], offset + a) for a in starts]
+        pieces = [self.readers.submit(self._read_range, buffer[a : a + PIECE_BYTES], offset + a) for a in starts]
         for piece in pieces:
             piece.result()  # the first failure, as a SourceError
 
@@ -147,10 +127,6 @@ class FileTensor(SourceTensor):
         self.shape = tuple(shape)
         self.dtype = dtype
         self.stride = None if stride is None or tuple(stride) == contiguous_strides(shape) else tuple(stride)
-
-    @property
-    def origin(self) -> str:
-        return self.file.path
 
     def same_data(self, other: SourceTensor) -> bool:
         return self is other or (

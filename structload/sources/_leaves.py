@@ -41,12 +41,10 @@ class SourceTensor:
     """A tensor of a source, read lazily.
 
     Subclasses set `shape` and `dtype` (``None`` for a Python number, which
-    takes the destination's dtype) and implement `read()`. `origin` names
-    where the data comes from, for error messages.
+    takes the destination's dtype) and implement `read()`.
     """
 
-    __slots__ = ("shape", "dtype")
-    origin = "memory"
+    __slots__ = ("dtype", "shape")
 
     @property
     def nbytes(self) -> int:
@@ -191,8 +189,3 @@ def iter_leaves(tree, path: str = ""):
             yield from iter_leaves(child, f"{path}.{name}" if path else name)
     else:
         yield path, tree
-
-
-def count_tensors(tree) -> int:
-    """How many `SourceTensor` leaves `tree` holds."""
-    return sum(1 for _, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor))

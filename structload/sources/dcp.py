@@ -102,10 +102,6 @@ class DCPTensor(SourceTensor):
         self.checkpoint, self.fqn = checkpoint, fqn
         self.shape, self.dtype = tuple(shape), dtype
 
-    @property
-    def origin(self) -> str:
-        return self.checkpoint.path
-
     def read(self) -> torch.Tensor:
         out = torch.empty(self.shape, dtype=self.dtype)
         self.checkpoint.read_block(self.fqn, out, (0,) * len(self.shape), self.shape)

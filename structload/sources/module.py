@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dest import ABSENT as ABSENT_SLOT
-from .._dest import EXTRA, TENSOR, Slot, state_tree
+from .._dest import TENSOR_SLOTS, Slot, SlotKind, state_tree
 from ._leaves import ABSENT, ExtraState
 from .memory import tensor_leaf
 
@@ -23,10 +22,10 @@ def tree_from_module(module: torch.nn.Module) -> dict:
 
 
 def _source_leaf(slot: Slot):
-    if slot.kind == TENSOR:
+    if slot.kind in TENSOR_SLOTS:
         return tensor_leaf(slot.tensor)
-    if slot.kind == ABSENT_SLOT:
+    if slot.kind == SlotKind.ABSENT:
         return ABSENT
-    if slot.kind == EXTRA:
+    if slot.kind == SlotKind.EXTRA:
         return ExtraState(slot.owner.get_extra_state())
     raise AssertionError(slot.kind)

@@ -53,7 +53,7 @@ class Shard:
         self._tree = None
 
     def leaf(self, name: str) -> SourceTensor:
-        from . import open_file  # the format is the shard's own
+        from .formats import open_file  # the format is the shard's own
 
         if self._tree is None:
             self._tree = open_file(self.path)
@@ -80,7 +80,6 @@ class ShardTensor(SourceTensor):
 
     shape = property(lambda self: self.resolve().shape)
     dtype = property(lambda self: self.resolve().dtype)
-    origin = property(lambda self: self.shard.path)
 
     def read(self) -> torch.Tensor:
         return self.resolve().read()

@@ -12,27 +12,8 @@ import math
 from rich.text import Text
 from rich.tree import Tree
 
-from ._problems import plural
-from ._render import node_at
-from ._report import dtype_text, shape_text
-
-
-def human_bytes(n: int) -> str:
-    """``474.7 MiB`` for a byte count."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError
-
-
-def human_count(n: int) -> str:
-    """``124.4M`` for a parameter count."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f}{suffix}"
-    return str(n)
+from ._render_tree import node_at, numbered_run_end
+from ._text import dtype_text, human_bytes, human_count, plural, shape_text
 
 
 class _Totals:
@@ -92,15 +73,7 @@ def _inspect_children(tree: Tree, node: _Totals, depth: int | None, level: int) 
     i = 0
     while i < len(items):
         name, child = items[i]
-        j = i + 1
-        while (
-            name.isdigit()
-            and j < len(items)
-            and items[j][0].isdigit()
-            and int(items[j][0]) == int(items[j - 1][0]) + 1
-            and items[j][1].signature == child.signature
-        ):
-            j += 1
+        j = numbered_run_end(items, i, lambda k: items[k][1].signature == child.signature)
         label = name if j == i + 1 else f"{name}–{items[j - 1][0]}"
         if child.info is not None and not child.children:
             tree.add(_leaf_text(label, child))
