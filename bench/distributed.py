@@ -44,7 +44,9 @@ def rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:
 
     import structload as sl
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=300))
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=300)
+    )
     mesh = init_device_mesh("cpu", (world,))
     with torch.device("meta"):
         model = GPT()
@@ -64,7 +66,13 @@ def rank_main(rank: int, world: int, port: int, path: str, out: str) -> None:
     report = sl.load(model, path)
     seconds = time.perf_counter() - start
     added = peak_rss_bytes() - base_rss
-    result = {"seconds": seconds, "read": rchar() - base_read, "added_rss": added, "shard": shard_bytes, "ok": report.ok}
+    result = {
+        "seconds": seconds,
+        "read": rchar() - base_read,
+        "added_rss": added,
+        "shard": shard_bytes,
+        "ok": report.ok,
+    }
     Path(out, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
@@ -94,7 +102,9 @@ def main() -> None:
     for _ in range(args.repeat):
         out = directory / "ranks"
         out.mkdir(exist_ok=True)
-        mp.start_processes(rank_main, args=(args.world, free_port(), path, str(out)), nprocs=args.world, start_method="spawn")
+        mp.start_processes(
+            rank_main, args=(args.world, free_port(), path, str(out)), nprocs=args.world, start_method="spawn"
+        )
         runs.append([json.loads((out / f"rank{r}.json").read_text()) for r in range(args.world)])
     print(f"checkpoint {size / 2**20:.1f} MiB, {args.world} ranks, FSDP2, median of {args.repeat} runs")
     for rank in range(args.world):

@@ -146,7 +146,9 @@ def main() -> None:
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
     paths = write_checkpoints(directory)
-    print(f"checkpoint: {os.path.getsize(paths['safetensors']) / 2**20:.1f} MiB; median of {args.repeat} fresh processes")
+    print(
+        f"checkpoint: {os.path.getsize(paths['safetensors']) / 2**20:.1f} MiB; median of {args.repeat} fresh processes"
+    )
     results = {}
     for case, (fmt, _) in CASES.items():
         runs = []
@@ -158,7 +160,9 @@ def main() -> None:
         seconds = statistics.median(r["seconds"] for r in runs)
         added = statistics.median(r["added_rss"] for r in runs)
         results[case] = (seconds, added, runs[0]["file_bytes"])
-        print(f"{case:36s} {seconds * 1e3:8.1f} ms   peak RSS +{added / 2**20:7.1f} MiB ({added / runs[0]['file_bytes']:6.1%} of file)")
+        print(
+            f"{case:36s} {seconds * 1e3:8.1f} ms   peak RSS +{added / 2**20:7.1f} MiB ({added / runs[0]['file_bytes']:6.1%} of file)"
+        )
     baselines = [results[c][0] for c in CASES if c.startswith("load_state_dict")]
     floor = results["floor: read into buffer"][0]
     for case in ("sl.load safetensors", "sl.load pt"):

@@ -6,9 +6,9 @@
 True
 """
 
+from . import convert
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
-from . import convert
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
 from .sources.tree import SourceTree
@@ -24,8 +24,8 @@ __all__ = [
     "Problem",
     "SourceError",
     "SourceTree",
-    "convert",
     "TensorInfo",
+    "convert",
     "diff",
     "inspect",
     "load",

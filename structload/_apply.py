@@ -34,7 +34,9 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
             try:
                 write_entry(entry, device, shared.get(id(entry.slot.tensor), (entry.slot,)))
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
-                raise _partial_failure(plan, done, entry, error) from (None if isinstance(error, SourceError) else error)
+                raise _partial_failure(plan, done, entry, error) from (
+                    None if isinstance(error, SourceError) else error
+                )
             done.append(entry)
             advance(size)
 

@@ -20,6 +20,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from rich.console import Console
@@ -68,7 +69,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     model = build_on_meta(args.factory)
     rename = dict(_split_rename(r) for r in args.rename) if args.rename else None
-    options = dict(include=args.include, exclude=args.exclude, rename=rename, strict=args.strict, dry_run=True)
+    options = {
+        "include": args.include,
+        "exclude": args.exclude,
+        "rename": rename,
+        "strict": args.strict,
+        "dry_run": True,
+    }
     console = _console()
     try:
         report = load(model, args.src, **options)
@@ -95,7 +102,7 @@ def build_on_meta(factory: str):
             module = importlib.import_module(module_name)
         except Exception as error:
             raise UsageError(f"cannot import '{module_name}' for {factory}: {type(error).__name__}: {error}") from error
-        make = module
+        make: Any = module
         for part in attribute.split("."):
             make = getattr(make, part, None)
             if make is None:

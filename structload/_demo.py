@@ -88,5 +88,7 @@ def run(console: Console | None = None) -> int:
         console.print(Panel(Text(f"structload.LoadError: {error}"), border_style="red", expand=False))
     after = fingerprint(model)
     verdict = "[green]unchanged[/]" if before == after else "[red]CHANGED[/]"
-    console.print(f"model state before {before}, after {after}: {verdict} (nothing is written when a strict load fails)")
+    console.print(
+        f"model state before {before}, after {after}: {verdict} (nothing is written when a strict load fails)"
+    )
     return 0 if before == after else 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from enum import StrEnum
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def is_container(node) -> bool:
     return not isinstance(node, Slot)
 
 
-def dest_children(node) -> list[tuple[str, object]]:
+def dest_children(node) -> list[tuple[str, Any]]:
     """The named children (slots and containers) of a destination container.
 
     Modules list parameters, buffers, extra state and submodules in
@@ -99,8 +100,8 @@ def as_dest(value):
     return None
 
 
-def _module_children(module: torch.nn.Module) -> list[tuple[str, object]]:
-    out: list[tuple[str, object]] = []
+def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
     dtensor = dtensor_class()  # looked up once per module: this runs for every module of a model
     for name, param in module._parameters.items():
         if param is None:
@@ -135,7 +136,7 @@ def state_tree(node, leaf: Callable[[Slot], object]) -> dict:
     >>> state_tree(torch.nn.Linear(2, 3, bias=False), lambda slot: slot.kind)
     {'weight': <SlotKind.TENSOR: 'tensor'>, 'bias': <SlotKind.ABSENT: 'absent'>}
     """
-    tree = {}
+    tree: dict[str, Any] = {}
     for name, child in dest_children(node):
         if is_container(child):
             tree[name] = state_tree(child, leaf)

@@ -20,7 +20,8 @@ import sys
 import torch
 import torch.distributed as dist
 
-from ._report import LoadError, Problem, SourceError
+from ._report import LoadError, Problem, ProblemKind, SourceError
+
 
 def _tensor_module():
     """``torch.distributed.tensor`` if anything imported it. Importing it costs most of a
@@ -110,7 +111,7 @@ def _combined(failed: list[tuple[int, tuple]], world: int, target: str) -> LoadE
     for rank, (_, text, rank_problems) in failed:
         problems += [Problem(kind, path, f"rank {rank}: {message}") for kind, path, message in rank_problems]
         if not rank_problems:
-            problems.append(Problem("source", "", f"rank {rank}: {text}"))
+            problems.append(Problem(ProblemKind.SOURCE, "", f"rank {rank}: {text}"))
     lines = [f"{len(failed)} of {world} ranks failed loading into {target}"]
     lines += [f"  rank {rank}: {text.splitlines()[0]}" for rank, (_, text, _) in failed]
     kind = SourceError if all(name == "SourceError" for _, (name, _, _) in failed) else LoadError

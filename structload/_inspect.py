@@ -133,4 +133,6 @@ def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
     """Bitwise-equal values, NaNs in the same places counting as equal."""
     if torch.equal(x, y):
         return True
-    return x.is_floating_point() and bool(torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(0), y.nan_to_num(0)))
+    return x.is_floating_point() and bool(
+        torch.equal(x.isnan(), y.isnan()) and torch.equal(x.nan_to_num(0), y.nan_to_num(0))
+    )

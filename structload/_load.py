@@ -9,7 +9,7 @@ from ._dest import dest_name
 from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
 from ._rename import compile_rename, rename_tree
-from ._report import LoadError, LoadReport
+from ._report import LoadError, LoadReport, Problem
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
@@ -120,10 +120,10 @@ def _in_step(collective: bool, target: str, step):
     except Exception as error:
         if not collective:
             raise
-        agreed = agree(error, target)
-        raise agreed from (None if agreed is error else error)
-    if collective and (agreed := agree(None, target)) is not None:
-        raise agreed
+        shared: Exception = agree(error, target) or error
+        raise shared from (None if shared is error else error)
+    if collective and (failure := agree(None, target)) is not None:
+        raise failure
     return result
 
 
@@ -133,7 +133,7 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool):
     tree = to_source_tree(src)
     if renamer is not None:
         tree = rename_tree(tree, renamer)
-    converter_problems = []
+    converter_problems: list[Problem] = []
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
     plan = make_plan(dst, tree, selection, converter_problems)

@@ -15,6 +15,7 @@ the destination untouched (R6).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ._dest import TENSOR_SLOTS, dest_name
@@ -93,7 +94,7 @@ def _add_changes(report: LoadReport, entry: Entry) -> None:
         report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
 
 
-def make_plan(dst, tree, selection: Selection, converter_problems: list[Problem] = ()) -> Plan:
+def make_plan(dst, tree, selection: Selection, converter_problems: Sequence[Problem] = ()) -> Plan:
     """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks."""
     found = walk(dst, tree)
     left_out = selection.left_out(dst)
@@ -120,8 +121,12 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
         status, kind, message, src_shape = decide(slot, leaf)
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue
-        problem = Problem(kind, path, message) if kind is not None else None
-        mismatch = (ProblemKind.SHAPE if kind == ProblemKind.SHAPE else ProblemKind.TYPE) if status == Status.MISMATCHED else None
+        problem = Problem(kind, path, message or "") if kind is not None else None
+        mismatch = (
+            (ProblemKind.SHAPE if kind == ProblemKind.SHAPE else ProblemKind.TYPE)
+            if status == Status.MISMATCHED
+            else None
+        )
         entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch))
     positions.append(len(entries))
     return entries, positions

@@ -76,7 +76,9 @@ def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
     return counts
 
 
-def _entry_problem(entry: Entry, entries, lengths, roots, meant: dict[str, str], done_roots: set[str]) -> Problem | None:
+def _entry_problem(
+    entry: Entry, entries, lengths, roots, meant: dict[str, str], done_roots: set[str]
+) -> Problem | None:
     if entry.problem is not None:
         return entry.problem
     root = entry.root
@@ -159,7 +161,9 @@ def _suggest_by_path(entries: list[Entry], unexpected: list[Unexpected], found: 
     if not lone:
         return {}
     unfilled = [
-        e.path for e in entries if e.status == Status.MISSING or (e.status == Status.ZEROED and isinstance(e.leaf, Missing))
+        e.path
+        for e in entries
+        if e.status == Status.MISSING or (e.status == Status.ZEROED and isinstance(e.leaf, Missing))
     ]
     if not unfilled or len(lone) * len(unfilled) > MAX_SUGGESTION_PAIRS:
         return {}
@@ -183,7 +187,7 @@ def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Pr
         message = "unexpected in source"
         if suggestion:
             src, dst = suggestion
-            return Problem(ProblemKind.UNEXPECTED, path, f"{message}; did you mean '{dst}{path[len(src):]}'?")
+            return Problem(ProblemKind.UNEXPECTED, path, f"{message}; did you mean '{dst}{path[len(src) :]}'?")
         return Problem(ProblemKind.UNEXPECTED, path, message)
     message = f"unexpected in source ({plural(len(record.leaf_paths), 'tensor')})"
     if suggestion:
@@ -214,7 +218,7 @@ def prefix_hint(entries: list[Entry], records: list[Unexpected]) -> tuple[str, s
         return prefix, text, "strip"
     prefix = _common_prefix(missing, set(unexpected))
     if prefix is not None:
-        text = f"the source paths lack the destination's prefix '{prefix}'; pass rename={{r\"^\": \"{prefix}\"}}"
+        text = f'the source paths lack the destination\'s prefix \'{prefix}\'; pass rename={{r"^": "{prefix}"}}'
         return prefix, text, "add"
     return None
 
@@ -234,7 +238,9 @@ def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
     return prefix if 2 * n >= len(paths) else None
 
 
-def layout_matches(entries: list[Entry], records: list[Unexpected], suggestions: dict[int, Suggestion]) -> dict[str, str]:
+def layout_matches(
+    entries: list[Entry], records: list[Unexpected], suggestions: dict[int, Suggestion]
+) -> dict[str, str]:
     """Unexpected source subtrees laid out like a missing destination subtree.
 
     Returns ``{source path: hint text with the rename=}`` where the two

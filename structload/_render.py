@@ -31,7 +31,7 @@ STYLES = {
 
 
 class _Node:
-    __slots__ = ("children", "outcome", "count", "outcomes", "signature")
+    __slots__ = ("children", "count", "outcome", "outcomes", "signature")
 
     def __init__(self):
         self.children: dict[str, _Node] = {}
@@ -102,7 +102,7 @@ class _Drawing:
         while i < len(items):
             name, child = items[i]
             child_path = f"{path}.{name}" if path else name
-            end = numbered_run_end(items, i, lambda k: self._alike(items, k, i, path))
+            end = numbered_run_end(items, i, lambda k, first: self._alike(items, k, first, path))
             if end > i + 1:  # numbered siblings with identical subtrees: drawn once
                 span = f"{name}–{items[end - 1][0]}"
                 count = sum(c.count for _, c in items[i:end])
@@ -117,7 +117,7 @@ class _Drawing:
             else:
                 branch = tree.add(Text(name, style="bold"))
                 if child_path in self.messages:
-                    branch.add(Text(self.message(child_path), style="red"))
+                    branch.add(Text(self.message(child_path) or "", style="red"))
                 self.children(branch, child, child_path)
             i = end
 

@@ -17,7 +17,7 @@ from ._text import dtype_text, human_bytes, human_count, plural, shape_text
 
 
 class _Totals:
-    __slots__ = ("children", "info", "tensors", "params", "nbytes", "signature")
+    __slots__ = ("children", "info", "nbytes", "params", "signature", "tensors")
 
     def __init__(self):
         self.children: dict[str, _Totals] = {}
@@ -50,8 +50,7 @@ def _totals_text(node: _Totals) -> str:
     return f"{plural(node.tensors, 'tensor')}, {human_count(node.params)} params, {human_bytes(node.nbytes)}"
 
 
-def _leaf_text(name: str, node: _Totals) -> Text:
-    info = node.info
+def _leaf_text(name: str, info) -> Text:
     text = Text(name + "  ")
     text.append(shape_text(info.shape), style="cyan")
     text.append(f"  {dtype_text(info.dtype)}", style="green")
@@ -73,10 +72,10 @@ def _inspect_children(tree: Tree, node: _Totals, depth: int | None, level: int) 
     i = 0
     while i < len(items):
         name, child = items[i]
-        j = numbered_run_end(items, i, lambda k: items[k][1].signature == child.signature)
+        j = numbered_run_end(items, i, lambda k, first: items[k][1].signature == items[first][1].signature)
         label = name if j == i + 1 else f"{name}–{items[j - 1][0]}"
         if child.info is not None and not child.children:
-            tree.add(_leaf_text(label, child))
+            tree.add(_leaf_text(label, child.info))
         elif depth is not None and level >= depth:
             each = " each" if j > i + 1 else ""
             tree.add(Text(f"{label}  ({_totals_text(child)}{each})", style="bold"))

@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -92,7 +92,7 @@ class Entry(NamedTuple):
 
     path: str
     slot: Slot
-    leaf: object
+    leaf: Any  # a source leaf or a walk marker
     status: Status
     problem: Problem | None = None
     src_shape: tuple | None = None
@@ -150,7 +150,9 @@ def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
             message += f" (made by {leaf.made_by})"
         return Verdict(Status.MISMATCHED, ProblemKind.SHAPE, message, tuple(leaf.shape))
     if leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex:
-        message = f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"
+        message = (
+            f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"
+        )
         return Verdict(Status.MISMATCHED, ProblemKind.TYPE, message, tuple(leaf.shape))
     if dst.is_meta and slot.owner is None:
         message = "a meta tensor in a pytree destination cannot be materialized in place; build it with real tensors"
@@ -232,7 +234,7 @@ def not_state(slot: Slot, leaf) -> Verdict:
     return Verdict(Status.UNEXPECTED, ProblemKind.UNEXPECTED, message)
 
 
-Rule = Callable[[Slot, object], Verdict]
+Rule = Callable[[Slot, Any], Verdict]
 
 _S, _K = SlotKind, SourceKind
 _TENSOR_ROW: dict[SourceKind, Rule] = {

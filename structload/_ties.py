@@ -68,8 +68,7 @@ def _follow(group: list[Entry], status: Status, from_statuses: tuple, writer: En
 def _clash(group: list[Entry], first: Entry, other: Entry, writers: list[Entry]) -> list[Entry]:
     paths = ", ".join(f"'{e.path}'" for e in group if e is not first)
     message = (
-        f"tied to {paths} (one shared tensor), but the source gives '{first.path}' and "
-        f"'{other.path}' different values"
+        f"tied to {paths} (one shared tensor), but the source gives '{first.path}' and '{other.path}' different values"
     )
     shape = tuple(first.slot.tensor.shape)
     out = []

@@ -23,7 +23,7 @@ applies no selection (`_select` marks what is excluded afterwards).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from ._dest import Slot, as_dest, dest_children, is_container
 from .sources import SKIP
@@ -59,7 +59,7 @@ class Pair(NamedTuple):
 
     path: str
     slot: Slot
-    leaf: object
+    leaf: Any  # a source leaf, or a `Missing` / `Clash` marker
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ def walk(dst, tree) -> Walk:
     """Walk `dst` and the source `tree` together and pair every destination slot."""
     root = as_dest(dst)
     if root is None:
-        raise TypeError(f"structload: cannot load into {type(dst).__name__}; expected a module, a tensor or a pytree of tensors")
+        raise TypeError(
+            f"structload: cannot load into {type(dst).__name__}; expected a module, a tensor or a pytree of tensors"
+        )
     found = Walk()
     if is_container(root):
         _pair_container(found, root, tree, "")
@@ -98,6 +100,7 @@ def walk(dst, tree) -> Walk:
 
 
 def _pair_container(found: Walk, node, src, path: str) -> None:
+    child: Any
     kids = dest_children(node)
     if type(src) is not dict:  # no source subtree here: every slot below shares one marker
         _pair_all(found, kids, src if src is SKIP or isinstance(src, (Missing, Clash)) else Clash(path, src), path)

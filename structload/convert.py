@@ -35,12 +35,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from ._report import Problem, SourceError
+from ._report import Problem, ProblemKind, SourceError
 from ._text import shape_text
 from .sources import SourceTensor, iter_leaves
 from .sources._leaves import ComputedTensor, ConvertedTensor
-from .sources.views import narrow, reshape, select, transpose
 from .sources.nesting import insert
+from .sources.views import narrow, reshape, select, transpose
 
 __all__ = ["Apply", "Concat", "Converter", "Reshape", "Split", "Stack", "Transpose", "Unstack"]
 
@@ -121,7 +121,7 @@ class Converter:
         """Convert in place: `flat` is path -> leaf, `made` path -> (made_by, sources)."""
         matches = [(path, m) for path in list(flat) if (m := self.pattern.match(path))]
         if not matches:
-            return [Problem("source", self.pattern.text, f"{self}: matches no source path")]
+            return [Problem(ProblemKind.SOURCE, self.pattern.text, f"{self}: matches no source path")]
         problems: list[Problem] = []
         for path, match in matches:
             if path not in flat:  # consumed earlier in this same run (Concat / Stack groups)
@@ -132,12 +132,14 @@ class Converter:
     def convert_one(self, flat, made, path, match) -> list[Problem]:
         leaf = flat[path]
         if not isinstance(leaf, SourceTensor):
-            return [Problem("type", path, f"{self} matched '{path}', which is not a tensor")]
+            return [Problem(ProblemKind.TYPE, path, f"{self} matched '{path}', which is not a tensor")]
         del flat[path]  # consumed even when it fails: never loaded unconverted by accident
         try:
             outputs = self.outputs(leaf, _captures(match))
         except _Bad as bad:
-            return [Problem("shape", path, f"{self}: {bad} (source '{path}' has shape {shape_text(leaf.shape)})")]
+            return [
+                Problem(ProblemKind.SHAPE, path, f"{self}: {bad} (source '{path}' has shape {shape_text(leaf.shape)})")
+            ]
         return _publish(self, flat, made, outputs, [path])
 
     def outputs(self, leaf: SourceTensor, captures) -> list[tuple[str, SourceTensor]]:
@@ -156,7 +158,7 @@ def _publish(converter, flat, made, outputs, inputs) -> list[Problem]:
     for path, leaf in outputs:
         if path in flat:
             other = made[path][0] if path in made else "the source itself"
-            problems.append(Problem("source", path, f"'{path}' is written by both {other} and {converter}"))
+            problems.append(Problem(ProblemKind.SOURCE, path, f"'{path}' is written by both {other} and {converter}"))
             continue
         flat[path] = leaf
         made[path] = (chain, sources)
@@ -208,7 +210,9 @@ class Apply(Converter):
         def read():
             result = self.fn(leaf.read())
             if tuple(result.shape) != shape:
-                raise SourceError(f"{self} made shape {shape_text(result.shape)} for '{path}', but declared {shape_text(shape)}")
+                raise SourceError(
+                    f"{self} made shape {shape_text(result.shape)} for '{path}', but declared {shape_text(shape)}"
+                )
             return result
 
         return [(path, ComputedTensor(shape, dtype, read))]
@@ -256,6 +260,13 @@ class Unstack(Converter):
 class _Gather(Converter):
     """Converters that make one tensor from several sources (Concat, Stack)."""
 
+    def group(self, flat: dict, match: re.Match) -> tuple[list[str], str]:
+        """The source paths the match gathers, and the path of the tensor they make."""
+        raise NotImplementedError
+
+    def combine(self, inputs: list[str], leaves: list[SourceTensor]) -> SourceTensor:
+        raise NotImplementedError
+
     def convert_one(self, flat, made, path, match) -> list[Problem]:
         try:
             inputs, target = self.group(flat, match)
@@ -266,7 +277,7 @@ class _Gather(Converter):
                     raise _Bad(f"'{p}' is {leaf.dtype}, '{inputs[0]}' is {first.dtype}")
             output = self.combine(inputs, leaves)
         except _Bad as bad:
-            return [Problem("shape", path, f"{self}: {bad}")]
+            return [Problem(ProblemKind.SHAPE, path, f"{self}: {bad}")]
         for p in inputs:
             del flat[p]
         return _publish(self, flat, made, [(target, output)], inputs)
@@ -296,7 +307,9 @@ class Concat(_Gather):
         for p, leaf in zip(inputs, leaves):
             other = [d for k, d in enumerate(leaf.shape) if k != dim]
             if len(leaf.shape) != ndim or other != [d for k, d in enumerate(leaves[0].shape) if k != dim]:
-                raise _Bad(f"'{p}' has shape {shape_text(leaf.shape)}, which does not concatenate with {shape_text(leaves[0].shape)} along dim {dim}")
+                raise _Bad(
+                    f"'{p}' has shape {shape_text(leaf.shape)}, which does not concatenate with {shape_text(leaves[0].shape)} along dim {dim}"
+                )
         shape = list(leaves[0].shape)
         shape[dim] = sum(leaf.shape[dim] for leaf in leaves)
 
@@ -358,7 +371,7 @@ def convert_tree(tree, converters) -> tuple[object, list[Problem]]:
     if not isinstance(converters, (list, tuple)) or not all(isinstance(c, Converter) for c in converters):
         raise TypeError("convert= takes a list of converters from structload.convert")
     if type(tree) is not dict:
-        return tree, [Problem("type", "", "converters need a tree of tensors, not a single value")]
+        return tree, [Problem(ProblemKind.TYPE, "", "converters need a tree of tensors, not a single value")]
     flat = dict(iter_leaves(tree))
     made: dict[str, tuple[str, tuple[str, ...]]] = {}
     problems: list[Problem] = []

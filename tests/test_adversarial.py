@@ -15,9 +15,8 @@ import torch
 import torch.nn as nn
 
 import structload as sl
+from helpers import Net, assert_unchanged, randomized, snapshot
 from structload.sources import torch_file
-
-from conftest import Net, assert_unchanged, randomized, snapshot
 
 
 @pytest.fixture
@@ -81,9 +80,7 @@ class Payload:
 def global_call(module: str, name: str, argument: str) -> bytes:
     """A protocol-2 pickle calling module.name(argument), written opcode by opcode."""
     arg = argument.encode()
-    return (
-        b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(arg).to_bytes(4, "little") + arg + b"\x85R."
-    )
+    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(arg).to_bytes(4, "little") + arg + b"\x85R."
 
 
 @pytest.mark.parametrize(
@@ -176,7 +173,6 @@ def peak_traced(action):
         return result, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-
 
 
 def test_zip_bomb_pickle_is_refused_with_bounded_memory(tmp_path, monkeypatch):

@@ -22,9 +22,7 @@ def structload_command() -> list[str]:
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     environment = {**os.environ, "COLUMNS": "100", **(env or {})}
-    return subprocess.run(
-        [*structload_command(), *args], capture_output=True, text=True, timeout=120, env=environment
-    )
+    return subprocess.run([*structload_command(), *args], capture_output=True, text=True, timeout=120, env=environment)
 
 
 def test_demo_runs_the_main_job_on_one_screen():
@@ -42,9 +40,7 @@ def test_demo_runs_the_main_job_on_one_screen():
 
 
 def test_python_dash_m_runs_the_same_command():
-    result = subprocess.run(
-        [sys.executable, "-m", "structload", "demo"], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-m", "structload", "demo"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "structload demo" in result.stdout
 
 
@@ -60,19 +56,19 @@ import json  # noqa: E402
 import safetensors.torch  # noqa: E402
 import torch  # noqa: E402
 
-from conftest import Net, randomized  # noqa: E402
+from helpers import Net, randomized  # noqa: E402
 
-FACTORY_MODULE = '''
+FACTORY_MODULE = """
 import sys
 sys.path.insert(0, {tests!r})
-from conftest import Net
+from helpers import Net
 
 def make():
     return Net(n=3)
 
 def make_wide():
     return Net(n=3, classes=5)
-'''
+"""
 
 
 @pytest.fixture
@@ -151,7 +147,9 @@ def test_check_no_strict_include_exclude(workdir):
     assert wide.returncode == 1 and "shape (5, 4) in destination, (3, 4) in source" in wide.stdout
     excluded = run_in(workdir, "check", "mymodels:make_wide", "model.safetensors", "--exclude", "head")
     assert excluded.returncode == 0 and "excluded" in excluded.stdout
-    included = run_in(workdir, "check", "mymodels:make_wide", "model.safetensors", "--include", "blocks.*", "--include", "embed")
+    included = run_in(
+        workdir, "check", "mymodels:make_wide", "model.safetensors", "--include", "blocks.*", "--include", "embed"
+    )
     assert included.returncode == 0
 
 

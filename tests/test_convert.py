@@ -6,11 +6,10 @@ import pytest
 import safetensors.torch
 import torch
 import torch.nn as nn
+from test_files import ReadLog
 
 import structload as sl
 from structload.convert import Apply, Concat, Reshape, Split, Stack, Transpose, Unstack
-
-from test_files import ReadLog
 
 
 def load_error(dst, src, **options) -> sl.LoadError:
@@ -39,7 +38,13 @@ def test_transpose_other_dims_and_reshape():
 
 def test_split_equal_and_by_sizes():
     fused = torch.arange(12.0).reshape(6, 2)
-    dst = {"q": torch.zeros(2, 2), "k": torch.zeros(2, 2), "v": torch.zeros(2, 2), "a": torch.zeros(1, 2), "b": torch.zeros(5, 2)}
+    dst = {
+        "q": torch.zeros(2, 2),
+        "k": torch.zeros(2, 2),
+        "v": torch.zeros(2, 2),
+        "a": torch.zeros(1, 2),
+        "b": torch.zeros(5, 2),
+    }
     sl.load(
         dst,
         {"qkv": fused, "ab": fused},
@@ -77,7 +82,9 @@ def test_unstack_and_stack_round_trip():
 
 def test_apply_with_declared_shape():
     dst = {"w": torch.zeros(4)}
-    report = sl.load(dst, {"w": torch.ones(2, 2)}, convert=[Apply("w", lambda t: t.flatten() * 2, shape=lambda s: (s[0] * s[1],))])
+    report = sl.load(
+        dst, {"w": torch.ones(2, 2)}, convert=[Apply("w", lambda t: t.flatten() * 2, shape=lambda s: (s[0] * s[1],))]
+    )
     assert torch.equal(dst["w"], torch.full((4,), 2.0)) and report.converted[0].made_by == "Apply('w') of 'w'"
 
 
@@ -91,13 +98,20 @@ def test_captures_reused_across_converters_and_paths():
     src = {f"layers_{i}.dense.kernel": torch.full((2, 3), float(i)) for i in range(2)}
     model = nn.ModuleDict({"blocks": nn.ModuleList(nn.Linear(2, 3, bias=False) for _ in range(2))})
     convert = [Transpose("layers_*.dense.kernel"), Reshape("layers_*.dense.kernel", (3, 2))]
-    report = sl.load(model, src, convert=convert, rename={r"^layers_(\d+)\.dense\.kernel$": r"blocks.\1.weight"}, strict=False)
+    report = sl.load(
+        model, src, convert=convert, rename={r"^layers_(\d+)\.dense\.kernel$": r"blocks.\1.weight"}, strict=False
+    )
     assert not report.ok  # renamed first, so the converters' patterns match nothing
     rename_after = {r"^layers_(\d+)\.dense\.kernel$": r"layers_\1.dense.kernel"}
-    report = sl.load(model, src, rename=rename_after, convert=[
-        Transpose("layers_*.dense.kernel"),
-        Split("layers_*.dense.kernel", into=["blocks.{0}.weight"]),
-    ])
+    report = sl.load(
+        model,
+        src,
+        rename=rename_after,
+        convert=[
+            Transpose("layers_*.dense.kernel"),
+            Split("layers_*.dense.kernel", into=["blocks.{0}.weight"]),
+        ],
+    )
     assert report.ok and torch.equal(model.blocks[1].weight, torch.ones(3, 2))
 
 
@@ -106,14 +120,20 @@ def test_captures_reused_across_converters_and_paths():
 
 @pytest.fixture
 def file_source(tmp_path):
-    state = {"h.0.c_attn.weight": torch.randn(4, 12), "h.0.c_attn.bias": torch.randn(12), "h.1.c_attn.weight": torch.randn(4, 12)}
+    state = {
+        "h.0.c_attn.weight": torch.randn(4, 12),
+        "h.0.c_attn.bias": torch.randn(12),
+        "h.1.c_attn.weight": torch.randn(4, 12),
+    }
     path = tmp_path / "fused.safetensors"
     safetensors.torch.save_file(state, str(path))
     return str(path), state
 
 
 def qkv_model(layers: int = 2, d: int = 4) -> nn.Module:
-    return nn.ModuleDict({"h": nn.ModuleList(nn.ModuleDict({n: nn.Linear(d, d, bias=False) for n in "qkv"}) for _ in range(layers))})
+    return nn.ModuleDict(
+        {"h": nn.ModuleList(nn.ModuleDict({n: nn.Linear(d, d, bias=False) for n in "qkv"}) for _ in range(layers))}
+    )
 
 
 QKV_SPLIT = Split("h.*.c_attn.weight", into=["h.{0}.q.weight", "h.{0}.k.weight", "h.{0}.v.weight"])
@@ -142,12 +162,20 @@ def test_converted_shape_that_does_not_fit_the_destination(tmp_path, monkeypatch
     model = nn.ModuleDict({n: nn.Linear(4, 2, bias=False) for n in "qkv"})
     split = Split("c_attn.weight", into=["q.weight", "k.weight", "v.weight"], dim=1)  # forgot the Transpose
     error = load_error(model, opened, convert=[split])
-    assert [(p.kind, p.path) for p in error.problems] == [("shape", "q.weight"), ("shape", "k.weight"), ("shape", "v.weight")]
+    assert [(p.kind, p.path) for p in error.problems] == [
+        ("shape", "q.weight"),
+        ("shape", "k.weight"),
+        ("shape", "v.weight"),
+    ]
     assert error.problems[1].message == (
         "shape (2, 4) in destination, (4, 2) in source (made by Split('c_attn.weight') of 'c_attn.weight')"
     )
     assert log.ranges == []  # found in the plan: nothing read, nothing written
-    assert sl.load(model, opened, convert=[Transpose("c_attn.weight"), Split("c_attn.weight", into=["q.weight", "k.weight", "v.weight"])]).ok
+    assert sl.load(
+        model,
+        opened,
+        convert=[Transpose("c_attn.weight"), Split("c_attn.weight", into=["q.weight", "k.weight", "v.weight"])],
+    ).ok
     assert torch.equal(model["v"].weight, conv1d.t()[4:])
 
 
@@ -160,29 +188,43 @@ def test_pattern_matching_nothing(file_source):
 
 def test_two_converters_writing_one_destination():
     src = {"a": torch.ones(2, 2), "b": torch.ones(2, 2)}
-    error = load_error({"w": torch.zeros(2, 2)}, src, convert=[Reshape("a", (2, 2)), Split("a", into=["w"]), Split("b", into=["w"])])
+    error = load_error(
+        {"w": torch.zeros(2, 2)}, src, convert=[Reshape("a", (2, 2)), Split("a", into=["w"]), Split("b", into=["w"])]
+    )
     problem = next(p for p in error.problems if p.kind == "source")
     assert problem.path == "w"
     assert problem.message == "'w' is written by both Reshape('a') then Split('a') and Split('b')"
 
 
 def test_converter_output_colliding_with_a_source_entry():
-    error = load_error({"w": torch.zeros(2)}, {"w": torch.ones(2), "x": torch.ones(2)}, convert=[Split("x", into=["w"])])
+    error = load_error(
+        {"w": torch.zeros(2)}, {"w": torch.ones(2), "x": torch.ones(2)}, convert=[Split("x", into=["w"])]
+    )
     assert "'w' is written by both the source itself and Split('x')" in str(error)
 
 
 def test_destination_left_unwritten_is_missing():
     model = qkv_model(layers=1)
-    error = load_error(model, {"h.0.c_attn.weight": torch.randn(8, 4)}, convert=[Split("h.*.c_attn.weight", into=["h.{0}.q.weight", "h.{0}.k.weight"])])
+    error = load_error(
+        model,
+        {"h.0.c_attn.weight": torch.randn(8, 4)},
+        convert=[Split("h.*.c_attn.weight", into=["h.{0}.q.weight", "h.{0}.k.weight"])],
+    )
     assert [(p.kind, p.path) for p in error.problems] == [("missing", "h.0.v.weight")]
 
 
 def test_concat_and_stack_mapping_errors():
-    error = load_error({"qk": torch.zeros(4, 2)}, {"q": torch.ones(2, 2), "k": torch.ones(3, 3)}, convert=[Concat(["q", "k"], into="qk")])
+    error = load_error(
+        {"qk": torch.zeros(4, 2)},
+        {"q": torch.ones(2, 2), "k": torch.ones(3, 3)},
+        convert=[Concat(["q", "k"], into="qk")],
+    )
     assert "'k' has shape (3, 3), which does not concatenate with (2, 2) along dim 0" in str(error)
     error = load_error({"qk": torch.zeros(4, 2)}, {"q": torch.ones(2, 2)}, convert=[Concat(["q", "k"], into="qk")])
     assert "'k' is not a tensor of the source (needed with 'q')" in str(error)
-    error = load_error({"s": torch.zeros(3, 2)}, {"l.0": torch.ones(2), "l.2": torch.ones(2)}, convert=[Stack("l.{i}", into="s")])
+    error = load_error(
+        {"s": torch.zeros(3, 2)}, {"l.0": torch.ones(2), "l.2": torch.ones(2)}, convert=[Stack("l.{i}", into="s")]
+    )
     assert "entries [0, 2] are not 0..1 (missing [1])" in str(error)
 
 
@@ -230,7 +272,9 @@ def test_unstack_reads_only_the_layers_it_loads(tmp_path, monkeypatch):
 def test_dry_run_with_converters_reads_nothing(file_source, monkeypatch):
     opened = sl.open(file_source[0])
     log = ReadLog(monkeypatch)
-    report = sl.load(qkv_model(), opened, convert=[Transpose("h.*.c_attn.weight"), QKV_SPLIT], strict=False, dry_run=True)
+    report = sl.load(
+        qkv_model(), opened, convert=[Transpose("h.*.c_attn.weight"), QKV_SPLIT], strict=False, dry_run=True
+    )
     assert log.ranges == [] and "h.1.k.weight" in report.loaded
 
 

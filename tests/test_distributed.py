@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 import torch.nn as nn
 
 import structload as sl
+from helpers import attempt
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 
@@ -49,7 +50,9 @@ def _entry(rank: int, fn, world: int, port: int, args: tuple) -> None:
 
 def run_ranks(fn, world: int, *args, timeout: float = 120) -> None:
     """Run ``fn(rank, world, *args)`` on `world` spawned ranks; fail if any raises or hangs."""
-    context = mp.start_processes(_entry, args=(fn, world, free_port(), args), nprocs=world, join=False, start_method="spawn")
+    context = mp.start_processes(
+        _entry, args=(fn, world, free_port(), args), nprocs=world, join=False, start_method="spawn"
+    )
     deadline = time.monotonic() + timeout
     while not context.join(timeout=1):
         if time.monotonic() > deadline:
@@ -194,9 +197,16 @@ def _fsdp(rank, world, path, folder):
         report = sl.load(model, path)
         with torch.no_grad():
             same_output = torch.allclose(model(idx), reference(idx), atol=1e-6)
-        same_values = all(torch.equal(v.full_tensor(), reference.state_dict()[k]) for k, v in model.state_dict().items())
+        same_values = all(
+            torch.equal(v.full_tensor(), reference.state_dict()[k]) for k, v in model.state_dict().items()
+        )
         kept = params == {name: id(p) for name, p in model.named_parameters()}
-        outcome["meta" if on_meta else "real"] = {"ok": report.ok, "output": same_output, "values": same_values, "kept": kept}
+        outcome["meta" if on_meta else "real"] = {
+            "ok": report.ok,
+            "output": same_output,
+            "values": same_values,
+            "kept": kept,
+        }
     save_result(folder, rank, outcome)
 
 
@@ -219,11 +229,8 @@ def _failing(rank, world, sources, folder):
     model = nn.Linear(8, 12)
     for name, param in list(model.named_parameters()):
         setattr(model, name, nn.Parameter(distribute_tensor(torch.full_like(param, 7.0), mesh, [Shard(0)])))
-    try:
-        sl.load(model, sources[rank])
-        message = None
-    except sl.LoadError as error:
-        message = f"{type(error).__name__}: {error}"
+    _, error = attempt(lambda: sl.load(model, sources[rank]))
+    message = None if error is None else f"{type(error).__name__}: {error}"
     unchanged = all(bool((p.to_local() == 7).all()) for p in model.parameters())
     dist.barrier()  # a later collective: reached only if no rank is stuck
     save_result(folder, rank, {"error": message, "unchanged": unchanged})
@@ -234,8 +241,12 @@ def test_shape_mismatch_raises_the_same_error_on_every_rank(tmp_path):
     safetensors.torch.save_file({"weight": torch.randn(12, 9), "bias": torch.randn(12)}, path)
     run_ranks(_failing, 2, [path, path], tmp_path, timeout=90)
     out = results(tmp_path, 2)
-    assert out[0]["error"] == out[1]["error"] == (
-        "LoadError: 1 problem loading into Linear (1 shape)\n  weight: shape (12, 8) in destination, (12, 9) in source"
+    assert (
+        out[0]["error"]
+        == out[1]["error"]
+        == (
+            "LoadError: 1 problem loading into Linear (1 shape)\n  weight: shape (12, 8) in destination, (12, 9) in source"
+        )
     )
     assert all(r["unchanged"] for r in out)
 

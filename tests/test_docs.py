@@ -40,7 +40,11 @@ def console_commands(block: str) -> list[tuple[str, int, list[str]]]:
 
 
 def run_console(block: str) -> None:
-    environment = {**os.environ, "COLUMNS": "100", "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    environment = {
+        **os.environ,
+        "COLUMNS": "100",
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    }
     environment.pop("FORCE_COLOR", None)
     for command, status, shown in console_commands(block):
         result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=environment, timeout=120)

@@ -7,8 +7,7 @@ import torch
 import torch.nn as nn
 
 import structload as sl
-
-from conftest import Net, assert_unchanged, randomized, snapshot
+from helpers import Net, assert_unchanged, randomized, snapshot
 
 
 def load_error(dst, src, **options) -> sl.LoadError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -12,9 +13,8 @@ import torch
 import torch.nn as nn
 
 import structload as sl
+from helpers import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
 from structload.sources import _files
-
-from conftest import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
 
 
 @pytest.fixture
@@ -132,7 +132,9 @@ def test_torch_file_dtypes_round_trip(tmp_path):
     dst = {k: torch.zeros_like(v) for k, v in values.items()}
     assert sl.load(dst, str(tmp_path / "dtypes.pt")).ok
     for key, value in values.items():
-        assert torch.equal(dst[key].view(torch.uint8) if key == "f8" else dst[key], value.view(torch.uint8) if key == "f8" else value)
+        assert torch.equal(
+            dst[key].view(torch.uint8) if key == "f8" else dst[key], value.view(torch.uint8) if key == "f8" else value
+        )
 
 
 def test_tied_model_checkpoint_from_file(tmp_path):
@@ -185,7 +187,7 @@ def test_excluded_tensors_are_never_read(tmp_path, source, monkeypatch):
     path = save_safetensors(tmp_path / "m.safetensors", source.state_dict())
     log = ReadLog(monkeypatch)
     opened = sl.open(path)
-    assert [n for _, _, n in log.ranges][0] == 8  # the header length, then the header
+    assert next(n for _, _, n in log.ranges) == 8  # the header length, then the header
     log.ranges.clear()
     sl.load(Net(n=3), opened, exclude="blocks")
     expected = sum(t.numel() * 4 for k, t in source.state_dict().items() if not k.startswith("blocks"))
@@ -194,7 +196,7 @@ def test_excluded_tensors_are_never_read(tmp_path, source, monkeypatch):
 
 def test_shards_holding_only_excluded_tensors_are_never_opened(tmp_path, source):
     index = save_sharded(tmp_path, source.state_dict(), shards=3)
-    weight_map = json.loads(open(index).read())["weight_map"]
+    weight_map = json.loads(Path(index).read_text())["weight_map"]
     last = weight_map["head.weight"]
     assert all(v != last for k, v in weight_map.items() if k.startswith("embed"))
     for name in set(weight_map.values()) - {weight_map["embed.weight"]}:
@@ -245,11 +247,11 @@ def test_progress_bar_for_file_loads(tmp_path, source, monkeypatch):
 
 def corrupt_safetensors(tmp_path, source, edit) -> str:
     path = save_safetensors(tmp_path / "bad.safetensors", source.state_dict())
-    raw = open(path, "rb").read()
+    raw = Path(path).read_bytes()
     n = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + n])
     raw = edit(raw, header, n)
-    open(path, "wb").write(raw)
+    Path(path).write_bytes(raw)
     return path
 
 
@@ -264,12 +266,27 @@ BAD_SAFETENSORS = {
     "huge header length": (lambda raw, h, n: (10**12).to_bytes(8, "little") + raw[8:], "header length"),
     "invalid json": (lambda raw, h, n: raw[:8] + b"{" * n + raw[8 + n :], "not valid JSON"),
     "not an object": (lambda raw, h, n: with_header([], b""), "not a JSON object"),
-    "unknown dtype": (lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "dtype": "F128"}}, raw[8 + n :]), "unknown dtype"),
-    "byte count": (lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "shape": [4]}}, raw[8 + n :]), "bytes for shape"),
-    "bad shape": (lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "shape": [-3]}}, raw[8 + n :]), "invalid shape"),
+    "unknown dtype": (
+        lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "dtype": "F128"}}, raw[8 + n :]),
+        "unknown dtype",
+    ),
+    "byte count": (
+        lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "shape": [4]}}, raw[8 + n :]),
+        "bytes for shape",
+    ),
+    "bad shape": (
+        lambda raw, h, n: with_header({**h, "head.bias": {**h["head.bias"], "shape": [-3]}}, raw[8 + n :]),
+        "invalid shape",
+    ),
     "overlap": (
         lambda raw, h, n: with_header(
-            {**h, "head.weight": {**h["head.weight"], "data_offsets": [0, h["head.weight"]["data_offsets"][1] - h["head.weight"]["data_offsets"][0]]}},
+            {
+                **h,
+                "head.weight": {
+                    **h["head.weight"],
+                    "data_offsets": [0, h["head.weight"]["data_offsets"][1] - h["head.weight"]["data_offsets"][0]],
+                },
+            },
             raw[8 + n :],
         ),
         "overlap",
@@ -390,15 +407,21 @@ def test_unreadable_file(tmp_path, monkeypatch):
 
 def test_sharded_index_problems(tmp_path, source):
     index = save_sharded(tmp_path, source.state_dict())
-    data = json.loads(open(index).read())
-    (tmp_path / "missing.index.json").write_text(json.dumps({"weight_map": {**data["weight_map"], "x": "nope.safetensors"}}))
+    data = json.loads(Path(index).read_text())
+    (tmp_path / "missing.index.json").write_text(
+        json.dumps({"weight_map": {**data["weight_map"], "x": "nope.safetensors"}})
+    )
     with pytest.raises(sl.SourceError, match="shard 'nope.safetensors' .* does not exist"):
         sl.load(Net(n=3), str(tmp_path / "missing.index.json"))
-    text = json.dumps(data).replace('"embed.weight"', '"head.bias": "model-00001-of-00003.safetensors", "embed.weight"', 1)
+    text = json.dumps(data).replace(
+        '"embed.weight"', '"head.bias": "model-00001-of-00003.safetensors", "embed.weight"', 1
+    )
     (tmp_path / "twice.index.json").write_text(text)
     with pytest.raises(sl.SourceError, match="'head.bias' is listed twice"):
         sl.load(Net(n=3), str(tmp_path / "twice.index.json"))
-    (tmp_path / "lying.index.json").write_text(json.dumps({"weight_map": {**data["weight_map"], "head.bias": "model-00001-of-00003.safetensors"}}))
+    (tmp_path / "lying.index.json").write_text(
+        json.dumps({"weight_map": {**data["weight_map"], "head.bias": "model-00001-of-00003.safetensors"}})
+    )
     with pytest.raises(sl.SourceError, match="puts 'head.bias' in .*00001.* which does not hold it"):
         sl.load(Net(n=3), str(tmp_path / "lying.index.json"))
     (tmp_path / "escape.index.json").write_text(json.dumps({"weight_map": {"w": "../outside.safetensors"}}))
@@ -443,7 +466,12 @@ def test_slices_of_file_tensors_read_exact_blocks(tmp_path, monkeypatch, chunk):
     values = torch.arange(7 * 6 * 5, dtype=torch.float32).reshape(7, 6, 5)
     path = save_safetensors(tmp_path / "t.safetensors", {"t": values})
     leaf = sl.open(path)["t"]
-    for starts, sizes in [((2, 0, 0), (3, 6, 5)), ((0, 3, 0), (7, 3, 5)), ((1, 2, 1), (5, 3, 3)), ((0, 0, 4), (7, 6, 1))]:
+    for starts, sizes in [
+        ((2, 0, 0), (3, 6, 5)),
+        ((0, 3, 0), (7, 3, 5)),
+        ((1, 2, 1), (5, 3, 3)),
+        ((0, 0, 4), (7, 6, 1)),
+    ]:
         target = torch.zeros(sizes)
         leaf.read_slice_into(target, starts, sizes)
         index = tuple(slice(a, a + n) for a, n in zip(starts, sizes))

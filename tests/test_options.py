@@ -10,8 +10,7 @@ import torch.nn as nn
 from rich.console import Console
 
 import structload as sl
-
-from conftest import Net, assert_same_state, assert_unchanged, randomized, snapshot
+from helpers import Net, assert_same_state, assert_unchanged, randomized, snapshot
 
 
 def test_strict_false_loads_what_matches_and_lists_the_rest():

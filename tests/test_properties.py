@@ -11,14 +11,14 @@ or as the module itself.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import structload as sl
-
-from conftest import assert_unchanged, snapshot
+from helpers import assert_unchanged, attempt, snapshot
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -102,7 +102,7 @@ def build(spec) -> nn.Module:
 def fill(model: nn.Module, seed: int) -> nn.Module:
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for _, tensor in model.state_dict(keep_vars=True).items():
+        for tensor in model.state_dict(keep_vars=True).values():
             if tensor.is_floating_point():
                 tensor.copy_(torch.randn(tensor.shape, generator=generator))
             else:
@@ -187,7 +187,6 @@ def draw_load_case(data):
     return dst, src
 
 
-
 @SETTINGS
 @given(st.data())
 def test_strict_load_succeeds_or_leaves_the_destination_bitwise_unchanged(data):
@@ -196,9 +195,9 @@ def test_strict_load_succeeds_or_leaves_the_destination_bitwise_unchanged(data):
     dst = data.draw(models(data.draw(variant(spec))))
     src = data.draw(sources(source_model))
     before = snapshot(dst)
-    try:
-        report = sl.load(dst, src, rename=data.draw(st.sampled_from([None, {r"^module\.": ""}])))
-    except sl.LoadError as error:
+    rename = data.draw(st.sampled_from([None, {r"^module\.": ""}]))
+    report, error = attempt(lambda: sl.load(dst, src, rename=rename))
+    if error is not None:
         assert error.problems and not error.report.applied
         assert_unchanged(dst, before)
     else:
@@ -212,7 +211,14 @@ def test_non_strict_report_partitions_the_destination_paths(data):
     dst, src = draw_load_case(data)
     exclude = data.draw(st.sampled_from([None, "*.bias", "0", "enc.*"]))
     report = sl.load(dst, src, strict=False, exclude=exclude)
-    lists = [report.loaded, report.missing, report.skipped, report.excluded, report.zeroed, [m.path for m in report.mismatched]]
+    lists = [
+        report.loaded,
+        report.missing,
+        report.skipped,
+        report.excluded,
+        report.zeroed,
+        [m.path for m in report.mismatched],
+    ]
     every = [path for paths in lists for path in paths]
     assert sorted(every) == sorted(state_paths(dst))  # tied paths: each listed, once
     assert len(every) == len(set(every))
@@ -255,16 +261,12 @@ def test_dry_run_changes_nothing_and_predicts_the_real_report(data):
     dst, src = draw_load_case(data)
     strict = data.draw(st.booleans())
     before = snapshot(dst)
-    try:
-        predicted = sl.load(dst, src, strict=strict, dry_run=True)
-    except sl.LoadError as predicted_error:
+    predicted, predicted_error = attempt(lambda: sl.load(dst, src, strict=strict, dry_run=True))
+    if predicted_error is not None:
         assert_unchanged(dst, before)
-        try:
+        with pytest.raises(sl.LoadError) as actual:
             sl.load(dst, src, strict=strict)
-        except sl.LoadError as actual_error:
-            assert str(actual_error) == str(predicted_error)
-        else:
-            raise AssertionError("the dry run raised but the real load did not")
+        assert str(actual.value) == str(predicted_error)
         return
     assert_unchanged(dst, before)
     actual = sl.load(dst, src, strict=strict)

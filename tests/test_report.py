@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 import torch.nn as nn
 from rich.console import Console
 
 import structload as sl
-
-from conftest import Net, TiedLM, randomized
+from helpers import Net, TiedLM, randomized
 
 
 def render(renderable, width: int = 120) -> str:
@@ -33,7 +33,14 @@ def messy_load(n_dst: int = 4, n_src: int = 3):
 
 def test_each_destination_path_lands_in_exactly_one_list():
     report, dst = messy_load()
-    lists = [report.loaded, report.missing, report.skipped, report.excluded, report.zeroed, [m.path for m in report.mismatched]]
+    lists = [
+        report.loaded,
+        report.missing,
+        report.skipped,
+        report.excluded,
+        report.zeroed,
+        [m.path for m in report.mismatched],
+    ]
     every = [path for paths in lists for path in paths]
     assert sorted(every) == sorted(dst.state_dict())
     assert len(every) == len(set(every))
@@ -54,7 +61,9 @@ def test_to_dict_is_json_serialisable_and_complete():
     report, _ = messy_load()
     data = json.loads(json.dumps(report.to_dict()))
     assert data["ok"] is False and data["applied"] is True
-    assert data["mismatched"] == [{"path": "blocks.0.fc1.weight", "kind": "shape", "dst_shape": [8, 4], "src_shape": [8, 3]}]
+    assert data["mismatched"] == [
+        {"path": "blocks.0.fc1.weight", "kind": "shape", "dst_shape": [8, 4], "src_shape": [8, 3]}
+    ]
     assert data["cast"] == [{"path": "blocks.2.fc2.weight", "src_dtype": "float64", "dst_dtype": "float32"}]
     assert {p["kind"] for p in data["problems"]} == {"shape", "missing", "unexpected"}
     assert data["missing"] == report.missing
@@ -95,14 +104,13 @@ def test_rich_tree_lists_tied_groups_and_hints():
     assert "tied: wte.weight = lm_head.weight" in render(report)
     bad = {"module." + k: v for k, v in Net().state_dict().items()}
     report = sl.load(Net(), bad, strict=False)
-    assert 'hint: the source paths carry the prefix' in render(report, width=200)
+    assert "hint: the source paths carry the prefix" in render(report, width=200)
 
 
 def test_report_of_failed_strict_load_says_nothing_was_written():
-    try:
+    with pytest.raises(sl.LoadError) as info:
         sl.load(nn.Linear(2, 2), {})
-    except sl.LoadError as error:
-        report = error.report
+    report = info.value.report
     assert report.applied is False and report.summary().endswith("(nothing written)")
     assert report.missing == ["weight", "bias"]
 

@@ -8,16 +8,14 @@ import torch
 import torch.nn as nn
 
 import structload as sl
-
-from conftest import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
-
+from helpers import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
 
 # --- R1: tensor -> tensor --------------------------------------------------------------
 
 
 def test_r1_values_copied_in_place_and_parameters_keep_identity():
     src, dst = randomized(Net(), 1), randomized(Net(), 2)
-    params_before = {name: p for name, p in dst.named_parameters()}
+    params_before = dict(dst.named_parameters())
     report = sl.load(dst, src.state_dict())
     assert_same_state(dst, src)
     assert all(p is params_before[name] for name, p in dst.named_parameters())

@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 
 import structload as sl
-
-from conftest import Net, assert_same_state, randomized
+from helpers import Net, assert_same_state, randomized
 
 
 @pytest.fixture

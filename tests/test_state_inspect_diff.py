@@ -6,12 +6,11 @@ import json
 
 import torch
 import torch.nn as nn
+from test_rules import WithExtra, WithScratch
 
 import structload as sl
+from helpers import Net, TiedLM, randomized
 from structload.sources import iter_leaves, to_source_tree
-
-from conftest import Net, TiedLM, randomized
-from test_rules import WithExtra, WithScratch
 
 
 def test_state_shares_storage_and_marks_absent_parameters():
@@ -65,7 +64,13 @@ def test_inspect_reads_shapes_dtypes_and_sizes():
 
 
 def test_diff_lists_every_kind_of_difference():
-    a = {"same": torch.ones(2), "shape": torch.ones(2), "dtype": torch.ones(2), "values": torch.ones(2), "only_a": torch.ones(1)}
+    a = {
+        "same": torch.ones(2),
+        "shape": torch.ones(2),
+        "dtype": torch.ones(2),
+        "values": torch.ones(2),
+        "only_a": torch.ones(1),
+    }
     b = {
         "same": torch.ones(2),
         "shape": torch.ones(3),

@@ -28,6 +28,7 @@ __all__ = [
     "to_source_tree",
 ]
 
+
 def to_source_tree(src):
     """The nested source tree (dicts and lazy leaves) for anything `load` accepts as `src`."""
     if isinstance(src, (str, os.PathLike)):

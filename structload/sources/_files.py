@@ -29,6 +29,7 @@ SEGMENT_BYTES = 64 << 10
 PARALLEL_BYTES = 32 << 20
 PIECE_BYTES = 8 << 20
 
+
 class FileHandle:
     """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone.
 
@@ -100,7 +101,7 @@ def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
 def writable_bytes(tensor: torch.Tensor) -> memoryview:
     """The memory of a contiguous CPU tensor as a writable byte view."""
     flat = tensor.detach().reshape(-1)
-    return memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else memoryview(bytearray())
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(bytearray())
 
 
 def contiguous_strides(shape) -> tuple[int, ...]:
@@ -120,6 +121,7 @@ class FileTensor(SourceTensor):
     """
 
     __slots__ = ("file", "offset", "stride")
+    dtype: torch.dtype
 
     def __init__(self, file: FileHandle, offset: int, shape, dtype: torch.dtype, stride=None):
         self.file = file
@@ -177,7 +179,8 @@ class FileTensor(SourceTensor):
     def _fill(self, out: torch.Tensor) -> None:
         """Read this (possibly strided) view into the contiguous CPU tensor `out`, reading
         the bytes it covers, never a full-size temporary of a larger tensor."""
-        if self.stride is None:
+        stride = self.stride
+        if stride is None:
             self.file.read_into(writable_bytes(out), self.offset)
             return
         if out.numel() == 0:
@@ -186,26 +189,26 @@ class FileTensor(SourceTensor):
         if self._span() * itemsize <= CHUNK_BYTES:  # small: read what it spans, pick the elements
             buffer = torch.empty(self._span(), dtype=self.dtype)
             self.file.read_into(writable_bytes(buffer), self.offset)
-            out.copy_(buffer.as_strided(self.shape, self.stride))
+            out.copy_(buffer.as_strided(self.shape, stride))
             return
-        dim = max(range(len(self.shape)), key=lambda d: self.stride[d] if self.shape[d] > 1 else -1)
-        step = self.stride[dim]
-        rows = max(1, CHUNK_BYTES // (step * itemsize)) if self._row_bytes(dim) < SEGMENT_BYTES else 1
+        dim = max(range(len(self.shape)), key=lambda d: stride[d] if self.shape[d] > 1 else -1)
+        step = stride[dim]
+        rows = max(1, CHUNK_BYTES // (step * itemsize)) if self._row_bytes(dim, stride) < SEGMENT_BYTES else 1
         for start in range(0, self.shape[dim], rows):
             count = min(rows, self.shape[dim] - start)
             shape = list(self.shape)
             shape[dim] = count
-            part = self.view(shape, self.stride, start * step)
+            part = self.view(shape, stride, start * step)
             target = out.narrow(dim, start, count)
             if target.is_contiguous():
                 part._fill(target)
             else:
                 target.copy_(part.read())
 
-    def _row_bytes(self, dim: int) -> int:
+    def _row_bytes(self, dim: int, strides: tuple[int, ...]) -> int:
         """Bytes one index of `dim` covers (a row, for dim 0)."""
         shape = [n for d, n in enumerate(self.shape) if d != dim]
-        stride = [n for d, n in enumerate(self.stride) if d != dim]
+        stride = [n for d, n in enumerate(strides) if d != dim]
         span = 0 if math.prod(shape) == 0 else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
         return span * self.dtype.itemsize
 

@@ -45,6 +45,8 @@ class SourceTensor:
     """
 
     __slots__ = ("dtype", "shape")
+    shape: tuple[int, ...]
+    dtype: torch.dtype | None
 
     @property
     def nbytes(self) -> int:
@@ -135,7 +137,7 @@ class ComputedTensor(SourceTensor):
 class ConvertedTensor(ComputedTensor):
     """A tensor converters made, with who made it (`made_by`) and from which source paths."""
 
-    __slots__ = ("made_by", "sources", "base")
+    __slots__ = ("base", "made_by", "sources")
 
     def __init__(self, leaf: SourceTensor, made_by: str, sources: tuple[str, ...]):
         super().__init__(leaf.shape, leaf.dtype, leaf.read, leaf.read_into)
@@ -168,7 +170,7 @@ class BadLeaf:
     `kind` is the `Problem` kind it becomes (``"type"`` or ``"source"``).
     """
 
-    __slots__ = ("reason", "kind")
+    __slots__ = ("kind", "reason")
 
     def __init__(self, reason: str, kind: str = "type"):
         self.reason = reason

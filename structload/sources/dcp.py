@@ -40,12 +40,15 @@ class DCPCheckpoint:
 
     def read_block(self, fqn: str, target: torch.Tensor, starts, sizes) -> None:
         """Fill `target` with the block ``starts .. starts + sizes`` of tensor `fqn`."""
-        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+        from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorStorageMetadata
         from torch.distributed.checkpoint.planner import LoadPlan
         from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+        entry = self.metadata.state_dict_metadata[fqn]
+        if not isinstance(entry, TensorStorageMetadata):
+            raise SourceError(f"{self.path}: '{fqn}' is stored as bytes, not as a tensor")
         chunk = ChunkStorageMetadata(offsets=torch.Size(starts), sizes=torch.Size(sizes))
-        items = create_read_items_for_chunk_list(fqn, self.metadata.state_dict_metadata[fqn], [chunk])
+        items = create_read_items_for_chunk_list(fqn, entry, [chunk])
         try:
             self.reader.read_data(LoadPlan(items), _planner_class()(target)).wait()
         except SourceError:
@@ -118,7 +121,9 @@ class DCPTensor(SourceTensor):
             target.copy_(out)
 
     def same_data(self, other: SourceTensor) -> bool:
-        return self is other or (isinstance(other, DCPTensor) and (other.checkpoint, other.fqn) == (self.checkpoint, self.fqn))
+        return self is other or (
+            isinstance(other, DCPTensor) and (other.checkpoint, other.fqn) == (self.checkpoint, self.fqn)
+        )
 
 
 def open_dcp(path: str) -> dict:

@@ -13,7 +13,6 @@ from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTens
 from .nesting import insert
 
 
-
 def leaf_from_value(value):
     """The source leaf for a non-container value, or ``None`` if `value` is a container.
 

@@ -8,6 +8,7 @@ checked at open, before any destination is touched.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -80,7 +81,7 @@ def _read_header(file: FileHandle) -> tuple[dict, int]:
 def _check_entry(path: str, name: str, entry, data_size: int):
     if not isinstance(entry, dict):
         raise _fail(path, f"entry '{name}' is not an object")
-    dtype = DTYPES.get(entry.get("dtype"))
+    dtype = DTYPES.get(str(entry.get("dtype")))
     if dtype is None:
         raise _fail(path, f"tensor '{name}' has unknown dtype {entry.get('dtype')!r}")
     shape = entry.get("shape")
@@ -94,12 +95,15 @@ def _check_entry(path: str, name: str, entry, data_size: int):
         raise _fail(path, f"tensor '{name}' spans bytes {begin}..{end}, beyond the {data_size} bytes of data")
     expected = math.prod(shape) * dtype.itemsize
     if end - begin != expected:
-        raise _fail(path, f"tensor '{name}' has {end - begin} bytes for shape {tuple(shape)} of {entry['dtype']} ({expected} expected)")
+        raise _fail(
+            path,
+            f"tensor '{name}' has {end - begin} bytes for shape {tuple(shape)} of {entry['dtype']} ({expected} expected)",
+        )
     return dtype, shape, begin, end
 
 
 def _check_no_overlap(path: str, spans: list[tuple[int, int, str]]) -> None:
     spans.sort()
-    for (_, end, first), (begin, next_end, second) in zip(spans, spans[1:]):
+    for (_, end, first), (begin, next_end, second) in itertools.pairwise(spans):
         if begin < end and begin < next_end:  # starts inside the previous one, and is not empty
             raise _fail(path, f"tensors '{first}' and '{second}' overlap")

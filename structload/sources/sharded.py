@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import torch
 
@@ -50,14 +51,14 @@ class Shard:
 
     def __init__(self, path: str, index: str):
         self.path, self.index = path, index
-        self._tree = None
+        self._tree: dict | None = None
 
     def leaf(self, name: str) -> SourceTensor:
         from .formats import open_file  # the format is the shard's own
 
         if self._tree is None:
             self._tree = open_file(self.path)
-        node = self._tree
+        node: Any = self._tree
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, SourceTensor):
@@ -68,10 +69,11 @@ class Shard:
 class ShardTensor(SourceTensor):
     """A tensor of a sharded checkpoint; its shard is opened when its metadata is first needed."""
 
-    __slots__ = ("shard", "name", "_leaf")
+    __slots__ = ("_leaf", "name", "shard")
 
     def __init__(self, shard: Shard, name: str):
-        self.shard, self.name, self._leaf = shard, name, None
+        self.shard, self.name = shard, name
+        self._leaf: SourceTensor | None = None
 
     def resolve(self) -> SourceTensor:
         if self._leaf is None:

@@ -107,7 +107,9 @@ def _open_archive(file: FileHandle) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(path)
     except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
-        raise SourceError(f"{path}: the zip archive is corrupt or truncated ({type(error).__name__}: {error})") from None
+        raise SourceError(
+            f"{path}: the zip archive is corrupt or truncated ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _pickle_record(path: str, archive: zipfile.ZipFile) -> str:
@@ -186,7 +188,9 @@ class _WeightsUnpickler(pickle.Unpickler):
             except KeyError:
                 raise SourceError(f"{self.file.path}: storage record '{name}' is missing from the archive") from None
             if info.compress_type != zipfile.ZIP_STORED:
-                raise SourceError(f"{self.file.path}: storage record '{name}' is compressed; torch.save never does that")
+                raise SourceError(
+                    f"{self.file.path}: storage record '{name}' is compressed; torch.save never does that"
+                )
             offset = _record_data_offset(self.file, info)
             nbytes = numel * dtype.itemsize
             if info.file_size < nbytes or offset + nbytes > self.file.size:

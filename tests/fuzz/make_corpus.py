@@ -23,7 +23,9 @@ def main() -> None:
     safetensors.torch.save_file({"w": torch.arange(4, dtype=torch.bfloat16)}, str(CORPUS / "one.safetensors"))
     torch.save(state, CORPUS / "small.pt")
     base = torch.arange(12.0)
-    torch.save({"model": {"a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, "epoch": 3, "lr": 0.1}, CORPUS / "views.pt")
+    torch.save(
+        {"model": {"a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, "epoch": 3, "lr": 0.1}, CORPUS / "views.pt"
+    )
 
 
 if __name__ == "__main__":

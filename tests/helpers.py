@@ -1,4 +1,4 @@
-"""Shared models and helpers for the test suite."""
+"""Shared models and helpers for the test suite: ``from helpers import Net, snapshot, ...``."""
 
 from __future__ import annotations
 
@@ -57,7 +57,9 @@ def _named_tensors(obj) -> dict[str, torch.Tensor]:
 
 def snapshot(obj) -> dict:
     """Everything needed to prove a destination unchanged: values, bytes and parameter identities."""
-    ids = {name: id(p) for name, p in obj.named_parameters(remove_duplicate=False)} if isinstance(obj, nn.Module) else {}
+    ids = (
+        {name: id(p) for name, p in obj.named_parameters(remove_duplicate=False)} if isinstance(obj, nn.Module) else {}
+    )
     return {"values": {k: v.detach().clone() for k, v in _named_tensors(obj).items()}, "ids": ids}
 
 
@@ -68,7 +70,9 @@ def assert_unchanged(obj, before: dict) -> None:
     for key, value in before["values"].items():
         now = after["values"][key]
         assert now.dtype == value.dtype and now.shape == value.shape, key
-        assert torch.equal(now.view(torch.uint8) if now.dim() else now, value.view(torch.uint8) if value.dim() else value), key
+        assert torch.equal(
+            now.view(torch.uint8) if now.dim() else now, value.view(torch.uint8) if value.dim() else value
+        ), key
 
 
 def assert_same_state(a: nn.Module, b: nn.Module) -> None:
@@ -76,3 +80,14 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
     assert sa.keys() == sb.keys()
     for key in sa:
         assert torch.equal(sa[key], sb[key]), key
+
+
+def attempt(fn):
+    """``(result, None)`` when ``fn()`` returns, ``(None, error)`` when it raises `structload.LoadError`:
+    for tests whose cases may go either way (property tests, ranks reporting back)."""
+    import structload as sl
+
+    try:
+        return fn(), None
+    except sl.LoadError as error:
+        return None, error
