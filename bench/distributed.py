@@ -10,7 +10,9 @@ Per rank it reports the bytes its shards hold, the bytes read from files
 the peak RSS added over the sharded model with its shards touched (VmHWM,
 reset before loading) and the time; medians over --repeat runs (each a fresh
 set of processes). Target: about 1/world of the checkpoint per rank, plus
-replicated tensors (FSDP2 replicates none).
+replicated tensors (FSDP2 replicates none): checked as at most 1/world + 1% of
+the file (results as JSON in bench/results/distributed.json or --json PATH;
+exit status 1 if missed).
 """
 
 from __future__ import annotations
@@ -88,11 +90,15 @@ def free_port() -> int:
 def main() -> None:
     import torch.multiprocessing as mp
     from files import write_checkpoints
+    from targets import Targets
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--world", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default="/tmp/structload-bench")
+    parser.add_argument(
+        "--json", metavar="PATH", help="where to write the results (default bench/results/distributed.json)"
+    )
     args = parser.parse_args()
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -107,6 +113,7 @@ def main() -> None:
         )
         runs.append([json.loads((out / f"rank{r}.json").read_text()) for r in range(args.world)])
     print(f"checkpoint {size / 2**20:.1f} MiB, {args.world} ranks, FSDP2, median of {args.repeat} runs")
+    targets, results = Targets("distributed"), []
     for rank in range(args.world):
         mine = [run[rank] for run in runs]
         assert all(r["ok"] for r in mine)
@@ -119,6 +126,9 @@ def main() -> None:
             f"({read / size:5.1%} of the file); peak RSS +{added / 2**20:5.1f} MiB over the sharded model; "
             f"{seconds * 1e3:6.1f} ms"
         )
+        targets.at_most(f"rank {rank}: bytes read / file", read / size, 1 / args.world + 0.01)
+        results.append({"rank": rank, "shard_bytes": shard, "read": read, "added_rss": added, "seconds": seconds})
+    targets.finish({"file_bytes": size, "world": args.world, "ranks": results}, args.json)
 
 
 if __name__ == "__main__":

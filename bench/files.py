@@ -17,7 +17,8 @@ just before loading, minus the RSS of the constructed model):
 
 Targets: sl.load within 1.1x the fastest baseline and 1.3x the floor; added
 peak RSS under 5% of the file for a real model, at most 1.05x the file for a
-meta model.
+meta model (checked; results as JSON in bench/results/files.json or --json
+PATH; exit status 1 if one is missed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from targets import Targets
 
 HERE = Path(__file__).resolve().parent
 
@@ -139,6 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--dir", default="/tmp/structload-bench")
+    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/files.json)")
     parser.add_argument("--child", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -165,11 +169,19 @@ def main() -> None:
         )
     baselines = [results[c][0] for c in CASES if c.startswith("load_state_dict")]
     floor = results["floor: read into buffer"][0]
+    targets = Targets("files")
     for case in ("sl.load safetensors", "sl.load pt"):
         t = results[case][0]
         print(f"{case}: {t / min(baselines):.2f}x the fastest baseline, {t / floor:.2f}x the floor")
+        targets.at_most(f"{case} / fastest baseline", t / min(baselines), 1.1)
+        targets.at_most(f"{case} / floor", t / floor, 1.3)
+        targets.at_most(f"{case}: added peak RSS / file", results[case][1] / results[case][2], 0.05)
+        meta = f"{case} -> meta"
+        targets.at_most(f"{meta}: added peak RSS / file", results[meta][1] / results[meta][2], 1.05)
     part, full = results["sl.load safetensors include=h.0.*"][0], results["sl.load safetensors"][0]
     print(f"partial load (h.0.*): {part / full:.1%} of the full load's time")
+    table = {case: {"seconds": s, "added_rss": a, "file_bytes": f} for case, (s, a, f) in results.items()}
+    targets.finish(table, args.json)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ Two models:
   embedding), where the time is mostly the copy itself.
 
 Prints the median of each, and the ratio sl.load / load_state_dict measured
-in the same run. Targets: flat <= 0.1x, gpt2 <= 1.2x.
+in the same run. Targets: flat <= 0.1x, gpt2 <= 1.2x (checked; results as JSON
+in bench/results/overhead.json or --json PATH; exit status 1 if one is missed).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 
 import torch
 import torch.nn as nn
+from targets import Targets
 
 import structload as sl
 
@@ -93,13 +95,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--only", choices=["flat", "gpt2"])
+    parser.add_argument(
+        "--json", metavar="PATH", help="where to write the results (default bench/results/overhead.json)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeat} runs")
-    if args.only in (None, "flat"):
-        compare("flat", flat_model, args.repeat)
-    if args.only in (None, "gpt2"):
-        compare("gpt2", GPT, args.repeat)
+    targets, results = Targets("overhead"), []
+    for name, make, limit in (("flat", flat_model, 0.1), ("gpt2", GPT, 1.2)):
+        if args.only in (None, name):
+            result = compare(name, make, args.repeat)
+            targets.at_most(f"{name}: sl.load / load_state_dict", result["ratio"], limit)
+            results.append(result)
+    targets.finish(results, args.json)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,47 @@
+"""What every benchmark shares: its stated targets checked when it runs, and its results as JSON.
+
+targets = Targets("overhead")
+targets.at_most("flat: sl.load / load_state_dict", ratio, 0.1)
+targets.finish(results, json_path)   # writes JSON, prints the verdicts, exit status 1 if one is missed
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Targets:
+    def __init__(self, bench: str):
+        self.bench = bench
+        self.checks: list[dict] = []
+
+    def at_most(self, name: str, value: float, limit: float) -> None:
+        self.checks.append({"target": name, "value": value, "at_most": limit, "met": value <= limit})
+
+    def at_least(self, name: str, value: float, limit: float) -> None:
+        self.checks.append({"target": name, "value": value, "at_least": limit, "met": value >= limit})
+
+    def finish(self, results: object, json_path: str | None = None) -> None:
+        """Print every target's verdict, write results and verdicts as JSON, exit 1 if any is missed."""
+        for check in self.checks:
+            bound = f"<= {check['at_most']}" if "at_most" in check else f">= {check['at_least']}"
+            verdict = "met" if check["met"] else "MISSED"
+            print(f"target {check['target']}: {check['value']:.4g} ({bound}) {verdict}")
+        path = Path(json_path) if json_path else RESULTS / f"{self.bench}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "bench": self.bench,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "results": results,
+            "targets": self.checks,
+        }
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"results written to {path}")
+        if not all(check["met"] for check in self.checks):
+            sys.exit(1)
