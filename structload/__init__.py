@@ -7,6 +7,7 @@ True
 """
 
 from . import convert
+from ._empty import init_empty_weights
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
@@ -27,6 +28,7 @@ __all__ = [
     "TensorInfo",
     "convert",
     "diff",
+    "init_empty_weights",
     "inspect",
     "load",
     "open",

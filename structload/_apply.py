@@ -14,12 +14,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ._dest import Slot, SlotKind
+from ._dest import Slot, SlotKind, materialized_dtype
 from ._distributed import local_block
 from ._plan import Plan
 from ._progress import progress_bar, wants_progress
 from ._report import LoadError, Problem, ProblemKind, SourceError
 from ._rules import Entry, Status
+from .sources import ExtraState, SourceTensor
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
@@ -32,13 +33,21 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
         for entry, size in zip(writes, sizes):
             try:
-                write_entry(entry, device, shared.get(id(entry.slot.tensor), (entry.slot,)))
+                write_entry(entry, device, plan.dtype, shared.get(id(entry.slot.tensor), (entry.slot,)))
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 raise _partial_failure(plan, done, entry, error) from (
                     None if isinstance(error, SourceError) else error
                 )
+            except BaseException as interruption:  # Ctrl-C (KeyboardInterrupt), SystemExit: say where it stopped
+                interruption.add_note(_interrupted_note(done, len(writes)))
+                raise
             done.append(entry)
             advance(size)
+
+
+def _interrupted_note(done: list[Entry], total: int) -> str:
+    last = f"; the last was '{done[-1].path}'" if done else ""
+    return f"structload: the load was interrupted after writing {len(done)} of {total} tensors{last}; the destination is partly loaded"
 
 
 def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Exception) -> LoadError:
@@ -65,11 +74,12 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     return LoadError(report.problems[-1:], report, message=f"writing '{failed.path}' failed: {message}")
 
 
-def write_entry(entry: Entry, device: torch.device, sharing: Sequence[Slot]) -> None:
-    """Write one planned entry into the destination; `sharing` lists every slot holding its tensor."""
+def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slot]) -> None:
+    """Write one planned entry into the destination; `sharing` lists every slot holding its tensor,
+    `dtype` is the ``load(dtype=)`` option for meta tensors."""
     slot = entry.slot
     if slot.kind == SlotKind.EXTRA:
-        slot.owner.set_extra_state(entry.leaf.value)
+        slot.owner.set_extra_state(extra_state_value(entry.leaf))
         return
     target = slot.tensor
     if slot.kind == SlotKind.SHARDED:  # a shard of a global tensor: fill the local block only
@@ -79,17 +89,41 @@ def write_entry(entry: Entry, device: torch.device, sharing: Sequence[Slot]) -> 
         else:
             entry.leaf.read_slice_into(local, *local_block(target))
         return
-    if target.is_meta:
-        target = _materialize(target, device, sharing)
+    if slot.kind == SlotKind.LAZY:  # takes the source's shape, as load_state_dict's lazy hook does
+        target.materialize(entry.leaf.shape)
+    elif target.is_meta:
+        target = _materialize(
+            target, device, materialized_dtype(target, getattr(entry.leaf, "dtype", None), dtype), sharing
+        )
     if entry.status == Status.ZEROED:
         target.zero_()
     else:
         entry.leaf.read_into(target)
 
 
-def _materialize(old: torch.Tensor, device: torch.device, sharing: Sequence[Slot]) -> torch.Tensor:
-    """A real tensor for a meta tensor, installed in every slot that shares it."""
-    new = torch.empty(old.shape, dtype=old.dtype, device=device)
+def extra_state_value(leaf):
+    """What ``set_extra_state`` receives: the source's value with every lazy file tensor in it read
+    (a torch file's extra state can hold tensors; a safetensors file stores it as one tensor)."""
+    value = leaf.value if isinstance(leaf, ExtraState) else leaf
+    return _read_tensors(value)
+
+
+def _read_tensors(value):
+    if isinstance(value, SourceTensor):
+        return value.read()
+    if isinstance(value, dict):
+        return type(value)((key, _read_tensors(item)) for key, item in value.items())
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
+        return type(value)(*(_read_tensors(item) for item in value))
+    if isinstance(value, (list, tuple)):
+        return type(value)(_read_tensors(item) for item in value)
+    return value
+
+
+def _materialize(old: torch.Tensor, device: torch.device, dtype: torch.dtype, sharing: Sequence[Slot]) -> torch.Tensor:
+    """A real tensor for a meta tensor, with its strides (channels_last stays channels_last),
+    installed in every slot that shares it."""
+    new = torch.empty_strided(old.shape, old.stride(), dtype=dtype, device=device)
     if isinstance(old, torch.nn.Parameter):
         new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
     for slot in sharing:
@@ -104,6 +138,8 @@ def _install(slot: Slot, tensor: torch.Tensor) -> None:
 
 def _nbytes(entry: Entry) -> int:
     tensor = entry.slot.tensor
+    if entry.slot.kind == SlotKind.LAZY:
+        return entry.leaf.nbytes
     if entry.slot.kind == SlotKind.SHARDED:
         tensor = tensor.to_local()
     return tensor.numel() * tensor.element_size() if isinstance(tensor, torch.Tensor) else 0

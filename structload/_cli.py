@@ -22,13 +22,14 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-import torch
 from rich.console import Console
 
+from ._empty import init_empty_weights
 from ._inspect import diff, inspect
-from ._load import load
+from ._load import run_load
 from ._render_inspect import inspect_tree
 from ._report import LoadError, SourceError
+from ._text import hint_syntax
 
 OK, PROBLEMS, USAGE = 0, 1, 2
 
@@ -72,13 +73,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     options = {
         "include": args.include,
         "exclude": args.exclude,
+        "filter": None,
         "rename": rename,
+        "convert": None,
         "strict": args.strict,
-        "dry_run": True,
     }
     console = _console()
     try:
-        report = load(model, args.src, **options)
+        # built on meta only for this dry run: tensors it leaves on meta are not a problem
+        report = run_load(model, args.src, dry_run=True, meta_is_final=False, **options)
     except SourceError:
         raise
     except LoadError as error:
@@ -89,11 +92,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_on_meta(factory: str):
-    """Import ``package.module:callable`` and build the model on the meta device.
+    """Build the model FACTORY names, its weights on the meta device (`init_empty_weights`).
 
-    Modules in the working directory import (as with ``python -m``) while the
-    factory is imported and called; `sys.path` is restored afterwards.
+    FACTORY is ``package.module:callable`` (modules in the working directory
+    import, as with ``python -m``, while the factory is imported and called;
+    `sys.path` is restored afterwards), or a Hugging Face model directory or
+    ``config.json``, built with transformers' ``from_config``.
     """
+    config = _transformers_config(factory)
+    if config is not None:
+        return _build_transformers_model(config)
     module_name, _, attribute = factory.partition(":")
     if not module_name or not attribute:
         raise UsageError(f"FACTORY must look like package.module:callable, got '{factory}'")
@@ -109,8 +117,44 @@ def build_on_meta(factory: str):
                 raise UsageError(f"'{module_name}' has no '{attribute}'")
         if not callable(make):
             raise UsageError(f"{factory} is not callable")
-        with torch.device("meta"):
+        with init_empty_weights():
             return make()
+
+
+def _transformers_config(factory: str) -> str | None:
+    """The config.json a FACTORY names (itself, or inside the directory it names), or ``None``."""
+    if os.path.isdir(factory):
+        candidate = os.path.join(factory, "config.json")
+        if not os.path.isfile(candidate):
+            raise UsageError(
+                f"{factory}: a directory without config.json; FACTORY is package.module:callable or a model directory"
+            )
+        return candidate
+    if os.path.basename(factory) == "config.json" or (factory.endswith(".json") and os.path.isfile(factory)):
+        return factory
+    return None
+
+
+def _build_transformers_model(config_path: str):
+    """The model a transformers config.json describes, from ``config.architectures[0]``, on meta."""
+    try:
+        import transformers
+    except ImportError:
+        raise UsageError(
+            f"{config_path}: building a model from config.json needs transformers (pip install transformers)"
+        ) from None
+    try:
+        config = transformers.AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(config_path)))
+    except Exception as error:
+        raise UsageError(f"{config_path}: not a transformers config ({type(error).__name__}: {error})") from error
+    architectures = getattr(config, "architectures", None) or []
+    model_class: Any = getattr(transformers, architectures[0], None) if architectures else transformers.AutoModel
+    if model_class is None:
+        raise UsageError(f"{config_path}: transformers has no class {architectures[0]!r}")
+    with init_empty_weights():
+        if model_class is transformers.AutoModel:
+            return transformers.AutoModel.from_config(config)
+        return model_class._from_config(config)
 
 
 @contextlib.contextmanager
@@ -137,6 +181,16 @@ def _demo(args: argparse.Namespace) -> int:
     return run(_console())
 
 
+def in_cli_syntax(command):
+    """The command, with hints written as its options are typed (``--rename '^=bert.'``, not ``rename={...}``)."""
+
+    def run(args: argparse.Namespace) -> int:
+        with hint_syntax("cli"):
+            return command(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="structload",
@@ -157,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("b")
     sub.add_argument("--values", action="store_true", help="also compare tensor contents")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.set_defaults(run=cmd_diff)
+    sub.set_defaults(run=in_cli_syntax(cmd_diff))
 
     sub = commands.add_parser("check", help="dry-run loading SRC into the model FACTORY builds (on meta)")
     sub.add_argument("factory", metavar="FACTORY", help="package.module:callable returning the model")
@@ -166,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--include", action="append", metavar="P", help="glob of destination paths to load (repeatable)")
     sub.add_argument("--exclude", action="append", metavar="P", help="glob of destination paths to leave (repeatable)")
     sub.add_argument("--rename", action="append", metavar="REGEX=REPL", help="rewrite source paths (repeatable)")
-    sub.set_defaults(run=cmd_check)
+    sub.set_defaults(run=in_cli_syntax(cmd_check))
 
     sub = commands.add_parser("demo", help="a self-contained run of the main job on generated data")
     sub.set_defaults(run=_demo)

@@ -11,6 +11,9 @@ from enum import StrEnum
 from typing import Any
 
 import torch
+from torch.nn.modules.batchnorm import _NormBase
+from torch.nn.modules.lazy import LazyModuleMixin
+from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
 from ._distributed import dtensor_class, is_dtensor
 from ._pytree import children
@@ -21,13 +24,16 @@ class SlotKind(StrEnum):
 
     TENSOR = "tensor"  # a parameter, a persistent buffer, or a tensor leaf of a pytree
     SHARDED = "sharded"  # the same, held as a DTensor: each rank writes its local shard
+    LAZY = "lazy"  # an uninitialized parameter or buffer of a lazy module: takes the source's shape
     ABSENT = "absent"  # a parameter or buffer registered as None (bias=False), or a None / False leaf (R3)
     EXTRA = "extra"  # a module's _extra_state (get_extra_state / set_extra_state overridden; R5)
     IGNORED = "ignored"  # a non-persistent buffer: not state (R5), named in messages when a source gives it
 
 
-#: Slots that hold a tensor of the destination.
+#: Slots that hold a tensor of the destination, with a shape.
 TENSOR_SLOTS = (SlotKind.TENSOR, SlotKind.SHARDED)
+#: Slots a load fills with a tensor (shaped or not yet).
+FILLED_SLOTS = (SlotKind.TENSOR, SlotKind.SHARDED, SlotKind.LAZY)
 
 #: The name a module's extra state has in `state_dict()`.
 EXTRA_STATE = "_extra_state"
@@ -44,9 +50,11 @@ class Slot:
     `owner` and `attr` locate it in a module (`attr` is ``"_parameters"`` or
     ``"_buffers"``) so a meta tensor can be replaced by a materialized one;
     they are ``None`` for pytree leaves, whose tensors are only updated in place.
+    `additive` marks a bias: a tensor named ``bias`` beside a ``weight`` it
+    offsets (1-d, or the weight's own shape), the only kind rule R3 may zero.
     """
 
-    __slots__ = ("attr", "kind", "name", "owner", "tensor")
+    __slots__ = ("additive", "attr", "kind", "name", "owner", "tensor")
 
     def __init__(self, kind: SlotKind, tensor=None, owner=None, attr=None, name=None):
         self.kind = kind
@@ -54,6 +62,7 @@ class Slot:
         self.owner = owner
         self.attr = attr
         self.name = name
+        self.additive = False
 
     def __repr__(self) -> str:
         return f"Slot({self.kind}, {self.name})"
@@ -86,7 +95,24 @@ def dest_children(node) -> list[tuple[str, Any]]:
         converted = as_dest(child)
         if converted is not None:
             out.append((name, converted))
+    kids = dict(out)
+    if isinstance(kids.get("bias"), Slot) and isinstance(kids.get("weight"), Slot):
+        kids["bias"].additive = offsets(kids["bias"].tensor, kids["weight"].tensor)
     return out
+
+
+def offsets(bias, weight) -> bool:
+    """Whether `bias` is an additive offset of `weight` (R3): both tensors, and `bias` 1-d
+    (a Linear's, a Conv's, a norm's) or of the weight's own shape. A causal mask registered
+    as ``bias`` (GPT-2) has no weight beside it, or another shape.
+
+    >>> import torch
+    >>> offsets(torch.zeros(3), torch.zeros(3, 2)), offsets(torch.zeros(1, 1, 4, 4), None)
+    (True, False)
+    """
+    if not isinstance(bias, torch.Tensor) or not isinstance(weight, torch.Tensor):
+        return False
+    return bias.dim() <= 1 or tuple(bias.shape) == tuple(weight.shape)
 
 
 def as_dest(value):
@@ -104,20 +130,15 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     dtensor = dtensor_class()  # looked up once per module: this runs for every module of a model
     for name, param in module._parameters.items():
-        if param is None:
-            kind = SlotKind.ABSENT
-        else:
-            kind = SlotKind.SHARDED if dtensor is not None and isinstance(param, dtensor) else SlotKind.TENSOR
-        out.append((name, Slot(kind, param, module, "_parameters", name)))
+        out.append((name, Slot(_kind(param, dtensor), param, module, "_parameters", name)))
     non_persistent = module._non_persistent_buffers_set
     for name, buffer in module._buffers.items():
-        if name in non_persistent:
-            kind = SlotKind.IGNORED
-        elif buffer is None:
-            kind = SlotKind.ABSENT
-        else:
-            kind = SlotKind.SHARDED if dtensor is not None and isinstance(buffer, dtensor) else SlotKind.TENSOR
+        kind = SlotKind.IGNORED if name in non_persistent else _kind(buffer, dtensor)
         out.append((name, Slot(kind, buffer, module, "_buffers", name)))
+    if "bias" in module._parameters or "bias" in module._buffers:
+        bias = next(slot for name, slot in out if name == "bias")
+        weight = module._parameters.get("weight", module._buffers.get("weight"))
+        bias.additive = offsets(bias.tensor, weight)
     if has_extra_state(module):
         out.append((EXTRA_STATE, Slot(SlotKind.EXTRA, None, module, None, EXTRA_STATE)))
     for name, child in module._modules.items():
@@ -126,23 +147,113 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     return out
 
 
-def state_tree(node, leaf: Callable[[Slot], object]) -> dict:
+def materialized_dtype(tensor: torch.Tensor, source_dtype: torch.dtype | None, option) -> torch.dtype:
+    """The dtype a destination tensor ends up in: its own, or for a meta tensor the `load(dtype=)`
+    option (``"auto"``: the source's dtype, when it has one)."""
+    if not tensor.is_meta or option is None:
+        return tensor.dtype
+    if option == "auto":
+        return source_dtype if source_dtype is not None else tensor.dtype
+    return option
+
+
+def _kind(tensor, dtensor: type | None) -> SlotKind:
+    if tensor is None:
+        return SlotKind.ABSENT
+    if isinstance(tensor, UninitializedTensorMixin):
+        return SlotKind.LAZY
+    return SlotKind.SHARDED if dtensor is not None and isinstance(tensor, dtensor) else SlotKind.TENSOR
+
+
+def state_tree(node, leaf: Callable[[Slot], object], own_state: Callable[[torch.nn.Module], Any]) -> dict:
     """The nested dict of ``leaf(slot)`` for every slot that is state (rule R5) under a container.
 
     The one walk of what a module's state is: `structload.state` and module
-    sources both build on it, with their own `leaf`.
+    sources both build on it, with their own `leaf`. A module that writes its
+    state its own way (`saves_its_own_way`: quantized modules pack their
+    weights) contributes ``own_state(module)`` instead, built from its own
+    ``state_dict()``.
 
     >>> import torch
-    >>> state_tree(torch.nn.Linear(2, 3, bias=False), lambda slot: slot.kind)
+    >>> state_tree(torch.nn.Linear(2, 3, bias=False), lambda slot: slot.kind, None)
     {'weight': <SlotKind.TENSOR: 'tensor'>, 'bias': <SlotKind.ABSENT: 'absent'>}
     """
     tree: dict[str, Any] = {}
     for name, child in dest_children(node):
         if is_container(child):
-            tree[name] = state_tree(child, leaf)
+            custom = isinstance(child, torch.nn.Module) and own_state is not None and saves_its_own_way(child)
+            tree[name] = own_state(child) if custom else state_tree(child, leaf, own_state)
         elif child.kind != SlotKind.IGNORED:
             tree[name] = leaf(child)
     return tree
+
+
+# --- modules that customise how their state is saved or loaded --------------------------------
+
+#: Load hooks whose effect structload reproduces, or that cannot change a load made in place:
+#: lazy modules (their parameters take the source's shape: `SlotKind.LAZY`); weight_norm's
+#: conversion of old ``weight_g`` / ``weight_v`` names (reported with the rename, see
+#: `_problems`); spectral_norm's upgrade of checkpoints written before version 1; FSDP2's
+#: post-hook, which re-syncs a parameter that ``assign=True`` replaced (structload writes
+#: each rank's local shard in place, so the parameter and its storage stay the same).
+KNOWN_LOAD_HOOKS = frozenset(
+    {
+        "torch.nn.modules.lazy.LazyModuleMixin._lazy_load_hook",
+        "torch.nn.utils.parametrizations.weight_norm.<locals>._weight_norm_compat_hook",
+        "torch.nn.utils.spectral_norm.SpectralNormLoadStateDictPreHook",
+        "torch.distributed.fsdp._fully_shard._fsdp_param.FSDPParam.__init__.<locals>.<lambda>",
+    }
+)
+
+
+def _hook_name(wrapped) -> str:
+    hook = getattr(wrapped, "hook", wrapped)
+    if not hasattr(hook, "__qualname__"):  # a callable object
+        hook = type(hook)
+    return f"{hook.__module__}.{hook.__qualname__}"
+
+
+_OVERRIDES: dict[tuple[type, str], bool] = {}
+
+
+def _overrides(cls: type, method: str) -> bool:
+    """Whether `cls` defines its own `method` (cached: asked once per module of every load)."""
+    key = (cls, method)
+    if key not in _OVERRIDES:
+        _OVERRIDES[key] = getattr(cls, method) is not getattr(torch.nn.Module, method)
+    return _OVERRIDES[key]
+
+
+def customises_loading(module: torch.nn.Module) -> bool:
+    """A quick test (one per module of every load): might `loads_its_own_way` have a reason?"""
+    return (
+        _overrides(type(module), "_load_from_state_dict")
+        or bool(module._load_state_dict_pre_hooks)
+        or bool(module._load_state_dict_post_hooks)
+    )
+
+
+def loads_its_own_way(module: torch.nn.Module) -> str | None:
+    """Why ``load_state_dict`` would run code of this module's own that structload does not, or
+    ``None``. BatchNorm's and InstanceNorm's ``_load_from_state_dict`` (old checkpoint versions)
+    are reproduced by the rules, and `KNOWN_LOAD_HOOKS` are handled."""
+    cls = type(module)
+    if _overrides(cls, "_load_from_state_dict") and not isinstance(module, _NormBase):
+        owner = next(c for c in cls.__mro__ if "_load_from_state_dict" in vars(c))
+        return f"it loads its state through its own _load_from_state_dict ({owner.__module__}.{owner.__qualname__})"
+    hooks = [*module._load_state_dict_pre_hooks.values(), *module._load_state_dict_post_hooks.values()]
+    unknown = [name for name in map(_hook_name, hooks) if name not in KNOWN_LOAD_HOOKS]
+    if unknown:
+        return f"it has load_state_dict hooks that structload does not run ({', '.join(unknown)})"
+    return None
+
+
+def saves_its_own_way(module: torch.nn.Module) -> bool:
+    """Whether ``state_dict()`` of this module holds more than its parameters and persistent
+    buffers (an overridden ``_save_to_state_dict``, state_dict hooks); lazy modules excepted."""
+    if _overrides(type(module), "_save_to_state_dict") and not isinstance(module, LazyModuleMixin):
+        return True
+    return bool(module._state_dict_hooks) or bool(module._state_dict_pre_hooks)
 
 
 def dest_name(dst) -> str:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._text import dtype_text, shape_text
+from ._text import dtype_text, option_text, plural, shape_text
 from .sources import SourceTensor, iter_leaves, to_source_tree
 
 
@@ -64,6 +64,7 @@ class Diff:
     dtype: list[Difference] = field(default_factory=list)
     values: list[str] = field(default_factory=list)
     same: int = 0
+    values_compared: bool = False
 
     @property
     def ok(self) -> bool:
@@ -78,18 +79,25 @@ class Diff:
             "dtype": [d.to_dict() for d in self.dtype],
             "values": self.values,
             "same": self.same,
+            "values_compared": self.values_compared,
             "ok": self.ok,
         }
 
     def __str__(self) -> str:
         if self.ok:
-            return f"no differences ({self.same} tensors compared)"
+            return f"no differences: {self.compared()}"
         lines = [f"{path}: only in a" for path in self.only_in_a]
         lines += [f"{path}: only in b" for path in self.only_in_b]
         lines += [f"{d.path}: shape {_text(d.a)} in a, {_text(d.b)} in b" for d in self.shape]
         lines += [f"{d.path}: dtype {_text(d.a)} in a, {_text(d.b)} in b" for d in self.dtype]
         lines += [f"{path}: values differ" for path in self.values]
         return "\n".join(lines)
+
+    def compared(self) -> str:
+        """What was compared: ``12 tensors compared by path, shape, dtype and values``."""
+        what = "path, shape, dtype and values" if self.values_compared else "path, shape and dtype"
+        text = f"{plural(self.same, 'tensor')} compared by {what}"
+        return text if self.values_compared else text + f" (values not compared; pass {option_text('values', True)})"
 
     def __rich__(self):
         from ._render import diff_table
@@ -108,7 +116,7 @@ def diff(a, b, *, values: bool = False) -> Diff:
     """
     left = _tensors(a)
     right = _tensors(b)
-    result = Diff()
+    result = Diff(values_compared=values)
     for path, leaf in left.items():
         other = right.get(path)
         if other is None:

@@ -8,12 +8,12 @@ from ._apply import apply_plan
 from ._dest import dest_name
 from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
-from ._rename import compile_rename, rename_tree
+from ._rename import Renamer, compile_rename, rename_tree
 from ._report import LoadError, LoadReport, Problem
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
-from .sources import to_source_tree
+from .sources import iter_leaves, to_source_tree
 
 
 def load(
@@ -29,6 +29,7 @@ def load(
     device=None,
     dry_run: bool = False,
     progress: bool | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> LoadReport:
     """Copy state from `src` into `dst` in place, walking both trees side by side.
 
@@ -82,6 +83,8 @@ def load(
       strict dry run raises exactly as the real load would).
     - ``progress``: a rich progress bar on stderr; ``None`` shows one only for
       loads over 1 GiB on a terminal.
+    - ``dtype``: the dtype ``meta`` tensors of `dst` are materialized in;
+      ``"auto"`` keeps the checkpoint's dtype (a bf16 file gives a bf16 model).
 
     Extended help -- the rules:
 
@@ -90,22 +93,46 @@ def load(
     - R2 ``None`` in the source skips that leaf or subtree (reported as skipped).
     - R3 absent tensors (registered as ``None``, a ``False`` leaf, a source
       module built with ``bias=False``, or a matching source node with no
-      ``bias`` entry): absent source -> destination tensor is zeroed; a source
-      tensor -> absent destination is dropped if all zeros, else a problem.
+      ``bias`` entry): an absent source bias zeroes the destination's bias (only
+      additive offsets: a missing norm weight or running statistic is a
+      problem); a source tensor -> absent destination is dropped if all zeros,
+      else a problem.
     - R4 a tensor reachable at several paths (tied weights) is written once;
       different source values for its paths are a ``tied`` problem, and
       providing one of them is enough.
     - R5 state is what ``state_dict()`` holds (parameters, persistent
-      buffers) plus ``_extra_state`` when the source has it.
+      buffers) plus ``_extra_state`` when the source has it; a source entry
+      for a non-persistent buffer is ignored (``report.ignored``).
+    - Patterns (``include``, ``exclude``, ``rename`` keys) that match nothing
+      are ``pattern`` problems; modules that load their state their own way
+      (quantized modules, unknown load hooks) are problems at their path; no
+      tensor is left on ``meta`` without a problem naming it.
     - R6 every check runs before the first write.
     """
-    selection = Selection(include, exclude, filter)
-    renamer = compile_rename(rename)
+    options = {"strict": strict, "include": include, "exclude": exclude, "filter": filter, "rename": rename}
+    options["convert"] = convert
+    return run_load(dst, src, device=device, dry_run=dry_run, progress=progress, dtype=dtype, **options)
+
+
+def run_load(
+    dst, src, *, device=None, dry_run=False, progress=None, dtype=None, meta_is_final=True, **options
+) -> LoadReport:
+    """`load`, with one more knob for `structload check`: ``meta_is_final=False`` for a model
+    built on meta only to dry-run the load, where tensors left on meta are not a problem."""
+    selection = Selection(options["include"], options["exclude"], options["filter"])
+    renamer = compile_rename(options["rename"])
     target_device = torch.device(device if device is not None else "cpu")
+    if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
+        raise TypeError(f'dtype must be a torch.dtype, "auto" or None, got {dtype!r}')
     collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
     target = dest_name(dst)
+    strict, convert = options["strict"], options["convert"]
+
+    def plan_step():
+        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final)
+
     with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
-        plan = _in_step(collective, target, lambda: _plan(dst, src, selection, renamer, convert, strict))
+        plan = _in_step(collective, target, plan_step)
         if dry_run:
             return plan.report(applied=False)
         _in_step(collective, target, lambda: apply_plan(plan, target_device, progress))
@@ -127,16 +154,20 @@ def _in_step(collective: bool, target: str, step):
     return result
 
 
-def _plan(dst, src, selection: Selection, renamer, convert, strict: bool):
+def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool):
     """Open the source, rename, convert and plan the load (no writes); a strict load with
     problems raises here, before anything is written."""
     tree = to_source_tree(src)
+    earlier: list[Problem] = []
     if renamer is not None:
-        tree = rename_tree(tree, renamer)
-    converter_problems: list[Problem] = []
+        renamed = rename_tree(tree, renamer)
+        if isinstance(renamer, Renamer) and not renamer.all_used:
+            earlier += renamer.unmatched([p for p, _ in iter_leaves(tree)])
+        tree = renamed
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
-    plan = make_plan(dst, tree, selection, converter_problems)
+        earlier += converter_problems
+    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final)
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan

@@ -18,14 +18,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ._dest import TENSOR_SLOTS, dest_name
+import torch
+
+from ._dest import FILLED_SLOTS, TENSOR_SLOTS, dest_name, loads_its_own_way, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
-from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide
+from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta
 from ._select import LeftOut, Selection
+from ._text import option_text
 from ._ties import settle_ties
-from ._walk import Pair, Unpaired, walk
-from .sources import iter_leaves
+from ._walk import Pair, Unpaired, Walk, walk
+from .sources import SKIP, MemoryTensor, iter_leaves
 from .sources._leaves import ConvertedTensor
 
 _LISTS = {
@@ -35,6 +38,7 @@ _LISTS = {
     Status.EXCLUDED: "excluded",
     Status.MISSING: "missing",
     Status.DROPPED: "dropped",
+    Status.IGNORED: "ignored",
 }
 
 
@@ -48,6 +52,7 @@ class Plan:
     groups: list[list[Entry]]  # tied entries (R4), one list per shared tensor
     problems: list[Problem]
     hints: list[str]
+    dtype: torch.dtype | str | None = None  # what meta tensors are materialized in (`load(dtype=...)`)
 
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order."""
@@ -61,7 +66,7 @@ class Plan:
             while pending is not None and pending.position <= index:
                 report.unexpected.extend(pending.leaf_paths)
                 pending = next(unexpected, None)
-            _add_entry(report, entry)
+            _add_entry(report, entry, self.dtype)
         while pending is not None:
             report.unexpected.extend(pending.leaf_paths)
             pending = next(unexpected, None)
@@ -69,12 +74,12 @@ class Plan:
         return report
 
 
-def _add_entry(report: LoadReport, entry: Entry) -> None:
+def _add_entry(report: LoadReport, entry: Entry, dtype) -> None:
     status = entry.status
     if status is Status.LOADED and entry.writer is None:  # the common case, first
         report.loaded.append(entry.path)
-        if entry.slot.kind in TENSOR_SLOTS:
-            _add_changes(report, entry)
+        if entry.slot.kind in FILLED_SLOTS:
+            _add_changes(report, entry, dtype)
         return
     if status in _LISTS:
         getattr(report, _LISTS[status]).append(entry.path)
@@ -85,24 +90,56 @@ def _add_entry(report: LoadReport, entry: Entry) -> None:
         report.unexpected.append(entry.path)
 
 
-def _add_changes(report: LoadReport, entry: Entry) -> None:
+def _add_changes(report: LoadReport, entry: Entry, dtype) -> None:
     """A loaded tensor's cast (R1) and the converters that made it, if any."""
-    src_dtype, dst_dtype = entry.leaf.dtype, entry.slot.tensor.dtype
+    leaf, tensor = entry.leaf, entry.slot.tensor
+    dst_dtype = materialized_dtype(tensor, leaf.dtype, dtype)
+    src_dtype = leaf.dtype
+    if src_dtype is None and isinstance(leaf, MemoryTensor) and leaf.tensor.is_floating_point():
+        src_dtype = None if dst_dtype.is_floating_point or dst_dtype.is_complex else torch.float64  # truncated
     if src_dtype is not None and src_dtype != dst_dtype:
         report.cast.append(Cast(entry.path, src_dtype, dst_dtype))
     if isinstance(entry.leaf, ConvertedTensor):
         report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
 
 
-def make_plan(dst, tree, selection: Selection, converter_problems: Sequence[Problem] = ()) -> Plan:
-    """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks."""
+def make_plan(
+    dst, tree, selection: Selection, earlier_problems: Sequence[Problem] = (), dtype=None, meta_is_final=True
+) -> Plan:
+    """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks.
+
+    `earlier_problems` (patterns that match nothing, converters that cannot run) come first.
+    With `meta_is_final` false (a model built on meta for a dry run), tensors left on meta are fine.
+    """
     found = walk(dst, tree)
     left_out = selection.left_out(dst)
     entries, positions = judge(found.pairs, left_out)
     entries, groups = settle_ties(entries)
+    if meta_is_final:
+        entries = [left_on_meta(e) for e in entries]
     unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
     problems, hints = compose_problems(entries, unexpected, found.lengths)
-    return Plan(dest_name(dst), entries, unexpected, groups, list(converter_problems) + problems, hints)
+    problems = (
+        list(earlier_problems) + selection.unmatched_patterns() + customised(found, selection, left_out) + problems
+    )
+    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype)
+
+
+def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> list[Problem]:
+    """Modules of the destination that ``load_state_dict`` would let run code of their own, which
+    structload does not: each is a problem at its path, unless the load leaves it out or skips it."""
+    problems = []
+    for path, module, src in found.customised:
+        if src is SKIP or selection.leaves_out_module(path, left_out):
+            continue
+        reason = loads_its_own_way(module)
+        message = (
+            f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. "
+            f"Load it with {'model.' + path if path else 'the module'}.load_state_dict(...), or leave it out "
+            f"({option_text('exclude', path or '*')})"
+        )
+        problems.append(Problem(ProblemKind.TYPE, path, message))
+    return problems
 
 
 def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
@@ -113,7 +150,7 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
     excluded = left_out.paths if left_out is not None else ()
     for path, slot, leaf in pairs:
         positions.append(len(entries))
-        holds_tensor = slot.kind in TENSOR_SLOTS
+        holds_tensor = slot.kind in FILLED_SLOTS
         if excluded and path in excluded:
             if holds_tensor:  # still part of any tied group it belongs to
                 entries.append(Entry(path, slot, None, Status.EXCLUDED))

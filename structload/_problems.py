@@ -17,7 +17,7 @@ from collections import Counter
 
 from ._report import Problem, ProblemKind
 from ._rules import Entry, Status, Unexpected
-from ._text import number_ranges, plural, shape_text
+from ._text import number_ranges, option_text, plural, shape_text
 from ._walk import Clash, Missing
 from .sources import ABSENT, SourceTensor
 
@@ -52,6 +52,15 @@ def compose_problems(
         events.append((record.position - 0.5, _unexpected_problem(record, suggestions.get(i))))
     events.sort(key=lambda pair: pair[0])
     problems = [problem for _, problem in events]
+    extra = {**new_head_hints(entries), **legacy_weight_norm_hints(entries, unexpected)}
+    if extra:
+        problems = [_with_extra(p, extra) for p in problems]
+    hints = list(dict.fromkeys(extra.values()))
+    problems, general = _general_hints(problems, entries, unexpected, suggestions)
+    return problems, general + hints
+
+
+def _general_hints(problems, entries, unexpected, suggestions) -> tuple[list[Problem], list[str]]:
     hint = prefix_hint(entries, unexpected)
     if hint is not None:
         prefix, text, direction = hint
@@ -213,12 +222,12 @@ def prefix_hint(entries: list[Entry], records: list[Unexpected]) -> tuple[str, s
         text = (
             f"the source paths carry the prefix '{prefix}'"
             + (f" ({why})" if why else "")
-            + f'; pass rename={{r"^{re.escape(prefix)}": ""}}'
+            + f"; pass {option_text('rename', {'^' + re.escape(prefix): ''})}"
         )
         return prefix, text, "strip"
     prefix = _common_prefix(missing, set(unexpected))
     if prefix is not None:
-        text = f'the source paths lack the destination\'s prefix \'{prefix}\'; pass rename={{r"^": "{prefix}"}}'
+        text = f"the source paths lack the destination's prefix '{prefix}'; pass {option_text('rename', {'^': prefix})}"
         return prefix, text, "add"
     return None
 
@@ -265,7 +274,7 @@ def layout_matches(
             root = alike[0]
             text = (
                 f"'{record.path}' in source is laid out like '{root}' in destination; "
-                f'pass rename={{r"^{re.escape(record.path + ".")}": "{root}."}}'
+                f"pass {option_text('rename', {'^' + re.escape(record.path + '.'): root + '.'})}"
             )
             moves[record.path] = text
     return moves
@@ -275,6 +284,49 @@ def _same_layout(a: set[str], b: set[str]) -> bool:
     """One set of relative paths holds the other and at least half of it, with 3 tensors or more."""
     small, big = sorted((a, b), key=len)
     return len(small) >= 3 and small <= big and 2 * len(small) >= len(big)
+
+
+def new_head_hints(entries: list[Entry]) -> dict[str, str]:
+    """``{path: hint}`` for the tensors of each module whose shape problems all differ in the first
+    dimension only (a classifier with another number of classes, an embedding with another vocabulary)."""
+    by_module: dict[str, list[Entry]] = {}
+    for entry in entries:
+        if entry.status == Status.MISMATCHED and entry.mismatch == ProblemKind.SHAPE and entry.src_shape:
+            by_module.setdefault(entry.path.rpartition(".")[0], []).append(entry)
+    hints = {}
+    for module, mismatched in by_module.items():
+        pairs = [(tuple(e.slot.tensor.shape), tuple(e.src_shape or ())) for e in mismatched]
+        if module and all(len(d) == len(s) >= 1 and d[1:] == s[1:] for d, s in pairs):
+            dst, src = pairs[0][0][0], pairs[0][1][0]
+            hint = (
+                f"'{module}' differs in its first dimension only ({dst} in destination, {src} in source: another "
+                f"number of classes or tokens?); if it is a new head, keep the destination's own with "
+                f"{option_text('exclude', module)}"
+            )
+            hints.update({e.path: hint for e in mismatched})
+    return hints
+
+
+def legacy_weight_norm_hints(entries: list[Entry], records: list[Unexpected]) -> dict[str, str]:
+    """``{path: hint}`` for ``weight_g`` / ``weight_v`` of the old ``torch.nn.utils.weight_norm`` where the
+    destination uses the parametrization (``parametrizations.weight.original0`` / ``original1``): the
+    names ``load_state_dict``'s compatibility hook converts."""
+    missing = {e.path for e in entries if e.status == Status.MISSING}
+    old = [p for r in records for p in r.leaf_paths if p.endswith((".weight_g", ".weight_v"))]
+    moved = [p for p in old if p[: -len("weight_g")] + "parametrizations.weight.original0" in missing]
+    if not moved:
+        return {}
+    rename = {
+        r"\.weight_g$": ".parametrizations.weight.original0",
+        r"\.weight_v$": ".parametrizations.weight.original1",
+    }
+    hint = f"the source uses the old weight_norm names (weight_g, weight_v); pass {option_text('rename', rename)}"
+    return dict.fromkeys(old, hint)
+
+
+def _with_extra(problem: Problem, extra: dict[str, str]) -> Problem:
+    hint = extra.get(problem.path)
+    return Problem(problem.kind, problem.path, f"{problem.message}; {hint}") if hint else problem
 
 
 def _with_move(problem: Problem, moves: dict[str, str]) -> Problem:

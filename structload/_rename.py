@@ -2,21 +2,82 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Mapping
 
+from ._report import Problem, ProblemKind
 from .sources import iter_leaves
 from .sources.nesting import insert
+
+
+class Renamer:
+    """A ``{regex: replacement}`` mapping applied in order with ``re.sub``; a replacement of
+    ``None`` drops the entries its regex finds. It remembers which regexes found something, so a
+    key that matches no source path can be reported (`unmatched`).
+
+    >>> renamer = Renamer({r"^module\\.": "", r"\\.gamma$": ".weight", r"position_ids$": None})
+    >>> renamer("module.norm.gamma"), renamer("module.embeddings.position_ids")
+    ('norm.weight', None)
+    >>> print(Renamer({r"^encodr\\.": ""}).unmatched(["encoder.fc.weight"])[0].message)
+    rename pattern '^encodr\\.' matches no source path; did you mean 'encoder'?
+    """
+
+    def __init__(self, rename: Mapping):
+        try:
+            self.rules = [(text, re.compile(text), replacement) for text, replacement in rename.items()]
+        except re.error as error:
+            raise ValueError(f"rename: invalid regular expression: {error}") from None
+        for text, _, replacement in self.rules:
+            if replacement is not None and not isinstance(replacement, str):
+                raise TypeError(
+                    f"rename: the replacement for {text!r} must be a string or None, not {type(replacement).__name__}"
+                )
+        self.used: set[str] = set()
+
+    def __call__(self, path: str) -> str | None:
+        for text, pattern, replacement in self.rules:
+            if replacement is None:
+                if pattern.search(path):
+                    self.used.add(text)
+                    return None
+                continue
+            path, n = pattern.subn(replacement, path)
+            if n:
+                self.used.add(text)
+        return path
+
+    @property
+    def all_used(self) -> bool:
+        return len(self.used) == len(self.rules)
+
+    def unmatched(self, source_paths: list[str]) -> list[Problem]:
+        """A ``pattern`` problem for every regex that found nothing in the source."""
+        problems = []
+        for text, _, _ in self.rules:
+            if text not in self.used:
+                message = f"rename pattern '{text}' matches no source path" + _closest(text, source_paths)
+                problems.append(Problem(ProblemKind.PATTERN, text, message))
+        return problems
+
+
+def _closest(text: str, paths: list[str]) -> str:
+    """``; did you mean 'encoder'?`` for the source name or path closest to a regex's literal text."""
+    literal = re.sub(r"\\(.)", r"\1", text).strip("^$")
+    candidates = sorted({prefix for path in paths for prefix in _prefixes(path)})
+    close = difflib.get_close_matches(literal.strip("."), candidates, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def compile_rename(rename) -> Callable[[str], str | None] | None:
     """A function from source path to new path (``None`` drops the entry).
 
-    `rename` is a ``{regex: replacement}`` mapping, applied in order with
-    ``re.sub``, or a callable.
-
-    >>> compile_rename({r"^module\\.": "", r"\\.gamma$": ".weight"})("module.norm.gamma")
-    'norm.weight'
+    `rename` is a ``{regex: replacement}`` mapping (a `Renamer`), or a callable.
     """
     if rename is None:
         return None
@@ -24,17 +85,7 @@ def compile_rename(rename) -> Callable[[str], str | None] | None:
         return rename
     if not isinstance(rename, Mapping):
         raise TypeError(f"rename must be a {{regex: replacement}} mapping or a callable, got {type(rename).__name__}")
-    try:
-        rules = [(re.compile(pattern), replacement) for pattern, replacement in rename.items()]
-    except re.error as error:
-        raise ValueError(f"rename: invalid regular expression: {error}") from None
-
-    def apply(path: str) -> str:
-        for pattern, replacement in rules:
-            path = pattern.sub(replacement, path)
-        return path
-
-    return apply
+    return Renamer(rename)
 
 
 def rename_tree(tree, rename: Callable[[str], str | None]):

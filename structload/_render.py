@@ -154,7 +154,7 @@ def report_tree(report: LoadReport):
 def diff_table(result) -> Table | Text:
     """A `Diff` as a table: one row per differing path."""
     if result.ok:
-        return Text(f"no differences ({plural(result.same, 'tensor')} compared)", style="green")
+        return Text(f"no differences: {result.compared()}", style="green")
     table = Table(title="differences", show_lines=False)
     table.add_column("path")
     table.add_column("difference")
@@ -168,5 +168,5 @@ def diff_table(result) -> Table | Text:
         table.add_row(d.path, Text(f"dtype {d.to_dict()['a']} vs {d.to_dict()['b']}", style="cyan"))
     for path in result.values:
         table.add_row(path, Text("values differ", style="magenta"))
-    table.caption = f"{result.same} tensors identical"
+    table.caption = f"{result.compared()}; {result.same} identical"
     return table

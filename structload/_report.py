@@ -26,6 +26,7 @@ class ProblemKind(StrEnum):
     TIED = "tied"  # tied destination paths given different values (R4)
     TYPE = "type"  # a value that is not a tensor, or a tensor that cannot go there
     SOURCE = "source"  # the source itself is unreadable or inconsistent
+    PATTERN = "pattern"  # an include / exclude / rename pattern (or an align hint) that matches nothing
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ class LoadReport:
     `skipped`, `excluded`, `zeroed` or `mismatched` (paths of a tied group
     that the group's single write fills are listed as `loaded`, and the group
     itself in `tied`). `unexpected` holds source paths (after `rename`) that
-    match nothing in the destination; `dropped` holds destination paths
+    match nothing in the destination; `ignored` holds the paths of destination
+    non-persistent buffers the source also has (not state: the destination
+    computes them, R5); `dropped` holds destination paths
     registered as absent whose source tensor was all zeros.
 
     `converted` lists the destination tensors made by ``convert=`` converters.
@@ -137,6 +140,7 @@ class LoadReport:
     excluded: list[str] = field(default_factory=list)
     zeroed: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
     mismatched: list[Mismatch] = field(default_factory=list)
     cast: list[Cast] = field(default_factory=list)
     tied: list[tuple[str, ...]] = field(default_factory=list)
@@ -162,7 +166,7 @@ class LoadReport:
 
     def counts(self) -> dict[str, int]:
         """How many paths each outcome holds, for summaries."""
-        names = ("loaded", "zeroed", "dropped", "skipped", "excluded", "missing", "unexpected", "mismatched")
+        names = ("loaded", "zeroed", "dropped", "skipped", "excluded", "ignored", "missing", "unexpected", "mismatched")
         return {name: len(getattr(self, name)) for name in names}
 
     def summary(self) -> str:

@@ -33,6 +33,7 @@ from enum import StrEnum
 from typing import Any, NamedTuple
 
 import torch
+from torch.nn.modules.batchnorm import _NormBase
 
 from ._dest import Slot, SlotKind
 from ._distributed import dtensor_problem
@@ -64,6 +65,7 @@ class Status(StrEnum):
     MISSING = "missing"
     MISMATCHED = "mismatched"
     DROPPED = "dropped"
+    IGNORED = "ignored"
     UNEXPECTED = "unexpected"
     NOTHING = "nothing"
 
@@ -160,6 +162,14 @@ def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
     return Verdict(Status.LOADED)
 
 
+def load_lazy(slot: Slot, leaf: SourceTensor) -> Verdict:
+    """An uninitialized parameter of a lazy module takes the source's shape, as ``load_state_dict`` does."""
+    if leaf.dtype is not None and leaf.dtype.is_complex and not slot.tensor.dtype.is_complex:
+        message = f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(slot.tensor.dtype)}: the imaginary part would be lost"
+        return Verdict(Status.MISMATCHED, ProblemKind.TYPE, message, tuple(leaf.shape))
+    return Verdict(Status.LOADED)
+
+
 def load_shard(slot: Slot, leaf: SourceTensor) -> Verdict:
     """R1 for a DTensor, judged on its global shape; some placements cannot be loaded."""
     verdict = load_tensor(slot, leaf)
@@ -173,14 +183,28 @@ def skip(slot: Slot, leaf) -> Verdict:
 
 
 def zero(slot: Slot, leaf) -> Verdict:
-    """R3: the source computed without this tensor; zero reproduces it."""
-    return Verdict(Status.ZEROED)
+    """R3: the source computed without this bias; zero reproduces it. Only additive offsets:
+    zero does not reproduce a missing scale or statistic (a norm without affine weights)."""
+    if slot.additive:
+        return Verdict(Status.ZEROED)
+    return Verdict(Status.MISSING, ProblemKind.ABSENT, NOT_A_BIAS)
+
+
+NOT_A_BIAS = (
+    "absent in source, but not a bias: zero would not reproduce what the source computed "
+    "(a norm built without affine weights scales by 1; statistics never tracked have no value); "
+    "give it a value, skip it with None, or exclude it"
+)
 
 
 def missing(slot: Slot, leaf: Missing) -> Verdict:
-    """Nothing in the source; R3: a ``bias`` its module's source node lacks is absent there."""
-    if leaf.beside and leaf.root.rpartition(".")[2] == "bias":
+    """Nothing in the source. R3: a bias its module's source node lacks is absent there.
+    A BatchNorm's ``num_batches_tracked`` (absent from checkpoints before PyTorch 0.4.1) keeps
+    its value, as ``load_state_dict`` does (0 on meta)."""
+    if leaf.beside and slot.additive:
         return Verdict(Status.ZEROED)
+    if leaf.beside and slot.name == "num_batches_tracked" and isinstance(slot.owner, _NormBase):
+        return Verdict(Status.ZEROED if slot.tensor.is_meta else Status.SKIPPED)
     return Verdict(Status.MISSING)
 
 
@@ -223,15 +247,26 @@ def absent_mismatch(slot: Slot, leaf) -> Verdict:
 # --- extra state and non-persistent buffers --------------------------------------------
 
 
-def set_extra(slot: Slot, leaf: ExtraState) -> Verdict:
-    """R5: extra state goes through ``set_extra_state`` when the source has it."""
+def set_extra(slot: Slot, leaf) -> Verdict:
+    """R5: extra state goes through ``set_extra_state`` when the source has it (a value, or a
+    tensor: a safetensors file stores a tensor extra state as a tensor)."""
     return Verdict(Status.LOADED)
 
 
 def not_state(slot: Slot, leaf) -> Verdict:
-    """R5: non-persistent buffers are neither loaded nor expected."""
-    message = "unexpected in source; a non-persistent buffer in destination (not state)"
-    return Verdict(Status.UNEXPECTED, ProblemKind.UNEXPECTED, message)
+    """R5: a non-persistent buffer is neither loaded nor expected; what the source has for it is
+    ignored (the destination computes it). One left on the meta device is a problem: no
+    checkpoint can give it values."""
+    if slot.tensor is not None and slot.tensor.is_meta:
+        return Verdict(Status.NOTHING, ProblemKind.MISSING, META_BUFFER)
+    given = leaf is not SKIP and leaf is not ABSENT and not isinstance(leaf, Missing)
+    return Verdict(Status.IGNORED if given else Status.NOTHING)
+
+
+META_BUFFER = (
+    "a non-persistent buffer still on the meta device: no checkpoint holds it (the model computes it "
+    "when built); build the model under structload.init_empty_weights(), which keeps such buffers real"
+)
 
 
 Rule = Callable[[Slot, Any], Verdict]
@@ -259,14 +294,11 @@ RULES: dict[tuple[SlotKind, SourceKind], Rule] = {
     (_S.EXTRA, _K.SKIP): nothing,
     (_S.EXTRA, _K.ABSENT): nothing,
     (_S.EXTRA, _K.MISSING): nothing,
-    (_S.EXTRA, _K.TENSOR): mismatch,
+    (_S.EXTRA, _K.TENSOR): set_extra,
     (_S.EXTRA, _K.OTHER): mismatch,
-    (_S.IGNORED, _K.TENSOR): not_state,
-    (_S.IGNORED, _K.SKIP): nothing,
-    (_S.IGNORED, _K.ABSENT): nothing,
-    (_S.IGNORED, _K.MISSING): nothing,
-    (_S.IGNORED, _K.EXTRA): not_state,
-    (_S.IGNORED, _K.OTHER): not_state,
+    **{(_S.IGNORED, k): not_state for k in SourceKind},
+    **{(_S.LAZY, k): rule for k, rule in _TENSOR_ROW.items()},
+    (_S.LAZY, _K.TENSOR): load_lazy,
 }
 
 
@@ -280,6 +312,20 @@ def decide(slot: Slot, leaf) -> Verdict:
     'shape (3,) in destination, (2,) in source'
     """
     return RULES[slot.kind, source_kind(leaf)](slot, leaf)
+
+
+def left_on_meta(entry: Entry) -> Entry:
+    """The entry, with a problem if the load leaves its tensor on the meta device (excluded or
+    skipped: nothing writes it) and nothing else is said about it already."""
+    if entry.problem is not None or entry.status not in (Status.EXCLUDED, Status.SKIPPED):
+        return entry
+    if entry.slot.kind != SlotKind.TENSOR or not entry.slot.tensor.is_meta:
+        return entry
+    message = (
+        f"{entry.status.value}, so still on the meta device after the load; load it from a source that "
+        "has it, or give it values yourself (module.to_empty(device=...) then initialise it)"
+    )
+    return entry._replace(problem=Problem(ProblemKind.MISSING, entry.path, message))
 
 
 def counts_as_unexpected(leaf) -> bool:

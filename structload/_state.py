@@ -33,8 +33,21 @@ def state(model, *, trainable: bool = False):
     if root is None:
         raise TypeError(f"structload.state: {type(model).__name__} is not a module, tensor or pytree of tensors")
     if is_container(root):
-        return state_tree(root, lambda slot: _slot_state(slot, trainable))
+        return state_tree(root, lambda slot: _slot_state(slot, trainable), lambda module: _own_state(module, trainable))
     return _slot_state(root, trainable)
+
+
+def _own_state(module: torch.nn.Module, trainable: bool) -> dict:
+    """A module that writes its state its own way (quantized, packed): its ``state_dict()``, nested."""
+    tree: dict = {}
+    for key, value in module.state_dict(keep_vars=True).items():
+        node = tree
+        *parents, name = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        requires_grad = isinstance(value, torch.Tensor) and value.requires_grad
+        node[name] = None if trainable and not requires_grad else value
+    return tree
 
 
 def _slot_state(slot: Slot, trainable: bool):
@@ -43,6 +56,8 @@ def _slot_state(slot: Slot, trainable: bool):
         if trainable and not tensor.requires_grad:
             return None
         return tensor.detach()
+    if slot.kind == SlotKind.LAZY:  # uninitialized: no values yet, as in state_dict()
+        return None if trainable else slot.tensor
     if slot.kind == SlotKind.ABSENT:
         return None if trainable else False
     if slot.kind == SlotKind.EXTRA:

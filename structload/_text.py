@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+import shlex
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 
 
 def plural(n: int, noun: str) -> str:
@@ -61,3 +64,44 @@ def number_ranges(numbers: Iterable[int]) -> str:
         else:
             spans.append([i, i])
     return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+
+
+# --- options as a hint writes them: Python (the default) or the command line -----------------
+
+#: How hints write an option: ``"python"`` (``rename={...}``) or ``"cli"`` (``--rename '...'``).
+#: The command line sets it for the duration of a command (`hint_syntax`); nothing else does.
+HINT_SYNTAX: ContextVar[str] = ContextVar("structload_hint_syntax", default="python")
+
+
+@contextlib.contextmanager
+def hint_syntax(syntax: str) -> Iterator[None]:
+    """Write hints in `syntax` (``"python"`` or ``"cli"``) inside the block."""
+    token = HINT_SYNTAX.set(syntax)
+    try:
+        yield
+    finally:
+        HINT_SYNTAX.reset(token)
+
+
+def option_text(option: str, value) -> str:
+    """A load option as the user would type it: ``rename={r"^module\\.": ""}`` in Python,
+    ``--rename '^module\\.='`` on the command line; ``exclude="head"`` or ``--exclude head``.
+
+    >>> option_text("rename", {r"^module\\.": ""}), option_text("exclude", "head")
+    ('rename={r"^module\\\\.": ""}', 'exclude="head"')
+    >>> with hint_syntax("cli"):
+    ...     option_text("rename", {r"^module\\.": ""}), option_text("exclude", "head")
+    ("--rename '^module\\\\.='", '--exclude head')
+    """
+    if HINT_SYNTAX.get() == "cli":
+        flag = f"--{option.replace('_', '-')}"
+        if value is True:
+            return flag
+        if isinstance(value, dict):
+            return " ".join(f"{flag} {shlex.quote(f'{key}={replacement}')}" for key, replacement in value.items())
+        return f"{flag} {shlex.quote(str(value))}"
+    if isinstance(value, bool):
+        return f"{option}={value}"
+    if isinstance(value, dict):
+        return f"{option}={{" + ", ".join(f'r"{key}": "{replacement}"' for key, replacement in value.items()) + "}"
+    return f'{option}="{value}"'

@@ -25,7 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._dest import Slot, as_dest, dest_children, is_container
+from torch.nn import Module
+
+from ._dest import Slot, as_dest, customises_loading, dest_children, is_container, loads_its_own_way
 from .sources import SKIP
 
 
@@ -82,6 +84,8 @@ class Walk:
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source is a shorter list: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
+    #: modules that customise loading (`_dest.loads_its_own_way`), with what the source holds there
+    customised: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
 def walk(dst, tree) -> Walk:
@@ -101,6 +105,8 @@ def walk(dst, tree) -> Walk:
 
 def _pair_container(found: Walk, node, src, path: str) -> None:
     child: Any
+    if isinstance(node, Module) and customises_loading(node) and loads_its_own_way(node):
+        found.customised.append((path, node, src))
     kids = dest_children(node)
     if type(src) is not dict:  # no source subtree here: every slot below shares one marker
         _pair_all(found, kids, src if src is SKIP or isinstance(src, (Missing, Clash)) else Clash(path, src), path)

@@ -82,6 +82,8 @@ def workdir(tmp_path, monkeypatch):
     changed["head.bias"] = changed["head.bias"] + 1
     changed["extra.weight"] = torch.ones(2)
     torch.save(changed, tmp_path / "changed.pt")
+    values_only = {k: v + 1 if k == "head.bias" else v for k, v in state.items()}
+    safetensors.torch.save_file(values_only, str(tmp_path / "values_only.safetensors"))
     tests = str(Path(__file__).resolve().parent)
     (tmp_path / "mymodels.py").write_text(FACTORY_MODULE.format(tests=tests))
     return tmp_path
@@ -119,7 +121,14 @@ def test_inspect_json_is_machine_readable(workdir):
 
 def test_diff_exit_status_and_output(workdir):
     same = run_in(workdir, "diff", "model.safetensors", "model.safetensors", "--values")
-    assert same.returncode == 0 and "no differences (21 tensors compared)" in same.stdout
+    assert (
+        same.returncode == 0 and "no differences: 21 tensors compared by path, shape, dtype and values" in same.stdout
+    )
+    # without --values it says so, instead of a bare "no differences" while values differ
+    unsure = run_in(workdir, "diff", "model.safetensors", "values_only.safetensors")
+    assert unsure.returncode == 0
+    assert "compared by path, shape and dtype (values not compared; pass --values)" in unsure.stdout.replace("\n", " ")
+    assert run_in(workdir, "diff", "model.safetensors", "values_only.safetensors", "--values").returncode == 1
     shallow = run_in(workdir, "diff", "model.safetensors", "changed.pt")
     assert shallow.returncode == 1 and "extra.weight" in shallow.stdout and "only in b" in shallow.stdout
     deep = run_in(workdir, "diff", "model.safetensors", "changed.pt", "--values", "--json")
@@ -137,7 +146,7 @@ def test_check_passes_for_a_matching_checkpoint(workdir):
 def test_check_strict_failure_prints_problems_and_exits_1(workdir):
     result = run_in(workdir, "check", "mymodels:make", "ddp.pt")
     assert result.returncode == 1
-    assert 'pass rename={r"^module\\.": ""}' in result.stdout.replace("\n", "")
+    assert "pass --rename '^module\\.='" in result.stdout.replace("\n", "")  # the CLI's own syntax
     fixed = run_in(workdir, "check", "mymodels:make", "ddp.pt", "--rename", r"^module\.=")
     assert fixed.returncode == 0, fixed.stdout
 

@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import torch
+from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
 from .._dest import EXTRA_STATE
 from .._pytree import children
@@ -44,8 +45,12 @@ def tensor_leaf(tensor: torch.Tensor):
     No ``detach()``: every read happens under ``torch.no_grad()``, and a
     detached alias per tensor is measurable on models with many tensors.
     """
+    if isinstance(tensor, UninitializedTensorMixin):
+        return BadLeaf("an uninitialized parameter of a lazy module: run a forward pass to initialize it first")
     if tensor.is_meta:
         return BadLeaf("the source tensor is on the meta device and holds no data")
+    if tensor.is_quantized:
+        return BadLeaf(f"a quantized tensor ({tensor.dtype}); dequantize it first (tensor.dequantize())")
     return MemoryTensor(tensor)
 
 
