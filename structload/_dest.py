@@ -112,6 +112,8 @@ def offsets(bias, weight) -> bool:
     """
     if not isinstance(bias, torch.Tensor) or not isinstance(weight, torch.Tensor):
         return False
+    if isinstance(bias, UninitializedTensorMixin):  # a lazy Linear's or Conv's: 1-d once it has a shape
+        return True
     return bias.dim() <= 1 or tuple(bias.shape) == tuple(weight.shape)
 
 

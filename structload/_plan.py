@@ -127,10 +127,13 @@ def make_plan(
 
 def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> list[Problem]:
     """Modules of the destination that ``load_state_dict`` would let run code of their own, which
-    structload does not: each is a problem at its path, unless the load leaves it out or skips it."""
-    problems = []
+    structload does not: each is a problem at its path (the outermost one, for nested ones), unless
+    the load leaves it out or skips it."""
+    problems: list[Problem] = []
     for path, module, src in found.customised:
         if src is SKIP or selection.leaves_out_module(path, left_out):
+            continue
+        if any(path.startswith(f"{p.path}.") or not p.path for p in problems):
             continue
         reason = loads_its_own_way(module)
         message = (

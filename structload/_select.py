@@ -142,8 +142,9 @@ class Selection:
         prefixes = _prefixes(path)
         if any(p in left_out.roots for p in prefixes):
             return False
-        if self.exclude is not None and any(self.exclude.match(p) for p in prefixes):
-            self._source_ignored.append(path)
+        excluded = [p for p in prefixes if self.exclude is not None and self.exclude.match(p)]
+        if excluded:
+            self._source_ignored.append(excluded[0])
             return False
         return self.include is None or any(self.include.match(p) for p in prefixes)
 

@@ -204,3 +204,26 @@ def test_inspect_a_dcp_checkpoint(tmp_path):
     result = run_in(tmp_path, "inspect", "dcp", "--depth", "1")
     assert result.returncode == 0, result.stderr
     assert "dcp  (9 tensors, 139 params, 556 B)" in result.stdout and "model" in result.stdout
+
+
+def test_check_include_typo_is_a_problem_and_exits_1(workdir):
+    result = run_in(workdir, "check", "mymodels:make", "model.safetensors", "--include", "embd")
+    assert result.returncode == 1
+    assert "include pattern matches no destination path; did you mean 'embed'?" in result.stdout.replace("\n", "")
+
+
+def test_check_builds_a_transformers_model_from_its_directory_or_config(tmp_path):
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=50, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16
+    )
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    for factory in ("bert", "bert/config.json"):
+        result = run_in(tmp_path, "check", factory, "bert/model.safetensors")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "BertModel:" in result.stdout and "loaded" in result.stdout
+    wrong = run_in(
+        tmp_path, "check", "bert", "bert/model.safetensors", "--exclude", "pooler.*", "--include", "encodr.*"
+    )
+    assert wrong.returncode == 1 and "--include" not in wrong.stderr

@@ -20,30 +20,56 @@ def insert(root: dict, dotted: str, value, *, origin: str = "") -> None:
     {'fc': {'weight': 1, 'bias': 2}}
     >>> insert(tree, "fc.bias", 3); tree["fc"]["bias"]
     BadLeaf("given twice in the source (as 'fc.bias')")
+
+    A key that is also the prefix of other keys (``fc.weight`` and
+    ``fc.weight.extra``) keeps its value at its name; the longer keys stay
+    under their full dotted name beside it, where nothing can pair with them,
+    so they are unexpected (as with ``load_state_dict``):
+
+    >>> tree = {}
+    >>> insert(tree, "fc.weight", 1); insert(tree, "fc.weight.extra", 2)
+    >>> tree
+    {'fc': {'weight': 1, 'weight.extra': 2}}
     """
     *parents, name = dotted.split(".")
     node = root
-    for part in parents:
+    for depth, part in enumerate(parents):
         child = node.get(part)
-        if child is None:
+        if child is None and part not in node:
             child = node[part] = {}
-        elif type(child) is not dict:
-            node[part] = _conflict(dotted, origin)
+        elif type(child) is not dict:  # a leaf where this key needs a subtree: keep the leaf
+            rest = ".".join([*parents[depth + 1 :], name])
+            merge_into(node, f"{part}.{rest}", value, dotted, origin)
             return
         node = child
     merge_into(node, name, value, dotted, origin)
 
 
 def merge_into(node: dict, name: str, value, dotted: str, origin: str = "") -> None:
-    """Set ``node[name] = value``; two subtrees merge, anything else given twice is a `BadLeaf`."""
+    """Set ``node[name] = value``; two subtrees merge, a leaf and a subtree share the name (the leaf
+    keeps it, the subtree's entries move beside it under dotted names), two leaves are a `BadLeaf`."""
     existing = node.get(name)
     if existing is None and name not in node:
         node[name] = value
     elif type(existing) is dict and type(value) is dict:
         for child_name, child in value.items():
             merge_into(existing, child_name, child, f"{dotted}.{child_name}", origin)
+    elif type(existing) is dict or type(value) is dict:
+        leaf, subtree = (value, existing) if type(existing) is dict else (existing, value)
+        node[name] = leaf
+        for path, child in _flat(subtree, name):
+            merge_into(node, path, child, path, origin)
     else:
         node[name] = _conflict(dotted, origin)
+
+
+def _flat(tree: dict, prefix: str):
+    for name, child in tree.items():
+        path = f"{prefix}.{name}"
+        if type(child) is dict:
+            yield from _flat(child, path)
+        else:
+            yield path, child
 
 
 def _conflict(dotted: str, origin: str) -> BadLeaf:
