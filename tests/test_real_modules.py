@@ -155,20 +155,36 @@ def test_a_quantized_destination_is_reported_by_path_with_what_to_do(kind):
     assert report.ok and torch.equal(model[0].weight, torch.ones(4, 4))
 
 
-@pytest.mark.parametrize(
-    "make",
-    [
-        lambda: torch.ao.quantization.MinMaxObserver(),
-        lambda: torch.ao.quantization.FakeQuantize(),
-        lambda: torch.ao.nn.intrinsic.qat.ConvBn2d(2, 2, 3, qconfig=torch.ao.quantization.get_default_qat_qconfig()),
-    ],
-    ids=["observer", "fake_quantize", "qat_conv_bn"],
-)
-def test_other_torch_ao_modules_with_their_own_loading_are_reported(make):
-    module = make()
+def other_ao_modules() -> dict[str, object]:
+    from torch.ao import quantization as q
+    from torch.ao.nn import quantized as nnq
+    from torch.ao.nn.quantized import dynamic as nnqd
+    from torch.ao.nn.quantized import reference as nnqr
+
+    return {
+        "EmbeddingBag": lambda: nnq.EmbeddingBag(10, 4),
+        "Conv1d": lambda: nnq.Conv1d(2, 2, 3),
+        "Conv3d": lambda: nnq.Conv3d(2, 2, 3),
+        "ConvTranspose2d": lambda: nnq.ConvTranspose2d(2, 2, 3),
+        "QFunctional": lambda: nnq.QFunctional(),
+        "dynamic.LSTM": lambda: nnqd.LSTM(4, 4),
+        "dynamic.GRUCell": lambda: nnqd.GRUCell(4, 4),
+        "reference.Linear": lambda: nnqr.Linear(4, 3),
+        "MinMaxObserver": lambda: q.MinMaxObserver(),
+        "PerChannelMinMaxObserver": lambda: q.PerChannelMinMaxObserver(),
+        "HistogramObserver": lambda: q.HistogramObserver(),
+        "FakeQuantize": lambda: q.FakeQuantize(),
+        "qat.ConvBn2d": lambda: torch.ao.nn.intrinsic.qat.ConvBn2d(2, 2, 3, qconfig=q.get_default_qat_qconfig()),
+    }
+
+
+@pytest.mark.parametrize("kind", list(other_ao_modules()))
+def test_other_torch_ao_modules_with_their_own_loading_are_reported(kind):
+    model = nn.Sequential(other_ao_modules()[kind]())
     with pytest.raises(sl.LoadError) as info:
-        sl.load(module, module.state_dict())
-    assert info.value.problems[0].path == "" and "_load_from_state_dict" in info.value.problems[0].message
+        sl.load(model, {"0": {}})
+    [problem] = [p for p in info.value.problems if p.kind == "type"]
+    assert problem.path in ("0", "0._packed_params") and "_load_from_state_dict" in problem.message
 
 
 class HookedLinear(nn.Linear):
