@@ -7,6 +7,8 @@ True
 """
 
 from . import convert
+from ._align import align
+from ._alignment import Alignment, Ambiguity, Match
 from ._empty import init_empty_weights
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
@@ -16,16 +18,20 @@ from .sources.tree import SourceTree
 from .sources.tree import open_source as open
 
 __all__ = [
+    "Alignment",
+    "Ambiguity",
     "Cast",
     "Converted",
     "Diff",
     "LoadError",
     "LoadReport",
+    "Match",
     "Mismatch",
     "Problem",
     "SourceError",
     "SourceTree",
     "TensorInfo",
+    "align",
     "convert",
     "diff",
     "init_empty_weights",

@@ -148,6 +148,10 @@ class Converter:
     def __str__(self) -> str:
         return f"{type(self).__name__}({self.pattern.text!r})"
 
+    def __repr__(self) -> str:
+        """The call that makes this converter (what `Alignment.code` prints)."""
+        return f"{type(self).__name__}({self.pattern.text!r})"
+
 
 def _publish(converter, flat, made, outputs, inputs) -> list[Problem]:
     """Put a converter's outputs into the flat source, recording who made them."""
@@ -170,6 +174,10 @@ class Transpose(Converter):
 
     def __init__(self, pattern: str, dims: tuple[int, int] = (0, 1)):
         self.pattern, self.dims = _Pattern(pattern), tuple(dims)
+
+    def __repr__(self) -> str:
+        dims = "" if self.dims == (0, 1) else f", dims={self.dims!r}"
+        return f"Transpose({self.pattern.text!r}{dims})"
 
     def outputs(self, leaf, captures):
         ndim = len(leaf.shape)
@@ -227,6 +235,10 @@ class Split(Converter):
         self.dim, self.sizes = dim, None if sizes is None else tuple(sizes)
         if not self.into or (self.sizes is not None and len(self.sizes) != len(self.into)):
             raise ValueError(f"Split: give one target per part ({len(self.into)} targets, sizes {self.sizes})")
+
+    def __repr__(self) -> str:
+        extra = (f", dim={self.dim}" if self.dim else "") + (f", sizes={list(self.sizes)!r}" if self.sizes else "")
+        return f"Split({self.pattern.text!r}, into={self.into!r}{extra})"
 
     def outputs(self, leaf, captures):
         dim = _dim(self.dim, len(leaf.shape), f"a {len(leaf.shape)}-d tensor")
@@ -323,6 +335,10 @@ class Concat(_Gather):
 
     def __str__(self) -> str:
         return f"Concat({[p.text for p in self.patterns]!r})"
+
+    def __repr__(self) -> str:
+        dim = f", dim={self.dim}" if self.dim else ""
+        return f"Concat({[p.text for p in self.patterns]!r}, into={self.into!r}{dim})"
 
 
 class Stack(_Gather):

@@ -1,0 +1,579 @@
+"""`align`: work out ``rename`` and ``convert`` from structure when names differ.
+
+The steps, each reading metadata only (no tensor data):
+
+1. flatten both trees into leaves (path, shape); split each path at its first
+   number into a numbered container (``h``, ``model.layers``), an index and a
+   path relative to the block;
+2. pair numbered containers by their number of blocks (12 = 12), and align
+   one block of each pair as a template, checked against every other block;
+   the rest (embeddings, final norm, head) is aligned as one group;
+3. inside a group, pair leaves by evidence, strongest first: exact names,
+   pins from ``hints``, roles from the vocabulary (`_vocabulary`: ``c_attn`` is
+   ``qkv``, ``wq`` is ``q``), fused tensors by shape arithmetic (``qkv`` =
+   ``q`` + ``k`` + ``v``, GQA, ``gate_up``), then a shape no other leaf of the
+   group has. Same-shape tensors that nothing tells apart are an `Ambiguity`;
+4. decide which matrices the source stores transposed: a non-square one shows
+   it by its shape; a square one follows the non-square matrices of its group
+   (GPT-2's ``Conv1D`` stores all of them as (in, out)), or is ambiguous;
+5. write the result as one ``rename`` rule per module pattern (numbered blocks
+   generalised with ``(\\d+)``) and the converters, and check that the rules
+   send every source path exactly where the matches say.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from ._alignment import Alignment, Ambiguity, Match
+from ._dest import SlotKind, as_dest, dest_children, is_container
+from ._rename import Renamer, compile_rename, rename_tree
+from ._select import Selection
+from ._text import shape_text
+from ._vocabulary import FAMILIES, FUSED, param_name, role_of
+from .convert import Concat, Converter, Split, Transpose
+from .sources import SourceTensor, iter_leaves, to_source_tree
+
+
+@dataclass
+class Leaf:
+    """One tensor of either side, as alignment sees it."""
+
+    path: str
+    shape: tuple[int, ...]
+    container: str | None  # the numbered container it is in (``h``), or None at the top level
+    index: int | None
+    rel: str  # the path inside its block (the whole path at the top level)
+    module: str = ""  # `rel` without its last name
+    param: str = ""  # the last name, one name per meaning (`_vocabulary.param_name`)
+    raw_param: str = ""
+    role: str | None = None
+    matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
+
+    def __post_init__(self) -> None:
+        self.module, _, self.raw_param = self.rel.rpartition(".")
+        self.param = param_name(self.raw_param)
+        self.role = role_of(self.module) if self.module else None
+        if self.role is None and self.param not in ("weight", "bias"):
+            self.role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
+
+
+@dataclass
+class Pair:
+    """A match inside a group: destination leaves (several for a Split) and source leaves (several
+    for a Concat), by relative path, with the evidence."""
+
+    dst: tuple[Leaf, ...]
+    src: tuple[Leaf, ...]
+    evidence: list[str] = field(default_factory=list)
+    transposed: bool = False
+
+
+@dataclass
+class GroupResult:
+    pairs: list[Pair] = field(default_factory=list)
+    ambiguous: list[tuple[tuple[Leaf, ...], tuple[Leaf, ...], str]] = field(default_factory=list)
+
+
+def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hints=None) -> Alignment:
+    """Work out how the source's names and layouts map onto the destination's, from structure.
+
+    Reads no tensor data. The result's ``rename`` and ``convert`` go straight
+    into `load`; what structure cannot decide is listed, never guessed.
+
+    Examples:
+        >>> import torch, torch.nn as nn, structload as sl
+        >>> class Conv1D(nn.Module):  # GPT-2's layout: weight is (in, out)
+        ...     def __init__(self, n_in, n_out):
+        ...         super().__init__()
+        ...         self.weight, self.bias = nn.Parameter(torch.randn(n_in, n_out)), nn.Parameter(torch.zeros(n_out))
+        >>> src = nn.ModuleDict({"c_attn": Conv1D(4, 12), "c_proj": Conv1D(4, 4)})
+        >>> dst = nn.ModuleDict({n: nn.Linear(4, 4) for n in ("q", "k", "v", "o")})
+        >>> m = sl.align(dst, src)
+        >>> m.ok, [type(c).__name__ for c in m.convert]
+        (True, ['Transpose', 'Split', 'Split', 'Transpose'])
+        >>> sl.load(dst, src, rename=m.rename, convert=m.convert).ok
+        True
+        >>> torch.equal(dst["o"].weight, src["c_proj"].weight.T)  # square, transposed like its siblings
+        True
+
+    Options: ``include`` / ``exclude`` / ``filter`` as in `load`, on
+    destination paths; ``rename`` is applied to the source first (a dict is
+    merged into the result's ``rename``); ``hints={dst_glob: src_glob}`` pins
+    what names cannot tell (``{"*.w1": "*.gate_proj"}``; ``*`` spans dots).
+    """
+    renamer = compile_rename(rename)
+    tree = to_source_tree(src)
+    if renamer is not None:
+        tree = rename_tree(tree, renamer)
+    dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
+    src_leaves = [_leaf(path, tuple(leaf.shape)) for path, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor)]
+    ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
+    src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
+    result = Alignment(ignored=ignored)
+    if isinstance(rename, dict):
+        result.rename.update(rename)
+    _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run()
+    return result
+
+
+def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], set[str]]:
+    """Destination tensors (tied paths after the first left out: they follow it), the tied paths
+    with the path they follow, and the paths of non-persistent buffers."""
+    root = as_dest(dst)
+    left_out = selection.left_out(dst)
+    excluded = left_out.paths if left_out is not None else frozenset()
+    leaves: list[Leaf] = []
+    tied: dict[str, str] = {}
+    buffers: set[str] = set()
+    first_path: dict[int, str] = {}
+
+    def visit(node, path):
+        for name, child in dest_children(node):
+            child_path = f"{path}.{name}" if path else name
+            if is_container(child):
+                visit(child, child_path)
+            elif child.kind == SlotKind.IGNORED:
+                buffers.add(child_path)
+            elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
+                key = id(child.tensor)
+                if key in first_path:
+                    tied[child_path] = first_path[key]
+                    continue
+                first_path[key] = child_path
+                leaf = _leaf(child_path, tuple(child.tensor.shape))
+                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
+                leaves.append(leaf)
+
+    if root is not None and is_container(root):
+        visit(root, "")
+    return leaves, tied, buffers
+
+
+def _leaf(path: str, shape: tuple[int, ...]) -> Leaf:
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        if (part.isdigit() and 0 < i < len(parts) - 1) or (i == 0 and part.isdigit() and len(parts) > 1):
+            return Leaf(path, shape, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
+    return Leaf(path, shape, None, None, path)
+
+
+class _Aligner:
+    def __init__(self, result: Alignment, dst: list[Leaf], src: list[Leaf], tied: dict[str, str], hints: dict):
+        self.result, self.dst, self.src, self.tied, self.hints = result, dst, src, tied, hints
+        self.rules: dict[str, str] = {}
+        self.expected: dict[str, str] = {}  # source path -> where the rules must send it
+        self.matched_src: set[str] = set()
+        self.matched_dst: set[str] = set()
+        self.used_hints: set[str] = set()
+
+    def run(self) -> None:
+        dst_blocks, dst_top = _by_container(self.dst)
+        src_blocks, src_top = _by_container(self.src)
+        pairs = self._pair_containers(dst_blocks, src_blocks)
+        for dst_c, src_c in pairs:
+            self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
+        if self.result.divergence is None:
+            rest_dst = dst_top + [leaf for blocks in dst_blocks.values() for leaf in _all(blocks)]
+            rest_src = src_top + [leaf for blocks in src_blocks.values() for leaf in _all(blocks)]
+            self._align_group(rest_dst, rest_src, container=None)
+        self._finish()
+
+    # --- containers ------------------------------------------------------------------------
+
+    def _pair_containers(self, dst_blocks: dict, src_blocks: dict) -> list[tuple[str, str]]:
+        pairs, free = [], dict(src_blocks)
+        for dst_c, blocks in dst_blocks.items():
+            same = [c for c, b in free.items() if len(b) == len(blocks)]
+            if len(same) > 1:
+                named = [c for c in same if c.rsplit(".", 1)[-1] == dst_c.rsplit(".", 1)[-1]]
+                same = named if len(named) == 1 else same
+            if len(same) == 1:
+                pairs.append((dst_c, same[0]))
+                del free[same[0]]
+            elif len(same) > 1:
+                reason = f"{len(same)} numbered containers of the source have {len(blocks)} entries, as '{dst_c}' does"
+                self.result.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
+            elif free and self.result.divergence is None:
+                other = min(free, key=lambda c: abs(len(free[c]) - len(blocks)))
+                self.result.divergence = (
+                    f"destination '{dst_c or '<root>'}' has {len(blocks)} entries, source '{other or '<root>'}' has "
+                    f"{len(free[other])} (source '{other or '<root>'}' has {len(free[other])}, destination "
+                    f"'{dst_c or '<root>'}' has {len(blocks)})"
+                )
+        return pairs
+
+    def _align_blocks(self, dst_c: str, dst_blocks: dict, src_c: str, src_blocks: dict) -> None:
+        dst_first, src_first = dst_blocks[min(dst_blocks)], src_blocks[min(src_blocks)]
+        template = self._match(dst_first, src_first)
+        uniform = all(_same_layout(dst_blocks[i], dst_first) for i in dst_blocks) and all(
+            _same_layout(src_blocks[i], src_first) for i in src_blocks
+        )
+        count = f"numbered blocks: {len(dst_blocks)} = {len(src_blocks)}"
+        if uniform and sorted(dst_blocks) == sorted(src_blocks):
+            self._emit(template, dst_c, src_c, list(dst_blocks), count)
+            return
+        for i, j in zip(sorted(dst_blocks), sorted(src_blocks)):  # blocks that differ: one by one, by full path
+            dst_i, src_j = [_flattened(leaf) for leaf in dst_blocks[i]], [_flattened(leaf) for leaf in src_blocks[j]]
+            self._emit(self._match(dst_i, src_j), None, None, [None], count)
+
+    def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:
+        if dst or src:
+            self._emit(self._match(dst, src), None, None, [None], None)
+
+    # --- matching inside a group -------------------------------------------------------------
+
+    def _match(self, dst: list[Leaf], src: list[Leaf]) -> GroupResult:
+        found = GroupResult()
+        free_dst = {leaf.rel: leaf for leaf in dst}
+        free_src = {leaf.rel: leaf for leaf in src}
+
+        def take(d: tuple[Leaf, ...], s: tuple[Leaf, ...], evidence: str) -> None:
+            found.pairs.append(Pair(d, s, [evidence]))
+            for leaf in d:
+                free_dst.pop(leaf.rel, None)
+            for leaf in s:
+                free_src.pop(leaf.rel, None)
+
+        for rel, leaf in list(free_dst.items()):  # 1. exact names
+            other = free_src.get(rel)
+            if other is not None and _fits(leaf, other):
+                take((leaf,), (other,), "name")
+        for dst_glob, src_glob in self.hints.items():  # 2. pins
+            for leaf in list(free_dst.values()):
+                if _glob(dst_glob, leaf):
+                    self.used_hints.add(dst_glob)
+                    options = [s for s in free_src.values() if _glob(src_glob, s) and s.param == leaf.param]
+                    if len(options) == 1 and _fits(leaf, options[0]):
+                        take((leaf,), (options[0],), f"hint {dst_glob!r} = {src_glob!r}")
+        self._match_roles(free_dst, free_src, found, take)
+        self._match_fused(free_dst, free_src, take)
+        self._match_shapes(free_dst, free_src, found, take)
+        return found
+
+    def _match_roles(self, free_dst, free_src, found: GroupResult, take) -> None:
+        for leaf in list(free_dst.values()):
+            if leaf.rel not in free_dst or leaf.role is None:
+                continue
+            options = [s for s in free_src.values() if s.role == leaf.role and s.param == leaf.param]
+            fitting = [s for s in options if _fits(leaf, s)]
+            if len(fitting) == 1:
+                take((leaf,), (fitting[0],), f"vocabulary: '{_last(fitting[0].module)}' is {leaf.role}")
+            elif len(fitting) > 1:
+                self._ambiguous(
+                    found, (leaf,), tuple(fitting), f"several source tensors play {leaf.role}", free_dst, free_src
+                )
+        for family, roles in FAMILIES.items():  # names that do not say which (Meta's w1 / w3)
+            for param in ("weight", "bias"):
+                members = [s for s in free_src.values() if s.role == family and s.param == param]
+                wanted = [d for d in free_dst.values() if d.role in roles and d.param == param]
+                if len(members) == 1 and len(wanted) == 1 and _fits(wanted[0], members[0]):
+                    take((wanted[0],), (members[0],), f"vocabulary: '{_last(members[0].module)}' is the only {family}")
+                elif members and wanted:
+                    reason = f"same shape, and '{_last(members[0].module)}'-style names do not say which is {' or '.join(roles)}"
+                    self._ambiguous(found, tuple(wanted), tuple(members), reason, free_dst, free_src)
+
+    def _match_fused(self, free_dst, free_src, take) -> None:
+        """``qkv`` = ``q`` + ``k`` + ``v`` (and ``kv``, ``gate_up``), in either direction."""
+        for fused, parts in FUSED.items():
+            for param in ("weight", "bias"):
+                self._fuse(free_dst, free_src, fused, parts, param, take, split=True)
+                self._fuse(free_src, free_dst, fused, parts, param, take, split=False)
+
+    def _fuse(self, many_side, one_side, fused, parts, param, take, split: bool) -> None:
+        ones = [leaf for leaf in one_side.values() if leaf.role == fused and leaf.param == param]
+        for one in ones:
+            by_role = {
+                r: [leaf for leaf in many_side.values() if leaf.role == r and leaf.param == param] for r in parts
+            }
+            if not all(len(v) == 1 for v in by_role.values()):
+                continue
+            pieces = tuple(by_role[r][0] for r in parts)
+            matrix = pieces[0].matrix if split else one.matrix
+            if _stacking(one, pieces, fused_is_source=split, matrix=matrix) is None:
+                continue
+            sizes = " + ".join(shape_text(p.shape) for p in pieces)
+            evidence = f"fused: '{_last(one.module)}' {shape_text(one.shape)} is {' + '.join(parts)}: {sizes}"
+            take(*((pieces, (one,)) if split else ((one,), pieces)), evidence)
+
+    def _match_shapes(self, free_dst, free_src, found: GroupResult, take) -> None:
+        """What is left: a shape only one tensor on each side has (per parameter name)."""
+        for param in {leaf.param for leaf in free_dst.values()}:
+            dst_left = [d for d in free_dst.values() if d.param == param]
+            src_left = [s for s in free_src.values() if s.param == param]
+            for shape in {d.shape for d in dst_left}:
+                ds = [d for d in dst_left if d.shape == shape]
+                ss = [s for s in src_left if s.shape == shape]
+                if len(ds) == 1 and len(ss) == 1:
+                    take((ds[0],), (ss[0],), f"shape {shape_text(shape)}: the only one left on each side")
+                elif ds and ss:
+                    reason = f"{len(ds)} + {len(ss)} tensors of shape {shape_text(shape)} and no name evidence"
+                    self._ambiguous(found, tuple(ds), tuple(ss), reason, free_dst, free_src)
+
+    @staticmethod
+    def _ambiguous(found: GroupResult, dst, src, reason: str, free_dst, free_src) -> None:
+        found.ambiguous.append((dst, src, reason))
+        for leaf in dst:
+            free_dst.pop(leaf.rel, None)
+        for leaf in src:
+            free_src.pop(leaf.rel, None)
+
+    # --- layouts and output --------------------------------------------------------------------
+
+    def _emit(self, found: GroupResult, dst_c, src_c, indices: list, count: str | None) -> None:
+        layout = _group_layout(found.pairs)
+        for pair in found.pairs:
+            pair.transposed, note = _transposed(pair, layout)
+            if note:
+                pair.evidence.append(note)
+            if note and note.startswith("ambiguous"):
+                found.ambiguous.append((pair.dst, pair.src, note.removeprefix("ambiguous: ")))
+                continue
+            self._emit_pair(pair, dst_c, src_c, indices, count)
+        for dst, src, reason in found.ambiguous:
+            dst_paths = tuple(_pattern(d, dst_c, indices) for d in dst)
+            src_paths = tuple(_pattern(s, src_c, indices) for s in src)
+            self.result.ambiguous.append(Ambiguity(dst_paths, src_paths, reason))
+            for i in indices:
+                self.matched_dst.update(_full(d, dst_c, i) for d in dst)  # not unmatched: listed as ambiguous
+                self.matched_src.update(_full(s, src_c, i) for s in src)
+
+    def _emit_pair(self, pair: Pair, dst_c, src_c, indices, count) -> None:
+        generic = dst_c is not None
+        star = (lambda rel: f"{dst_c}.*.{rel}" if dst_c else f"*.{rel}") if generic else (lambda rel: rel)
+        converters: list[Converter] = []
+        if len(pair.dst) == 1 and len(pair.src) == 1:
+            d, s = pair.dst[0], pair.src[0]
+            self._rule(s, d.rel, dst_c, src_c)
+            if pair.transposed:
+                converters.append(Transpose(star(d.rel) if generic else d.path))
+        elif len(pair.src) == 1:  # split one source tensor into several
+            s = pair.src[0]
+            temp = self._temporary(_parent(pair.dst), s)
+            self._rule(s, temp, dst_c, src_c)
+            pattern = star(temp) if generic else temp
+            if pair.transposed:
+                converters.append(Transpose(pattern))
+            into = [_template(d.rel, dst_c) if generic else d.path for d in pair.dst]
+            sizes = [d.shape[0] for d in pair.dst]
+            converters.append(Split(pattern, into=into, sizes=None if len(set(sizes)) == 1 else sizes))
+        else:  # concatenate several into one
+            d = pair.dst[0]
+            temps = []
+            for s in pair.src:
+                temp = self._temporary(d.module, s)
+                self._rule(s, temp, dst_c, src_c)
+                temps.append(star(temp) if generic else temp)
+                if pair.transposed:
+                    converters.append(Transpose(temps[-1]))
+            converters.append(Concat(temps, into=_template(d.rel, dst_c) if generic else d.path))
+        self.result.convert += converters
+        evidence = tuple(pair.evidence + ([count] if count else []))
+        for i in indices:
+            for d in pair.dst:
+                self.result.matched.append(
+                    Match(_full(d, dst_c, i), tuple(_full(s, src_c, i) for s in pair.src), tuple(converters), evidence)
+                )
+                self.matched_dst.add(_full(d, dst_c, i))
+            self.matched_src.update(_full(s, src_c, i) for s in pair.src)
+
+    def _temporary(self, dst_module: str, src: Leaf) -> str:
+        """Where a fused (or to-be-fused) source tensor waits for its converter: under the
+        destination module, with its own name."""
+        name = f"{dst_module}.{_last(src.module)}" if dst_module else _last(src.module)
+        return f"{name}.{src.raw_param}"
+
+    def _rule(self, src: Leaf, dst_rel: str, dst_c, src_c) -> None:
+        """A rename rule sending `src` (and, in a block, the same tensor of every block) to `dst_rel`
+        (in `dst_c`): one rule per module when the parameter keeps its name."""
+        if src_c is not None:  # numbered blocks: one rule for all of them
+            head_s = rf"^{re.escape(src_c)}\.(\d+)\." if src_c else r"^(\d+)\."
+            head_d = f"{dst_c}.\\1." if dst_c else "\\1."
+            self.expected[src.path] = f"{dst_c}.{src.index}.{dst_rel}" if dst_c else f"{src.index}.{dst_rel}"
+        else:
+            head_s, head_d = "^", ""
+            self.expected[src.path] = dst_rel
+        dst_module, _, dst_param = dst_rel.rpartition(".")
+        if src.rel == dst_rel and src_c == dst_c:
+            return
+        if src.raw_param == dst_param and src.module and dst_module:
+            self.rules[head_s + re.escape(src.module) + r"\.(?=[^.]+$)"] = f"{head_d}{dst_module}."
+        else:
+            self.rules[head_s + re.escape(src.rel) + "$"] = head_d + dst_rel
+
+    def _finish(self) -> None:
+        result = self.result
+        rules = dict(self.rules)
+        if not _sends(rules, self.src, self.expected, self.dst):
+            rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
+            rules["^@"] = ""  # two steps, so that no rule's output meets another rule
+        result.rename.update(rules)
+        result.unmatched_dst = [leaf.path for leaf in self.dst if leaf.path not in self.matched_dst]
+        result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
+        result.unmatched_hints = [glob for glob in self.hints if glob not in self.used_hints]
+        for path, first in self.tied.items():  # tied to a matched tensor: matched too
+            if first in self.matched_dst:
+                origin = next((m for m in result.matched if m.dst == first), None)
+                if origin is not None:
+                    result.matched.append(
+                        Match(path, origin.src, origin.converters, (*origin.evidence, f"tied to '{first}'"))
+                    )
+
+
+def _parent(leaves: tuple[Leaf, ...]) -> str:
+    """The module holding all of `leaves`' modules (``attn`` for ``attn.q``, ``attn.k``, ``attn.v``)."""
+    parts = [leaf.module.split(".") for leaf in leaves]
+    common = []
+    for names in zip(*parts):
+        if len(set(names)) != 1:
+            break
+        common.append(names[0])
+    if all(len(p) == len(common) for p in parts):  # all in one module: its parent
+        common = common[:-1]
+    return ".".join(common)
+
+
+def _flattened(leaf: Leaf) -> Leaf:
+    """The leaf seen by its whole path, as at the top level."""
+    flat = Leaf(leaf.path, leaf.shape, None, None, leaf.path)
+    flat.matrix = leaf.matrix
+    return flat
+
+
+def _by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], list[Leaf]]:
+    blocks: dict[str, dict[int, list[Leaf]]] = {}
+    top = []
+    for leaf in leaves:
+        if leaf.container is None:
+            top.append(leaf)
+        else:
+            blocks.setdefault(leaf.container, {}).setdefault(leaf.index or 0, []).append(leaf)
+    return blocks, top
+
+
+def _all(blocks: dict[int, list[Leaf]]) -> list[Leaf]:
+    return [leaf for i in sorted(blocks) for leaf in blocks[i]]
+
+
+def _same_layout(a: list[Leaf], b: list[Leaf]) -> bool:
+    return [(leaf.rel, leaf.shape) for leaf in a] == [(leaf.rel, leaf.shape) for leaf in b]
+
+
+def _fits(dst: Leaf, src: Leaf) -> bool:
+    """Equal shapes, or a 2-d weight stored the other way round."""
+    return dst.shape == src.shape or (dst.matrix and len(src.shape) == 2 and dst.shape == src.shape[::-1])
+
+
+def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], fused_is_source: bool, matrix: bool) -> str | None:
+    """How `pieces` (destination layout (out, in) when they are the destination's) stack into
+    `fused`: ``"direct"`` along dim 0, ``"transposed"`` as an (in, out) matrix, ``"either"`` when
+    shapes cannot tell (square pieces), ``None`` when they do not fit."""
+    if len(fused.shape) == 1:
+        ok = all(len(p.shape) == 1 for p in pieces) and fused.shape[0] == sum(p.shape[0] for p in pieces)
+        return "direct" if ok else None
+    if len(fused.shape) != 2 or any(len(p.shape) != 2 for p in pieces):
+        return None
+    if fused_is_source:  # destination pieces (out_i, in); the source (sum, in) or (in, sum)
+        rows, width = sum(p.shape[0] for p in pieces), pieces[0].shape[1]
+        same_width = all(p.shape[1] == width for p in pieces)
+        direct = same_width and fused.shape == (rows, width)
+        transposed = matrix and same_width and fused.shape == (width, rows)
+    else:  # the destination (sum, in); source pieces (out_i, in) or (in, out_i)
+        rows, width = fused.shape
+        direct = all(p.shape[1] == width for p in pieces) and sum(p.shape[0] for p in pieces) == rows
+        transposed = matrix and all(p.shape[0] == width for p in pieces) and sum(p.shape[1] for p in pieces) == rows
+    if direct and transposed:
+        return "either"
+    return "direct" if direct else "transposed" if transposed else None
+
+
+def _group_layout(pairs: list[Pair]) -> str:
+    """How the source stores this group's matrices, from those whose shape shows it."""
+    votes = set()
+    for pair in pairs:
+        d, s = pair.dst[0], pair.src[0]
+        if not d.matrix:
+            continue
+        if len(pair.dst) > 1 or len(pair.src) > 1:
+            stacking = _pair_stacking(pair)
+            if stacking in ("direct", "transposed"):
+                votes.add(stacking)
+        elif d.shape[0] != d.shape[1]:
+            votes.add("transposed" if d.shape != s.shape else "direct")
+    return votes.pop() if len(votes) == 1 else ("mixed" if votes else "unknown")
+
+
+def _transposed(pair: Pair, layout: str) -> tuple[bool, str | None]:
+    """Whether the pair's source is stored transposed, and the evidence (or why it is ambiguous)."""
+    d, s = pair.dst[0], pair.src[0]
+    if not d.matrix:
+        return False, None
+    if len(pair.dst) > 1 or len(pair.src) > 1:
+        stacking = _pair_stacking(pair)
+        if stacking == "either":
+            stacking = layout if layout in ("direct", "transposed") else None
+            if stacking is None:
+                return (
+                    False,
+                    "ambiguous: square parts, and no other matrix of the group shows whether they are stored transposed",
+                )
+            note = "square parts: stored like the other matrices of their group (sibling layout)"
+            return stacking == "transposed", note if stacking == "transposed" else None
+        return stacking == "transposed", ("stored transposed (in, out)" if stacking == "transposed" else None)
+    if d.shape[0] != d.shape[1]:
+        return (d.shape != s.shape), ("stored transposed (in, out)" if d.shape != s.shape else None)
+    if layout == "transposed":
+        return True, "square: transposed like the other matrices of its group (sibling layout)"
+    if layout == "direct" or (layout == "unknown" and d.rel == s.rel):
+        return False, None
+    why = "the other matrices of its group disagree" if layout == "mixed" else "no non-square matrix shows the layout"
+    return False, f"ambiguous: a square matrix, and {why}, so whether it is stored transposed cannot be seen"
+
+
+def _pair_stacking(pair: Pair) -> str | None:
+    if len(pair.src) == 1:  # one source tensor split into the destination's
+        return _stacking(pair.src[0], pair.dst, fused_is_source=True, matrix=True)
+    return _stacking(pair.dst[0], pair.src, fused_is_source=False, matrix=True)
+
+
+def _glob(pattern: str, leaf: Leaf) -> bool:
+    return fnmatch.fnmatchcase(leaf.path, pattern) or fnmatch.fnmatchcase(leaf.path.rpartition(".")[0], pattern)
+
+
+def _last(module: str) -> str:
+    return module.rpartition(".")[2]
+
+
+def _full(leaf: Leaf, container, index) -> str:
+    if container is None or index is None:
+        return leaf.path
+    return f"{container}.{index}.{leaf.rel}" if container else f"{index}.{leaf.rel}"
+
+
+def _pattern(leaf: Leaf, container, indices: list) -> str:
+    """The leaf's path, with ``*`` for the block index when it stands for every block."""
+    if container is None or len(indices) == 1:
+        return _full(leaf, container, indices[0])
+    return f"{container}.*.{leaf.rel}" if container else f"*.{leaf.rel}"
+
+
+def _template(rel: str, container: str) -> str:
+    return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
+
+
+def _sends(rules: dict, src: list[Leaf], expected: dict[str, str], dst: list[Leaf]) -> bool:
+    """Whether `rules` send every matched source path where expected and no other onto a taken path."""
+    renamer = Renamer(rules)
+    taken = set(expected.values())
+    for leaf in src:
+        new = renamer(leaf.path)
+        if leaf.path in expected:
+            if new != expected[leaf.path]:
+                return False
+        elif new in taken:
+            return False
+    return True

@@ -1,0 +1,169 @@
+"""`Alignment`: what `structload.align` worked out, as plain data, and how it prints.
+
+An alignment is a plan of ``rename`` and ``convert`` for `load`, plus the
+evidence behind each match and everything it could not decide. `code()` turns
+it into Python you can read, edit and paste; ``str()`` and rich draw a table
+destination <-> source with the evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ._text import plural
+
+
+@dataclass(frozen=True)
+class Match:
+    """A destination tensor and the source tensor(s) it is made from.
+
+    `src` has one path, or several for a tensor made by ``Concat``; `converters`
+    are the converters (from `alignment.convert`) that act on it; `evidence`
+    says why the match holds (``"name"``, ``"vocabulary: 'c_attn' is qkv"``,
+    ``"shape (768, 768)"``, ``"sibling layout: ..."``).
+    """
+
+    dst: str
+    src: tuple[str, ...]
+    converters: tuple = ()
+    evidence: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {
+            "dst": self.dst,
+            "src": list(self.src),
+            "converters": [str(c) for c in self.converters],
+            "evidence": list(self.evidence),
+        }
+
+
+@dataclass(frozen=True)
+class Ambiguity:
+    """Destination and source tensors that structure cannot tell apart, and why; never matched."""
+
+    dst: tuple[str, ...]
+    src: tuple[str, ...]
+    reason: str
+
+    def to_dict(self) -> dict:
+        return {"dst": list(self.dst), "src": list(self.src), "reason": self.reason}
+
+
+@dataclass
+class Alignment:
+    """The mapping from a source's names and layouts to a destination's, with its evidence.
+
+    `rename` and `convert` are ready for `load`: ``sl.load(dst, src,
+    rename=m.rename, convert=m.convert)`` loads exactly what ``sl.load(dst, src,
+    align=m)`` does. `matched` holds a `Match` per destination tensor (tensors
+    tied to a matched one count as matched); `ambiguous` what structure cannot
+    decide; `unmatched_dst` / `unmatched_src` the rest; `ignored` the source
+    entries that land on destination non-persistent buffers. `ok` is true when
+    everything matched and nothing is ambiguous.
+    """
+
+    rename: dict[str, str | None] = field(default_factory=dict)
+    convert: list = field(default_factory=list)
+    matched: list[Match] = field(default_factory=list)
+    ambiguous: list[Ambiguity] = field(default_factory=list)
+    unmatched_dst: list[str] = field(default_factory=list)
+    unmatched_src: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
+    divergence: str | None = None  # where two unrelated trees part (depths differ), with both counts
+    unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys that matched no destination path
+
+    @property
+    def ok(self) -> bool:
+        return not (
+            self.unmatched_dst or self.unmatched_src or self.ambiguous or self.divergence or self.unmatched_hints
+        )
+
+    def code(self) -> str:
+        """Runnable Python (public API only) defining ``rename`` and ``convert``; what is ambiguous
+        or unmatched is listed in comments, to edit."""
+        lines = []
+        names = sorted({type(c).__name__ for c in self.convert})
+        if names:
+            lines.append(f"from structload.convert import {', '.join(names)}")
+            lines.append("")
+        lines.append("rename = {")
+        lines += [f"    {_raw(pattern)}: {_raw(replacement)}," for pattern, replacement in self.rename.items()]
+        lines.append("}")
+        lines.append("convert = [")
+        lines += [f"    {converter!r}," for converter in self.convert]
+        lines.append("]")
+        if self.divergence:
+            lines.append(f"# the trees diverge: {self.divergence}")
+        lines += [f"# hint {glob!r} matches no destination path" for glob in self.unmatched_hints]
+        for ambiguity in self.ambiguous:
+            lines.append(f"# ambiguous: {', '.join(ambiguity.dst)} <- {', '.join(ambiguity.src)}: {ambiguity.reason}")
+            lines.append(
+                f'#   pin it with hints={{"{ambiguity.dst[0]}": "{ambiguity.src[0]}"}} (or the other way round)'
+            )
+        if self.unmatched_dst:
+            lines.append(
+                f"# unmatched in destination ({len(self.unmatched_dst)}): {', '.join(self.unmatched_dst[:20])}"
+            )
+        if self.unmatched_src:
+            lines.append(f"# unmatched in source ({len(self.unmatched_src)}): {', '.join(self.unmatched_src[:20])}")
+        return "\n".join(lines) + "\n"
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "rename": self.rename,
+            "convert": [repr(c) for c in self.convert],
+            "matched": [m.to_dict() for m in self.matched],
+            "ambiguous": [a.to_dict() for a in self.ambiguous],
+            "unmatched_dst": self.unmatched_dst,
+            "unmatched_src": self.unmatched_src,
+            "ignored": self.ignored,
+            "divergence": self.divergence,
+            "code": self.code(),
+        }
+
+    def summary(self) -> str:
+        parts = [f"{plural(len(self.matched), 'tensor')} matched"]
+        if self.ambiguous:
+            parts.append(f"{len(self.ambiguous)} ambiguous")
+        if self.unmatched_dst:
+            parts.append(f"{len(self.unmatched_dst)} unmatched in destination")
+        if self.unmatched_src:
+            parts.append(f"{len(self.unmatched_src)} unmatched in source")
+        if self.divergence:
+            parts.append(f"diverging: {self.divergence}")
+        return "alignment: " + ", ".join(parts)
+
+    def __str__(self) -> str:
+        lines = [self.summary()]
+        for match in self.matched:
+            how = "; ".join(match.evidence)
+            lines.append(f"  {match.dst} <- {', '.join(match.src)}  ({how})")
+        lines += [f"  ambiguous: {', '.join(a.dst)} <- {', '.join(a.src)}: {a.reason}" for a in self.ambiguous]
+        return "\n".join(lines)
+
+    def __rich__(self):
+        from rich.table import Table
+
+        table = Table(title=self.summary())
+        table.add_column("destination")
+        table.add_column("source")
+        table.add_column("evidence", style="dim")
+        for match in self.matched:
+            table.add_row(match.dst, "\n".join(match.src), "; ".join(match.evidence))
+        for ambiguity in self.ambiguous:
+            table.add_row("\n".join(ambiguity.dst), "\n".join(ambiguity.src), f"[red]ambiguous: {ambiguity.reason}")
+        for path in self.unmatched_dst:
+            table.add_row(path, "[red]-", "")
+        for path in self.unmatched_src:
+            table.add_row("[red]-", path, "")
+        return table
+
+
+def _raw(text: str | None) -> str:
+    """A Python literal for a pattern or replacement, raw when it holds backslashes."""
+    if text is None:
+        return "None"
+    if "\\" in text and not text.endswith("\\") and '"' not in text:
+        return f'r"{text}"'
+    return repr(text)
