@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import torch
 
+from ._align import align as structural_align
+from ._alignment import Alignment
 from ._apply import apply_plan
 from ._dest import dest_name
 from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
 from ._rename import Renamer, compile_rename, rename_tree
-from ._report import LoadError, LoadReport, Problem
+from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
 from .sources import iter_leaves, to_source_tree
+from .sources.tree import open_source
 
 
 def load(
@@ -30,6 +33,7 @@ def load(
     dry_run: bool = False,
     progress: bool | None = None,
     dtype: torch.dtype | str | None = None,
+    align=False,
 ) -> LoadReport:
     """Copy state from `src` into `dst` in place, walking both trees side by side.
 
@@ -83,6 +87,10 @@ def load(
       strict dry run raises exactly as the real load would).
     - ``progress``: a rich progress bar on stderr; ``None`` shows one only for
       loads over 1 GiB on a terminal.
+    - ``align``: ``True``, an `Alignment` or a dict of `align` options: match
+      by structure when names differ (another implementation of the same
+      model), then load; a strict load with anything unmatched or ambiguous
+      raises, and the error ends with the mapping as code to edit.
     - ``dtype``: the dtype ``meta`` tensors of `dst` are materialized in;
       ``"auto"`` keeps the checkpoint's dtype (a bf16 file gives a bf16 model).
 
@@ -111,7 +119,43 @@ def load(
     """
     options = {"strict": strict, "include": include, "exclude": exclude, "filter": filter, "rename": rename}
     options["convert"] = convert
+    if align is not False and align is not None:
+        src = open_source(src)  # opened once, for the alignment and the load
+        alignment = _alignment(dst, src, align, options)
+        if strict and not alignment.ok:
+            problems = alignment_problems(alignment)
+            report = LoadReport(target=dest_name(dst), problems=problems, applied=False)
+            message = str(LoadError(problems, report)) + "\n\nthe mapping found so far, to edit:\n" + alignment.code()
+            raise LoadError(problems, report, message=message)
+        options["rename"] = alignment.rename
+        options["convert"] = list(alignment.convert) + list(convert or [])
     return run_load(dst, src, device=device, dry_run=dry_run, progress=progress, dtype=dtype, **options)
+
+
+def _alignment(dst, src, align, options: dict) -> Alignment:
+    """The `Alignment` a load with ``align=`` uses: the one given, or one worked out here."""
+    if isinstance(align, Alignment):
+        return align
+    extra = dict(align) if isinstance(align, dict) else {}
+    if align is not True and not isinstance(align, dict):
+        raise TypeError(f"align must be True, an Alignment or a dict of structload.align options, got {type(align).__name__}")
+    for key in ("include", "exclude", "filter", "rename"):
+        extra.setdefault(key, options[key])
+    return structural_align(dst, src, **extra)
+
+
+def alignment_problems(alignment: Alignment) -> list[Problem]:
+    """What stops a strict load with ``align=``: every unmatched, ambiguous or diverging part."""
+    problems = []
+    if alignment.divergence:
+        problems.append(Problem(ProblemKind.MISSING, "", f"the models diverge: {alignment.divergence}"))
+    problems += [Problem(ProblemKind.PATTERN, g, "align hint matches no destination path") for g in alignment.unmatched_hints]
+    for ambiguity in alignment.ambiguous:
+        message = f"ambiguous with {', '.join(ambiguity.src)}: {ambiguity.reason}; pin it with hints= or rename="
+        problems.append(Problem(ProblemKind.AMBIGUOUS, ", ".join(ambiguity.dst), message))
+    problems += [Problem(ProblemKind.MISSING, p, "no source tensor matches it") for p in alignment.unmatched_dst]
+    problems += [Problem(ProblemKind.UNEXPECTED, p, "matches no destination tensor") for p in alignment.unmatched_src]
+    return problems
 
 
 def run_load(

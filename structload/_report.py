@@ -27,6 +27,7 @@ class ProblemKind(StrEnum):
     TYPE = "type"  # a value that is not a tensor, or a tensor that cannot go there
     SOURCE = "source"  # the source itself is unreadable or inconsistent
     PATTERN = "pattern"  # an include / exclude / rename pattern (or an align hint) that matches nothing
+    AMBIGUOUS = "ambiguous"  # tensors `align` cannot tell apart (same shape, no name evidence)
 
 
 @dataclass(frozen=True)
