@@ -141,10 +141,9 @@ def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str],
                 buffers.add(child_path)
             elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
                 key = id(child.tensor)
-                if key in first_path:
+                if key in first_path:  # tied: matched when any of its paths is
                     tied[child_path] = first_path[key]
-                    continue
-                first_path[key] = child_path
+                first_path.setdefault(key, child_path)
                 leaf = _leaf(child_path, tuple(child.tensor.shape))
                 leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
                 leaves.append(leaf)
@@ -267,15 +266,20 @@ class _Aligner:
                 self._ambiguous(
                     found, (leaf,), tuple(fitting), f"several source tensors play {leaf.role}", free_dst, free_src
                 )
-        for family, roles in FAMILIES.items():  # names that do not say which (Meta's w1 / w3)
+        for family, roles in FAMILIES.items():  # names that do not say which (Meta's w1 / w3), either side
             for param in ("weight", "bias"):
-                members = [s for s in free_src.values() if s.role == family and s.param == param]
-                wanted = [d for d in free_dst.values() if d.role in roles and d.param == param]
-                if len(members) == 1 and len(wanted) == 1 and _fits(wanted[0], members[0]):
-                    take((wanted[0],), (members[0],), f"vocabulary: '{_last(members[0].module)}' is the only {family}")
-                elif members and wanted:
-                    reason = f"same shape, and '{_last(members[0].module)}'-style names do not say which is {' or '.join(roles)}"
-                    self._ambiguous(found, tuple(wanted), tuple(members), reason, free_dst, free_src)
+                for vague_side, exact_side in ((free_src, free_dst), (free_dst, free_src)):
+                    vague = [x for x in vague_side.values() if x.role == family and x.param == param]
+                    exact = [x for x in exact_side.values() if x.role in roles and x.param == param]
+                    if not vague or not exact:
+                        continue
+                    dst, src = (exact, vague) if vague_side is free_src else (vague, exact)
+                    if len(dst) == 1 and len(src) == 1 and _fits(dst[0], src[0]):
+                        take((dst[0],), (src[0],), f"vocabulary: '{_last(vague[0].module)}' is the only {family}")
+                    else:
+                        names = ", ".join(sorted({_last(x.module) for x in vague}))
+                        reason = f"same shape, and the names {names} do not say which is {' or '.join(roles)}"
+                        self._ambiguous(found, tuple(dst), tuple(src), reason, free_dst, free_src)
 
     def _match_fused(self, free_dst, free_src, take) -> None:
         """``qkv`` = ``q`` + ``k`` + ``v`` (and ``kv``, ``gate_up``), in either direction."""
@@ -356,11 +360,14 @@ class _Aligner:
             temp = self._temporary(_parent(pair.dst), s)
             self._rule(s, temp, dst_c, src_c)
             pattern = star(temp) if generic else temp
+            into = [_template(d.rel, dst_c) if generic else d.path for d in pair.dst]
+            # transposed: the source turned into the destination's layout first, then split along the
+            # dim that stacks the parts there (0 for (out, in) parts, 1 for (in, out) ones)
+            dim = 1 if pair.transposed and len(s.shape) == 2 and s.shape[0] == sum(d.shape[1] for d in pair.dst) else 0
             if pair.transposed:
                 converters.append(Transpose(pattern))
-            into = [_template(d.rel, dst_c) if generic else d.path for d in pair.dst]
-            sizes = [d.shape[0] for d in pair.dst]
-            converters.append(Split(pattern, into=into, sizes=None if len(set(sizes)) == 1 else sizes))
+            sizes = [d.shape[dim] for d in pair.dst]
+            converters.append(Split(pattern, into=into, dim=dim, sizes=None if len(set(sizes)) == 1 else sizes))
         else:  # concatenate several into one
             d = pair.dst[0]
             temps = []
@@ -370,7 +377,9 @@ class _Aligner:
                 temps.append(star(temp) if generic else temp)
                 if pair.transposed:
                     converters.append(Transpose(temps[-1]))
-            converters.append(Concat(temps, into=_template(d.rel, dst_c) if generic else d.path))
+            # the transposed parts stack along dim 0 of an (out, in) destination, dim 1 of an (in, out) one
+            dim = 1 if pair.transposed and len(d.shape) == 2 and d.shape[1] == sum(s.shape[0] for s in pair.src) else 0
+            converters.append(Concat(temps, into=_template(d.rel, dst_c) if generic else d.path, dim=dim))
         self.result.convert += converters
         evidence = tuple(pair.evidence + ([count] if count else []))
         for i in indices:
@@ -412,16 +421,23 @@ class _Aligner:
             rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
             rules["^@"] = ""  # two steps, so that no rule's output meets another rule
         result.rename.update(rules)
-        result.unmatched_dst = [leaf.path for leaf in self.dst if leaf.path not in self.matched_dst]
+        followers: dict[str, list[str]] = {}
+        for path, first in self.tied.items():
+            followers.setdefault(first, []).append(path)
+        groups = {path: [first, *followers[first]] for first in followers for path in [first, *followers[first]]}
+        result.unmatched_dst = [
+            leaf.path
+            for leaf in self.dst
+            if leaf.path not in self.matched_dst and not any(p in self.matched_dst for p in groups.get(leaf.path, ()))
+        ]
         result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
         result.unmatched_hints = [glob for glob in self.hints if glob not in self.used_hints]
-        for path, first in self.tied.items():  # tied to a matched tensor: matched too
-            if first in self.matched_dst:
-                origin = next((m for m in result.matched if m.dst == first), None)
-                if origin is not None:
-                    result.matched.append(
-                        Match(path, origin.src, origin.converters, (*origin.evidence, f"tied to '{first}'"))
-                    )
+        by_dst = {m.dst: m for m in result.matched}
+        for path, group in groups.items():  # tied to a matched tensor: matched too
+            origin = next((by_dst[p] for p in group if p in by_dst), None)
+            if path not in by_dst and origin is not None:
+                evidence = (*origin.evidence, f"tied to '{origin.dst}'")
+                result.matched.append(Match(path, origin.src, origin.converters, evidence))
 
 
 def _parent(leaves: tuple[Leaf, ...]) -> str:
@@ -477,15 +493,11 @@ def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], fused_is_source: bool, matr
         return "direct" if ok else None
     if len(fused.shape) != 2 or any(len(p.shape) != 2 for p in pieces):
         return None
-    if fused_is_source:  # destination pieces (out_i, in); the source (sum, in) or (in, sum)
-        rows, width = sum(p.shape[0] for p in pieces), pieces[0].shape[1]
-        same_width = all(p.shape[1] == width for p in pieces)
-        direct = same_width and fused.shape == (rows, width)
-        transposed = matrix and same_width and fused.shape == (width, rows)
-    else:  # the destination (sum, in); source pieces (out_i, in) or (in, out_i)
-        rows, width = fused.shape
-        direct = all(p.shape[1] == width for p in pieces) and sum(p.shape[0] for p in pieces) == rows
-        transposed = matrix and all(p.shape[0] == width for p in pieces) and sum(p.shape[1] for p in pieces) == rows
+    # stacked along dim 0 as they are, or one side stored as the other's transpose
+    rows, width = sum(p.shape[0] for p in pieces), pieces[0].shape[1]
+    direct = all(p.shape[1] == width for p in pieces) and fused.shape == (rows, width)
+    t_rows, t_width = sum(p.shape[1] for p in pieces), pieces[0].shape[0]
+    transposed = matrix and all(p.shape[0] == t_width for p in pieces) and fused.shape == (t_width, t_rows)
     if direct and transposed:
         return "either"
     return "direct" if direct else "transposed" if transposed else None
@@ -528,7 +540,8 @@ def _transposed(pair: Pair, layout: str) -> tuple[bool, str | None]:
         return (d.shape != s.shape), ("stored transposed (in, out)" if d.shape != s.shape else None)
     if layout == "transposed":
         return True, "square: transposed like the other matrices of its group (sibling layout)"
-    if layout == "direct" or (layout == "unknown" and d.rel == s.rel):
+    named = pair.evidence[0] == "name" or pair.evidence[0].startswith("hint")  # the same tensor, by name or pin
+    if layout == "direct" or (layout == "unknown" and named):
         return False, None
     why = "the other matrices of its group disagree" if layout == "mixed" else "no non-square matrix shows the layout"
     return False, f"ambiguous: a square matrix, and {why}, so whether it is stored transposed cannot be seen"

@@ -138,7 +138,9 @@ def _alignment(dst, src, align, options: dict) -> Alignment:
         return align
     extra = dict(align) if isinstance(align, dict) else {}
     if align is not True and not isinstance(align, dict):
-        raise TypeError(f"align must be True, an Alignment or a dict of structload.align options, got {type(align).__name__}")
+        raise TypeError(
+            f"align must be True, an Alignment or a dict of structload.align options, got {type(align).__name__}"
+        )
     for key in ("include", "exclude", "filter", "rename"):
         extra.setdefault(key, options[key])
     return structural_align(dst, src, **extra)
@@ -149,7 +151,9 @@ def alignment_problems(alignment: Alignment) -> list[Problem]:
     problems = []
     if alignment.divergence:
         problems.append(Problem(ProblemKind.MISSING, "", f"the models diverge: {alignment.divergence}"))
-    problems += [Problem(ProblemKind.PATTERN, g, "align hint matches no destination path") for g in alignment.unmatched_hints]
+    problems += [
+        Problem(ProblemKind.PATTERN, g, "align hint matches no destination path") for g in alignment.unmatched_hints
+    ]
     for ambiguity in alignment.ambiguous:
         message = f"ambiguous with {', '.join(ambiguity.src)}: {ambiguity.reason}; pin it with hints= or rename="
         problems.append(Problem(ProblemKind.AMBIGUOUS, ", ".join(ambiguity.dst), message))

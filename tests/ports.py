@@ -1,0 +1,243 @@
+"""Clean, independent implementations of well-known architectures, written for the alignment tests
+(and the porting page): each computes what the transformers original computes, with its own names
+and layouts. Tiny configs, random init, no downloads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+class NanoAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.c_attn = nn.Linear(d, 3 * d)
+        self.c_proj = nn.Linear(d, d)
+        self.heads = heads
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in self.c_attn(x).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class NanoMLP(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.c_fc = nn.Linear(d, 4 * d)
+        self.c_proj = nn.Linear(4 * d, d)
+
+    def forward(self, x):
+        return self.c_proj(gelu_tanh(self.c_fc(x)))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(d), NanoAttention(d, heads)
+        self.ln_2, self.mlp = nn.LayerNorm(d), NanoMLP(d)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class NanoGPT(nn.Module):
+    """nanoGPT's GPT: Hugging Face's names, but nn.Linear (out, in) where GPT-2 has Conv1D (in, out)."""
+
+    def __init__(self, vocab: int, context: int, d: int, layers: int, heads: int):
+        super().__init__()
+        self.transformer = nn.ModuleDict(
+            {
+                "wte": nn.Embedding(vocab, d),
+                "wpe": nn.Embedding(context, d),
+                "h": nn.ModuleList(NanoBlock(d, heads) for _ in range(layers)),
+                "ln_f": nn.LayerNorm(d),
+            }
+        )
+        self.lm_head = nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight
+
+    def forward(self, ids):
+        x = self.transformer.wte(ids) + self.transformer.wpe(torch.arange(ids.shape[1]))
+        for block in self.transformer.h:
+            x = block(x)
+        return self.lm_head(self.transformer.ln_f(x))
+
+
+class SplitAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.heads = heads
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = (p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.o(y.transpose(1, 2).reshape(B, T, C))
+
+
+class SplitBlock(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d), SplitAttention(d, heads)
+        self.norm2 = nn.LayerNorm(d)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("up", nn.Linear(d, 4 * d))
+        self.mlp.add_module("down", nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp.down(gelu_tanh(self.mlp.up(self.norm2(x))))
+
+
+class SplitGPT(nn.Module):
+    """GPT-2 with separate q / k / v / o layers and its own names (blocks, norm1, up, down, head)."""
+
+    def __init__(self, vocab: int, context: int, d: int, layers: int, heads: int):
+        super().__init__()
+        self.tok_emb = nn.Embedding(vocab, d)
+        self.pos_emb = nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(SplitBlock(d, heads) for _ in range(layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+        self.head.weight = self.tok_emb.weight
+
+    def forward(self, ids):
+        x = self.tok_emb(ids) + self.pos_emb(torch.arange(ids.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x))
+
+
+# --- Llama in Meta's layout (wq, feed_forward.w1 ...), rotate-half rotary as transformers computes it
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+
+    def forward(self, x):
+        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+
+
+def rotate_half(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+class MetaAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, d // heads
+        self.wq = nn.Linear(d, heads * self.head_dim, bias=False)
+        self.wk = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.wv = nn.Linear(d, kv_heads * self.head_dim, bias=False)
+        self.wo = nn.Linear(heads * self.head_dim, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        repeat = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class MetaFeedForward(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.w1 = nn.Linear(d, hidden, bias=False)  # the gate
+        self.w2 = nn.Linear(hidden, d, bias=False)
+        self.w3 = nn.Linear(d, hidden, bias=False)  # the up projection
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MetaBlock(nn.Module):
+    def __init__(self, d, heads, kv_heads, hidden, eps):
+        super().__init__()
+        self.attention = MetaAttention(d, heads, kv_heads)
+        self.feed_forward = MetaFeedForward(d, hidden)
+        self.attention_norm, self.ffn_norm = RMSNorm(d, eps), RMSNorm(d, eps)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attention(self.attention_norm(x), cos, sin)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class MetaLlama(nn.Module):
+    def __init__(self, vocab, d, layers, heads, kv_heads, hidden, eps=1e-6, theta=10000.0):
+        super().__init__()
+        self.tok_embeddings = nn.Embedding(vocab, d)
+        self.layers = nn.ModuleList(MetaBlock(d, heads, kv_heads, hidden, eps) for _ in range(layers))
+        self.norm = RMSNorm(d, eps)
+        self.output = nn.Linear(d, vocab, bias=False)
+        head_dim = d // heads
+        self.register_buffer(
+            "inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False
+        )
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        freqs = torch.outer(torch.arange(T).float(), self.inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.tok_embeddings(ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin)
+        return self.output(self.norm(x))
+
+
+def tiny_gpt2(layers: int = 2):
+    import transformers
+
+    config = transformers.GPT2Config(
+        vocab_size=97,
+        n_positions=16,
+        n_embd=32,
+        n_layer=layers,
+        n_head=4,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+def tiny_llama(layers: int = 2, kv_heads: int = 2):
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=97,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def logits_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
+    return a.shape == b.shape and bool((a - b).abs().max() < atol) and math.isfinite(float(a.abs().max()))
