@@ -3,6 +3,7 @@
     structload inspect SRC [--depth N] [--json]
     structload diff A B [--values] [--json]
     structload check FACTORY SRC [--no-strict] [--include P] [--exclude P] [--rename REGEX=REPL]
+    structload align FACTORY SRC [--hint DST=SRC] [--json]
     structload demo
 
 Exit status: 0 success, 1 problems found (or differences), 2 bad usage or an
@@ -24,6 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ._align import align
 from ._empty import init_empty_weights
 from ._inspect import diff, inspect
 from ._load import run_load
@@ -69,7 +71,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     model = build_on_meta(args.factory)
-    rename = dict(_split_rename(r) for r in args.rename) if args.rename else None
+    rename = dict(_split_pair(r, "--rename", "REGEX=REPL") for r in args.rename) if args.rename else None
     options = {
         "include": args.include,
         "exclude": args.exclude,
@@ -168,11 +170,23 @@ def _importing_from(directory: str) -> Iterator[None]:
         sys.path[:] = saved
 
 
-def _split_rename(text: str) -> tuple[str, str]:
-    pattern, sep, replacement = text.partition("=")
+def cmd_align(args: argparse.Namespace) -> int:
+    model = build_on_meta(args.factory)
+    hints = dict(_split_pair(h, "--hint", "DST=SRC") for h in args.hint) if args.hint else None
+    alignment = align(model, args.src, hints=hints)
+    if args.json:
+        _print_json(alignment.to_dict())
+    else:
+        sys.stdout.write(alignment.code())
+        _console(stderr=True).print(alignment.summary(), markup=False, highlight=False)
+    return OK if alignment.ok else PROBLEMS
+
+
+def _split_pair(text: str, flag: str, form: str) -> tuple[str, str]:
+    left, sep, right = text.partition("=")
     if not sep:
-        raise UsageError(f"--rename takes REGEX=REPL (split at the first '='), got '{text}'")
-    return pattern, replacement
+        raise UsageError(f"{flag} takes {form} (split at the first '='), got '{text}'")
+    return left, right
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -221,6 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--exclude", action="append", metavar="P", help="glob of destination paths to leave (repeatable)")
     sub.add_argument("--rename", action="append", metavar="REGEX=REPL", help="rewrite source paths (repeatable)")
     sub.set_defaults(run=in_cli_syntax(cmd_check))
+
+    sub = commands.add_parser("align", help="work out rename= and convert= from structure; prints them as Python")
+    sub.add_argument("factory", metavar="FACTORY", help="package.module:callable, or a transformers model directory")
+    sub.add_argument("src", metavar="SRC")
+    sub.add_argument("--hint", action="append", metavar="DST=SRC", help="pin destination glob DST to source glob SRC")
+    sub.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.set_defaults(run=in_cli_syntax(cmd_align))
 
     sub = commands.add_parser("demo", help="a self-contained run of the main job on generated data")
     sub.set_defaults(run=_demo)

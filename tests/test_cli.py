@@ -227,3 +227,29 @@ def test_check_builds_a_transformers_model_from_its_directory_or_config(tmp_path
         tmp_path, "check", "bert", "bert/model.safetensors", "--exclude", "pooler.*", "--include", "encodr.*"
     )
     assert wrong.returncode == 1 and "--include" not in wrong.stderr
+
+
+ALIGN_FACTORY = """
+import sys
+sys.path.insert(0, {tests!r})
+from ports import SplitGPT
+
+def make():
+    return SplitGPT(97, 16, 32, 2, 4)
+"""
+
+
+def test_align_prints_the_mapping_as_python_and_exits_by_ok(tmp_path):
+    from ports import tiny_gpt2
+
+    tiny_gpt2().save_pretrained(tmp_path / "gpt2")
+    (tmp_path / "custom.py").write_text(ALIGN_FACTORY.format(tests=str(Path(__file__).resolve().parent)))
+    result = run_in(tmp_path, "align", "custom:make", "gpt2/model.safetensors")
+    assert result.returncode == 0, result.stderr
+    namespace: dict = {}
+    exec(result.stdout, namespace)
+    assert any("attn" in key for key in namespace["rename"]) and namespace["convert"]
+    as_json = json.loads(run_in(tmp_path, "align", "custom:make", "gpt2/model.safetensors", "--json").stdout)
+    assert as_json["ok"] is True and as_json["code"] == result.stdout
+    unrelated = run_in(tmp_path, "align", "custom:make", "gpt2/model.safetensors", "--hint", "nothing.*=x")
+    assert unrelated.returncode == 1 and "# hint 'nothing.*' matches no destination path" in unrelated.stdout
