@@ -241,3 +241,70 @@ def tiny_llama(layers: int = 2, kv_heads: int = 2):
 
 def logits_close(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-5) -> bool:
     return a.shape == b.shape and bool((a - b).abs().max() < atol) and math.isfinite(float(a.abs().max()))
+
+
+# --- a GQA Llama with fused qkv and gate_up (k and v smaller than q) --------------------------
+
+
+class FusedAttention(nn.Module):
+    def __init__(self, d: int, heads: int, kv_heads: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, d // heads
+        self.qkv = nn.Linear(d, (heads + 2 * kv_heads) * self.head_dim, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x, cos, sin):
+        B, T, _ = x.shape
+        sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
+        q, k, v = self.qkv(x).split(sizes, dim=-1)
+        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        repeat = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class FusedMLP(nn.Module):
+    def __init__(self, d: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class FusedBlock(nn.Module):
+    def __init__(self, d, heads, kv_heads, hidden, eps):
+        super().__init__()
+        self.norm1, self.attn = RMSNorm(d, eps), FusedAttention(d, heads, kv_heads)
+        self.norm2, self.mlp = RMSNorm(d, eps), FusedMLP(d, hidden)
+
+    def forward(self, x, cos, sin):
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+class FusedLlama(nn.Module):
+    def __init__(self, vocab, d, layers, heads, kv_heads, hidden, eps=1e-6, theta=10000.0):
+        super().__init__()
+        self.tok_emb = nn.Embedding(vocab, d)
+        self.blocks = nn.ModuleList(FusedBlock(d, heads, kv_heads, hidden, eps) for _ in range(layers))
+        self.norm = RMSNorm(d, eps)
+        self.head = nn.Linear(d, vocab, bias=False)
+        head_dim = d // heads
+        self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        freqs = torch.outer(torch.arange(T).float(), self.inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)
+        cos, sin = angles.cos(), angles.sin()
+        x = self.tok_emb(ids)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.head(self.norm(x))
