@@ -60,6 +60,8 @@ class Leaf:
         self.role = role_of(self.module) if self.module else None
         if self.role is None and self.param not in ("weight", "bias"):
             self.role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
+            if self.role is not None:
+                self.param = ""  # its name is its role: pos_embed and position_embeddings are one thing
 
 
 @dataclass

@@ -297,7 +297,9 @@ class FusedLlama(nn.Module):
         self.norm = RMSNorm(d, eps)
         self.head = nn.Linear(d, vocab, bias=False)
         head_dim = d // heads
-        self.register_buffer("inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+        self.register_buffer(
+            "inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False
+        )
 
     def forward(self, ids):
         T = ids.shape[1]
@@ -308,3 +310,129 @@ class FusedLlama(nn.Module):
         for block in self.blocks:
             x = block(x, cos, sin)
         return self.head(self.norm(x))
+
+
+# --- BERT from scratch (post-norm), and a timm-style ViT with a fused qkv ----------------------
+
+
+class BertAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.heads = heads
+
+    def forward(self, x, causal: bool = False):
+        B, T, C = x.shape
+        q, k, v = (p(x).view(B, T, self.heads, C // self.heads).transpose(1, 2) for p in (self.q, self.k, self.v))
+        return self.o(F.scaled_dot_product_attention(q, k, v, is_causal=causal).transpose(1, 2).reshape(B, T, C))
+
+
+class BertBlock(nn.Module):
+    def __init__(self, d, heads, hidden, eps):
+        super().__init__()
+        self.attn, self.norm1 = BertAttention(d, heads), nn.LayerNorm(d, eps=eps)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(d, hidden))
+        self.mlp.add_module("fc2", nn.Linear(hidden, d))
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x):
+        x = self.norm1(x + self.attn(x))
+        return self.norm2(x + self.mlp.fc2(F.gelu(self.mlp.fc1(x))))
+
+
+class ScratchBert(nn.Module):
+    def __init__(self, vocab, positions, d, layers, heads, hidden, eps=1e-12):
+        super().__init__()
+        self.tok_emb, self.pos_emb, self.type_emb = (
+            nn.Embedding(vocab, d),
+            nn.Embedding(positions, d),
+            nn.Embedding(2, d),
+        )
+        self.emb_norm = nn.LayerNorm(d, eps=eps)
+        self.blocks = nn.ModuleList(BertBlock(d, heads, hidden, eps) for _ in range(layers))
+
+    def forward(self, ids):
+        x = self.tok_emb(ids) + self.pos_emb(torch.arange(ids.shape[1])) + self.type_emb(torch.zeros_like(ids))
+        x = self.emb_norm(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class TimmAttention(nn.Module):
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.qkv, self.proj, self.heads = nn.Linear(d, 3 * d), nn.Linear(d, d), heads
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, T, C))
+
+
+class TimmBlock(nn.Module):
+    def __init__(self, d, heads, hidden, eps):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(d, eps=eps), TimmAttention(d, heads)
+        self.norm2 = nn.LayerNorm(d, eps=eps)
+        self.mlp = nn.Sequential()
+        self.mlp.add_module("fc1", nn.Linear(d, hidden))
+        self.mlp.add_module("fc2", nn.Linear(hidden, d))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
+
+
+class TimmViT(nn.Module):
+    def __init__(self, image, patch, channels, d, layers, heads, hidden, eps=1e-12):
+        super().__init__()
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, (image // patch) ** 2 + 1, d))
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(channels, d, patch, stride=patch)
+        self.blocks = nn.ModuleList(TimmBlock(d, heads, hidden, eps) for _ in range(layers))
+        self.norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, images):
+        x = self.patch_embed.proj(images).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def tiny_bert():
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=16,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.BertModel(config, add_pooling_layer=False).eval()
+
+
+def tiny_vit():
+    import transformers
+
+    config = transformers.ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    torch.manual_seed(0)
+    return transformers.ViTModel(config, add_pooling_layer=False).eval()

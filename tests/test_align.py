@@ -6,7 +6,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from ports import FusedLlama, MetaLlama, NanoGPT, SplitGPT, logits_close, tiny_gpt2, tiny_llama
+from ports import (
+    FusedLlama,
+    MetaLlama,
+    NanoGPT,
+    ScratchBert,
+    SplitGPT,
+    TimmViT,
+    logits_close,
+    tiny_bert,
+    tiny_gpt2,
+    tiny_llama,
+    tiny_vit,
+)
 
 import structload as sl
 from helpers import assert_unchanged, snapshot
@@ -177,3 +189,29 @@ def test_a_gqa_model_into_fused_qkv_and_gate_up(tmp_path):
     assert sl.load(back, model, align=True).ok  # and back, splitting with the GQA sizes
     with torch.no_grad():
         assert logits_close(back(IDS).logits, expected, atol=1e-5)
+
+
+def test_bert_into_a_from_scratch_bert(tmp_path):
+    hf = tiny_bert()
+    hf.save_pretrained(tmp_path / "bert")
+    with torch.no_grad():
+        expected = hf(IDS).last_hidden_state
+    model = ScratchBert(97, 16, 32, 2, 4, 64)
+    report = sl.load(model, str(tmp_path / "bert"), align=True)
+    assert report.ok
+    with torch.no_grad():
+        assert logits_close(model(IDS), expected)
+
+
+def test_vit_into_a_timm_style_vit_with_fused_qkv(tmp_path):
+    hf = tiny_vit()
+    hf.save_pretrained(tmp_path / "vit")
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = hf(images).last_hidden_state
+    model = TimmViT(16, 4, 3, 32, 2, 4, 64)
+    alignment = sl.align(model, str(tmp_path / "vit"))
+    assert alignment.ok, alignment.code()
+    assert sl.load(model, str(tmp_path / "vit"), align=alignment).ok
+    with torch.no_grad():
+        assert logits_close(model(images), expected)
