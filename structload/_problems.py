@@ -49,9 +49,16 @@ def compose_problems(
         if problem is not None:
             events.append((index, problem))
     for i, record in enumerate(unexpected):
+        parent, _, name = record.path.rpartition(".")
+        if name.isdigit() and parent in lengths:  # a longer numbered list: one problem for the extra entries
+            problem = _once(f"[length] {parent}", done_roots, lambda p=parent: _longer_problem(p, unexpected, lengths))
+            if problem is not None:
+                events.append((record.position - 0.5, problem))
+            continue
         events.append((record.position - 0.5, _unexpected_problem(record, suggestions.get(i))))
     events.sort(key=lambda pair: pair[0])
     problems = [problem for _, problem in events]
+    problems = _with_transposed_hint(problems, entries)
     extra = {**new_head_hints(entries), **legacy_weight_norm_hints(entries, unexpected)}
     if extra:
         problems = [_with_extra(p, extra) for p in problems]
@@ -138,6 +145,41 @@ def _length_problem(parent: str, entries: list[Entry], lengths: dict[str, int], 
         f"{number_ranges(indices)} missing in source ({plural(tensors, 'tensor')})"
     )
     return Problem(ProblemKind.MISSING, parent, message)
+
+
+def _longer_problem(parent: str, unexpected: list[Unexpected], lengths: dict[str, int]) -> Problem:
+    """One problem for a numbered container (``ModuleList``, list) longer in the source."""
+    prefix = f"{parent}." if parent else ""
+    extra = [r for r in unexpected if r.path.startswith(prefix) and r.path[len(prefix) :].isdigit()]
+    indices = sorted(int(r.path[len(prefix) :]) for r in extra)
+    tensors = sum(len(r.leaf_paths) for r in extra)
+    n_src = lengths[parent]
+    message = (
+        f"destination has {n_src - len(indices)} entries, source has {n_src}; "
+        f"{number_ranges(indices)} unexpected in source ({plural(tensors, 'tensor')})"
+    )
+    return Problem(ProblemKind.UNEXPECTED, parent, message)
+
+
+TRANSPOSED = (
+    "the source stores matrices transposed ((in, out), like GPT-2's Conv1D); square matrices of the same role "
+    "need the same, and no shape check can see them: port by structure with align=True (structload align)"
+)
+
+
+def _with_transposed_hint(problems: list[Problem], entries: list[Entry]) -> list[Problem]:
+    """Shape problems that are exact transposes say what that means for the square matrices beside them."""
+    flipped = {
+        e.path
+        for e in entries
+        if e.mismatch == ProblemKind.SHAPE
+        and e.src_shape is not None
+        and len(e.src_shape) == 2
+        and tuple(e.slot.tensor.shape) == tuple(e.src_shape)[::-1]
+    }
+    if not flipped:
+        return problems
+    return [Problem(p.kind, p.path, f"{p.message}; {TRANSPOSED}") if p.path in flipped else p for p in problems]
 
 
 def _suggest_by_sibling(unexpected: list[Unexpected]) -> dict[int, Suggestion]:

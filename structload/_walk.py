@@ -82,7 +82,7 @@ class Walk:
 
     pairs: list[Pair] = field(default_factory=list)
     unpaired: list[Unpaired] = field(default_factory=list)
-    #: numbered containers (``ModuleList``, lists) whose source is a shorter list: path -> source length
+    #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
     #: modules that customise loading (`_dest.loads_its_own_way`), with what the source holds there
     customised: list[tuple[str, Any, Any]] = field(default_factory=list)
@@ -127,7 +127,7 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
         else:
             _pair_container(found, child, child_src, child_path)
     known = {name for name, _ in kids}
-    if _is_shorter_list(known, src):
+    if _is_other_length_list(known, src):
         found.lengths[path] = len(src)
     for name, child_src in src.items():
         if name not in known:
@@ -147,6 +147,11 @@ def _pair_all(found: Walk, kids, marker, path: str) -> None:
 _NOTHING = object()
 
 
-def _is_shorter_list(known: set[str], src: dict) -> bool:
-    """Whether the source is a numbered list ``0..n-1`` shorter than the destination's."""
-    return len(src) < len(known) and all(n.isdigit() for n in known) and set(src) == {str(i) for i in range(len(src))}
+def _is_other_length_list(known: set[str], src: dict) -> bool:
+    """Whether destination and source are numbered lists ``0..n-1`` of different lengths."""
+    return (
+        len(src) != len(known)
+        and bool(known)
+        and known == {str(i) for i in range(len(known))}
+        and set(src) == {str(i) for i in range(len(src))}
+    )

@@ -215,3 +215,24 @@ def test_vit_into_a_timm_style_vit_with_fused_qkv(tmp_path):
     assert sl.load(model, str(tmp_path / "vit"), align=alignment).ok
     with torch.no_grad():
         assert logits_close(model(images), expected)
+
+
+def test_plain_load_says_what_transposed_shapes_mean_for_square_ones(gpt2):
+    folder, _, _ = gpt2
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(NanoGPT(97, 16, 32, 2, 4), str(folder))
+    shape = [p for p in info.value.problems if p.kind == "shape"]
+    assert shape and all("square matrices of the same role need the same" in p.message for p in shape)
+    assert all("align=True" in p.message for p in shape)
+
+
+def test_a_depth_mismatch_names_both_counts_in_both_directions(gpt2):
+    folder, _, _ = gpt2
+    short = NanoGPT(97, 16, 32, 1, 4)  # destination 1 block, source 2
+    report = sl.load(short, str(folder), strict=False)
+    [problem] = [p for p in report.problems if p.path == "transformer.h"]
+    assert problem.message.startswith("destination has 1 entries, source has 2; 1 unexpected in source")
+    long = NanoGPT(97, 16, 32, 3, 4)  # destination 3 blocks, source 2
+    report = sl.load(long, str(folder), strict=False)
+    [problem] = [p for p in report.problems if p.path == "transformer.h"]
+    assert problem.message.startswith("destination has 3 entries, source has 2; 2 missing in source")

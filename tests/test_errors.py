@@ -59,12 +59,12 @@ def test_shorter_module_list_is_one_problem_at_the_list():
     assert problem.message == "destination has 12 entries, source has 6; 6–11 missing in source (36 tensors)"
 
 
-def test_longer_source_list_is_one_unexpected_problem_per_extra_entry():
-    error = load_error(Net(n=2), Net(n=3))
+def test_longer_source_list_is_one_problem_naming_both_counts():
+    error = load_error(Net(n=2), Net(n=4))
     [problem] = error.problems
-    assert (problem.kind, problem.path) == ("unexpected", "blocks.2")
-    assert problem.message == "unexpected in source (6 tensors)"
-    assert len(error.report.unexpected) == 6
+    assert (problem.kind, problem.path) == ("unexpected", "blocks")
+    assert problem.message == "destination has 2 entries, source has 4; 2–3 unexpected in source (12 tensors)"
+    assert len(error.report.unexpected) == 12
 
 
 def test_renamed_submodule_gets_a_did_you_mean():
