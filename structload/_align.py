@@ -24,6 +24,7 @@ The steps, each reading metadata only (no tensor data):
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from dataclasses import dataclass, field
 
@@ -32,6 +33,7 @@ import torch
 from ._alignment import Alignment, Ambiguity, Match
 from ._dest import SlotKind, as_dest, dest_children, is_container
 from ._rename import Renamer, compile_rename, rename_tree
+from ._runtime import collector_paused
 from ._select import Selection
 from ._text import shape_text
 from ._vocabulary import FAMILIES, FUSED, param_name, role_of
@@ -49,19 +51,31 @@ class Leaf:
     index: int | None
     rel: str  # the path inside its block (the whole path at the top level)
     module: str = ""  # `rel` without its last name
-    param: str = ""  # the last name, one name per meaning (`_vocabulary.param_name`)
-    raw_param: str = ""
-    role: str | None = None
+    raw_param: str = ""  # the last name
     matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
 
     def __post_init__(self) -> None:
         self.module, _, self.raw_param = self.rel.rpartition(".")
-        self.param = param_name(self.raw_param)
-        self.role = role_of(self.module) if self.module else None
-        if self.role is None and self.param not in ("weight", "bias"):
-            self.role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
-            if self.role is not None:
-                self.param = ""  # its name is its role: pos_embed and position_embeddings are one thing
+
+    @functools.cached_property
+    def _role_and_param(self) -> tuple[str | None, str]:
+        """Read from the names on first use: only the leaves of template blocks ever need them."""
+        param = param_name(self.raw_param)
+        role = role_of(self.module) if self.module else None
+        if role is None and param not in ("weight", "bias"):
+            role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
+            if role is not None:
+                param = ""  # its name is its role: pos_embed and position_embeddings are one thing
+        return role, param
+
+    @property
+    def role(self) -> str | None:
+        return self._role_and_param[0]
+
+    @property
+    def param(self) -> str:
+        """The parameter name, one name per meaning (`_vocabulary.param_name`)."""
+        return self._role_and_param[1]
 
 
 @dataclass
@@ -109,17 +123,20 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
     what names cannot tell (``{"*.w1": "*.gate_proj"}``; ``*`` spans dots).
     """
     renamer = compile_rename(rename)
-    tree = to_source_tree(src)
-    if renamer is not None:
-        tree = rename_tree(tree, renamer)
-    dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
-    src_leaves = [_leaf(path, tuple(leaf.shape)) for path, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor)]
-    ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
-    src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
-    result = Alignment(ignored=ignored)
-    if isinstance(rename, dict):
-        result.rename.update(rename)
-    _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run()
+    with collector_paused():  # as in `load`: many small objects, none in cycles
+        tree = to_source_tree(src)
+        if renamer is not None:
+            tree = rename_tree(tree, renamer)
+        dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
+        src_leaves = [
+            _leaf(path, tuple(leaf.shape)) for path, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor)
+        ]
+        ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
+        src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
+        result = Alignment(ignored=ignored)
+        if isinstance(rename, dict):
+            result.rename.update(rename)
+        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run()
     return result
 
 

@@ -19,6 +19,8 @@ deliberately only a *family*: nothing in the names says which is which.
 
 from __future__ import annotations
 
+import functools
+
 ATTENTION = frozenset({"attn", "attention", "self_attn", "self_attention", "sa", "mha"})
 MLP = frozenset({"mlp", "ffn", "feed_forward", "feedforward", "ff", "fc", "intermediate"})
 
@@ -101,19 +103,23 @@ FAMILIES: dict[str, tuple[str, ...]] = {"mlp_in": ("gate", "up")}
 PARAMS = {"gamma": "weight", "scale": "weight", "g": "weight", "beta": "bias", "b": "bias", "w": "weight"}
 
 
-def _compile() -> list[tuple[tuple[str, ...], str | None, str]]:
-    table = []
+def _compile() -> dict[str, list[tuple[tuple[str, ...], str | None, str]]]:
+    """The aliases by their last name, longest first."""
+    table: dict[str, list[tuple[tuple[str, ...], str | None, str]]] = {}
     for role, aliases in ROLES.items():
         for alias in aliases:
             context, _, names = alias.rpartition(":")
-            table.append((tuple(names.split(".")), context or None, role))
-    table.sort(key=lambda entry: -len(entry[0]))  # longest alias first
+            parts = tuple(names.split("."))
+            table.setdefault(parts[-1], []).append((parts, context or None, role))
+    for entries in table.values():
+        entries.sort(key=lambda entry: -len(entry[0]))
     return table
 
 
-_TABLE = _compile()
+_BY_LAST = _compile()
 
 
+@functools.lru_cache(maxsize=4096)
 def role_of(module_path: str) -> str | None:
     """The role of the tensors of the module at `module_path`, or ``None`` if the names say nothing.
 
@@ -121,7 +127,7 @@ def role_of(module_path: str) -> str | None:
     is looked up with its own name as the last component.
     """
     names = [n.lower() for n in module_path.split(".") if n and not n.isdigit()]
-    for alias, context, role in _TABLE:
+    for alias, context, role in _BY_LAST.get(names[-1], ()) if names else ():
         n = len(alias)
         if len(names) >= n and tuple(names[-n:]) == alias:
             before = set(names[:-n])
