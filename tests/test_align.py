@@ -236,3 +236,19 @@ def test_a_depth_mismatch_names_both_counts_in_both_directions(gpt2):
     report = sl.load(long, str(folder), strict=False)
     [problem] = [p for p in report.problems if p.path == "transformer.h"]
     assert problem.message.startswith("destination has 3 entries, source has 2; 2 missing in source")
+
+
+def test_source_entries_for_non_persistent_buffers_are_ignored_and_options_apply():
+    class Embeddings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.word = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 3)
+            self.register_buffer("position_ids", torch.arange(8), persistent=False)
+
+    src = {"module.word.weight": torch.ones(10, 4), "module.position_ids": torch.arange(8)}
+    alignment = sl.align(Embeddings(), src, rename={r"^module\.": ""}, exclude="head")
+    assert alignment.ok and alignment.ignored == ["position_ids"]
+    assert alignment.rename == {r"^module\.": ""}  # the user's rename, merged; nothing else needed
+    report = sl.load(Embeddings(), src, align=alignment, exclude="head", rename=alignment.rename)
+    assert report.ok and report.ignored == ["position_ids"]
