@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._align import align as structural_align
@@ -181,10 +183,11 @@ def run_load(
 
     with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
         plan = _in_step(collective, target, plan_step)
-        if dry_run:
-            return plan.report(applied=False)
-        _in_step(collective, target, lambda: apply_plan(plan, target_device, progress))
-        return plan.report(applied=True)
+        if not dry_run:
+            _in_step(collective, target, functools.partial(apply_plan, plan, target_device, progress))
+        report = plan.report(applied=not dry_run)
+        del plan  # freed by reference counting before the collector comes back, not scanned by it
+    return report
 
 
 def _in_step(collective: bool, target: str, step):

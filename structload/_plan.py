@@ -93,7 +93,7 @@ def _add_entry(report: LoadReport, entry: Entry, dtype) -> None:
 def _add_changes(report: LoadReport, entry: Entry, dtype) -> None:
     """A loaded tensor's cast (R1) and the converters that made it, if any."""
     leaf, tensor = entry.leaf, entry.slot.tensor
-    dst_dtype = materialized_dtype(tensor, leaf.dtype, dtype)
+    dst_dtype = materialized_dtype(tensor, leaf.dtype, dtype) if dtype is not None else tensor.dtype
     src_dtype = leaf.dtype
     if src_dtype is None and isinstance(leaf, MemoryTensor) and leaf.tensor.is_floating_point():
         src_dtype = None if dst_dtype.is_floating_point or dst_dtype.is_complex else torch.float64  # truncated
