@@ -21,6 +21,7 @@ from ._progress import progress_bar, wants_progress
 from ._report import LoadError, Problem, ProblemKind, SourceError
 from ._rules import Entry, Status
 from .sources import ExtraState, SourceTensor
+from .sources._files import file_tensor
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
@@ -33,7 +34,11 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
         for entry, size in zip(writes, sizes):
             try:
-                write_entry(entry, device, plan.dtype, shared.get(id(entry.slot.tensor), (entry.slot,)))
+                sharing = shared.get(id(entry.slot.tensor), (entry.slot,))
+                if entry.path in plan.mapped:
+                    install_mapped(entry, sharing)
+                else:
+                    write_entry(entry, device, plan.dtype, sharing)
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 raise _partial_failure(plan, done, entry, error) from (
                     None if isinstance(error, SourceError) else error
@@ -99,6 +104,24 @@ def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slo
         target.zero_()
     else:
         entry.leaf.read_into(target)
+
+
+def install_mapped(entry: Entry, sharing: Sequence[Slot]) -> None:
+    """``mmap=True``: the meta tensor becomes a copy-on-write view of the mapped file, no bytes copied."""
+    old = entry.slot.tensor
+    new = file_tensor(entry.leaf).mapped()  # type: ignore[union-attr]  # can_map checked it is a file tensor
+    if old.stride() != new.stride():  # another memory format (channels_last): a copy after all
+        new = new.as_strided(old.shape, new.stride()).clone(memory_format=_memory_format(old))
+    if isinstance(old, torch.nn.Parameter):
+        new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
+    for slot in sharing:
+        _install(slot, new)
+
+
+def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
+    if tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def extra_state_value(leaf):

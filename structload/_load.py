@@ -36,6 +36,7 @@ def load(
     progress: bool | None = None,
     dtype: torch.dtype | str | None = None,
     align=False,
+    mmap: bool = False,
 ) -> LoadReport:
     """Copy state from `src` into `dst` in place, walking both trees side by side.
 
@@ -93,6 +94,11 @@ def load(
       by structure when names differ (another implementation of the same
       model), then load; a strict load with anything unmatched or ambiguous
       raises, and the error ends with the mapping as code to edit.
+    - ``mmap=True``: zero copy; ``meta`` tensors of `dst` whose dtype matches the
+      file's become copy-on-write views of the memory-mapped file (listed in
+      ``report.mapped``); casts, converters that combine tensors and real
+      destination tensors are read as usual. The file must not change while
+      the model lives.
     - ``dtype``: the dtype ``meta`` tensors of `dst` are materialized in;
       ``"auto"`` keeps the checkpoint's dtype (a bf16 file gives a bf16 model).
 
@@ -131,7 +137,7 @@ def load(
             raise LoadError(problems, report, message=message)
         options["rename"] = alignment.rename
         options["convert"] = list(alignment.convert) + list(convert or [])
-    return run_load(dst, src, device=device, dry_run=dry_run, progress=progress, dtype=dtype, **options)
+    return run_load(dst, src, device=device, dry_run=dry_run, progress=progress, dtype=dtype, mmap=mmap, **options)
 
 
 def _alignment(dst, src, align, options: dict) -> Alignment:
@@ -165,7 +171,7 @@ def alignment_problems(alignment: Alignment) -> list[Problem]:
 
 
 def run_load(
-    dst, src, *, device=None, dry_run=False, progress=None, dtype=None, meta_is_final=True, **options
+    dst, src, *, device=None, dry_run=False, progress=None, dtype=None, meta_is_final=True, mmap=False, **options
 ) -> LoadReport:
     """`load`, with one more knob for `structload check`: ``meta_is_final=False`` for a model
     built on meta only to dry-run the load, where tensors left on meta are not a problem."""
@@ -178,8 +184,10 @@ def run_load(
     target = dest_name(dst)
     strict, convert = options["strict"], options["convert"]
 
+    maps = bool(mmap) and target_device.type == "cpu"  # a mapping lives in host memory
+
     def plan_step():
-        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final)
+        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final, maps)
 
     with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
         plan = _in_step(collective, target, plan_step)
@@ -205,7 +213,7 @@ def _in_step(collective: bool, target: str, step):
     return result
 
 
-def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool):
+def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool, mmap: bool):
     """Open the source, rename, convert and plan the load (no writes); a strict load with
     problems raises here, before anything is written."""
     tree = to_source_tree(src)
@@ -218,7 +226,7 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
-    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final)
+    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan

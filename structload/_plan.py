@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._dest import FILLED_SLOTS, TENSOR_SLOTS, dest_name, loads_its_own_way, materialized_dtype
+from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, loads_its_own_way, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
 from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta
@@ -29,6 +29,7 @@ from ._text import option_text
 from ._ties import settle_ties
 from ._walk import Pair, Unpaired, Walk, walk
 from .sources import SKIP, MemoryTensor, iter_leaves
+from .sources._files import file_tensor
 from .sources._leaves import ConvertedTensor
 
 _LISTS = {
@@ -53,6 +54,7 @@ class Plan:
     problems: list[Problem]
     hints: list[str]
     dtype: torch.dtype | str | None = None  # what meta tensors are materialized in (`load(dtype=...)`)
+    mapped: frozenset[str] = frozenset()  # paths `load(mmap=True)` makes views of the mapped file
 
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order."""
@@ -71,6 +73,7 @@ class Plan:
             report.unexpected.extend(pending.leaf_paths)
             pending = next(unexpected, None)
         report.tied = [tuple(e.path for e in group) for group in self.groups]
+        report.mapped = [e.path for e in self.entries if e.path in self.mapped] if self.mapped else []
         return report
 
 
@@ -104,7 +107,13 @@ def _add_changes(report: LoadReport, entry: Entry, dtype) -> None:
 
 
 def make_plan(
-    dst, tree, selection: Selection, earlier_problems: Sequence[Problem] = (), dtype=None, meta_is_final=True
+    dst,
+    tree,
+    selection: Selection,
+    earlier_problems: Sequence[Problem] = (),
+    dtype=None,
+    meta_is_final=True,
+    mmap=False,
 ) -> Plan:
     """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks.
 
@@ -122,7 +131,20 @@ def make_plan(
     problems = (
         list(earlier_problems) + selection.unmatched_patterns() + customised(found, selection, left_out) + problems
     )
-    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype)
+    mapped = frozenset(e.path for e in entries if mmap and can_map(e, dtype))
+    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped)
+
+
+def can_map(entry: Entry, dtype) -> bool:
+    """Whether ``mmap=True`` makes this entry a view of the mapped file: a meta tensor it writes,
+    from a contiguous, aligned tensor of a file, in the dtype it would be materialized in."""
+    slot, leaf = entry.slot, entry.leaf
+    if not entry.writes or entry.status != Status.LOADED or slot.kind != SlotKind.TENSOR or slot.owner is None:
+        return False
+    if not slot.tensor.is_meta:
+        return False
+    file = file_tensor(leaf)
+    return file is not None and file.mappable() and materialized_dtype(slot.tensor, file.dtype, dtype) == file.dtype
 
 
 def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> list[Problem]:

@@ -122,7 +122,8 @@ class LoadReport:
     computes them, R5); `dropped` holds destination paths
     registered as absent whose source tensor was all zeros.
 
-    `converted` lists the destination tensors made by ``convert=`` converters.
+    `converted` lists the destination tensors made by ``convert=`` converters;
+    `mapped` those that ``mmap=True`` made views of the mapped file (no copy).
     `applied` is ``False`` for a dry run and for a strict load that raised:
     the lists then describe what the load would have done.
 
@@ -146,6 +147,7 @@ class LoadReport:
     cast: list[Cast] = field(default_factory=list)
     tied: list[tuple[str, ...]] = field(default_factory=list)
     converted: list[Converted] = field(default_factory=list)
+    mapped: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
     applied: bool = True

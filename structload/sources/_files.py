@@ -14,6 +14,7 @@ import math
 import os
 import threading
 import weakref
+from typing import Any
 
 import torch
 
@@ -45,6 +46,7 @@ class FileHandle:
             raise SourceError(f"{path}: cannot open ({error.strerror})", path="") from None
         self.size = os.fstat(self.fd).st_size
         self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
+        self._mapping: Any = None
         weakref.finalize(self, os.close, self.fd)
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
@@ -83,6 +85,16 @@ class FileHandle:
             os.lseek(self.fd, offset, os.SEEK_SET)
             return os.readv(self.fd, [buffer])
 
+    def mapping(self) -> Any:
+        """The whole file mapped copy-on-write (``MAP_PRIVATE``): writes to tensors made from it
+        stay in this process and never reach the file. Made on first use, shared by every tensor."""
+        if self._mapping is None:
+            try:
+                self._mapping = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self.size)
+            except (RuntimeError, OSError) as error:
+                raise SourceError(f"{self.path}: cannot map the file ({error})") from None
+        return self._mapping
+
     def read_bytes(self, offset: int, length: int) -> bytes:
         buffer = bytearray(length)
         self.read_into(memoryview(buffer), offset)
@@ -96,6 +108,12 @@ def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
         duplicate = next(key for key in keys if keys.count(key) > 1)
         raise ValueError(f"'{duplicate}' is listed twice")
     return dict(pairs)
+
+
+def file_tensor(leaf: SourceTensor) -> FileTensor | None:
+    """The file tensor a leaf reads, if it is one (a sharded checkpoint's opens its shard)."""
+    base = leaf.resolve() if hasattr(leaf, "resolve") else leaf
+    return base if isinstance(base, FileTensor) else None
 
 
 def writable_bytes(tensor: torch.Tensor) -> memoryview:
@@ -136,6 +154,16 @@ class FileTensor(SourceTensor):
             and (other.file.path, other.offset, other.shape, other.dtype, other.stride)
             == (self.file.path, self.offset, self.shape, self.dtype, self.stride)
         )
+
+    def mappable(self) -> bool:
+        """Whether this tensor can be a view of the mapped file: contiguous and aligned to its dtype."""
+        return self.stride is None and self.offset % self.dtype.itemsize == 0
+
+    def mapped(self) -> torch.Tensor:
+        """A tensor viewing these bytes of the copy-on-write mapping of the file (no copy)."""
+        view = torch.empty(0, dtype=self.dtype)
+        offset = self.offset // self.dtype.itemsize
+        return view.set_(self.file.mapping(), offset, self.shape, contiguous_strides(self.shape))
 
     def strides(self) -> tuple[int, ...]:
         return self.stride if self.stride is not None else contiguous_strides(self.shape)

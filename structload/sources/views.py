@@ -7,14 +7,13 @@ is computed from the whole tensor when read. Converters build on these.
 
 from __future__ import annotations
 
-from ._files import FileTensor
+from ._files import FileTensor, file_tensor
 from ._leaves import ComputedTensor, SourceTensor
 
 
 def _file(leaf: SourceTensor) -> FileTensor | None:
     """The file tensor behind `leaf` (a shard's is opened), or ``None``."""
-    base = leaf.resolve() if hasattr(leaf, "resolve") else leaf
-    return base if isinstance(base, FileTensor) else None
+    return file_tensor(leaf)
 
 
 def transpose(leaf: SourceTensor, a: int, b: int) -> SourceTensor:
