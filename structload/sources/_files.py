@@ -27,8 +27,8 @@ CHUNK_BYTES = 16 << 20
 #: Strided reads fetch rows of at least this many bytes one by one (exact), smaller rows in blocks.
 SEGMENT_BYTES = 64 << 10
 #: Reads of at least this many bytes are split into pieces read in parallel.
-PARALLEL_BYTES = 32 << 20
-PIECE_BYTES = 8 << 20
+PARALLEL_BYTES = 4 << 20
+PIECE_BYTES = 2 << 20
 
 
 class FileHandle:

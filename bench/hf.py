@@ -1,0 +1,184 @@
+"""transformers' ``from_pretrained`` against "build on meta with ``from_config``, then ``sl.load``".
+
+Run: python bench/hf.py [--repeat N] [--shapes medium large] [--dir DIR] [--json PATH]
+
+GPT-2-medium (355M) and -large (774M) shapes, random init, saved by
+``save_pretrained`` as sharded safetensors in fp32 and in bf16, kept in the page
+cache. Each case runs in a fresh Python process (imports before the clock),
+cases interleaved, --repeat rounds; time counts until the model is ready and
+every weight page is resident (a pass that reads every parameter, since a
+mapped model has not read its pages yet when the call returns), and "load"
+the same without building the model (what the floor compares with); peak RSS is
+VmHWM over the process's RSS after imports. Cases, for an fp32 model:
+
+  from_pretrained(dir, dtype=float32)
+  sl.load(meta model, dir)                 -- copies into fresh memory
+  sl.load(meta model, dir, mmap=True)      -- views of the mapped files
+  sl.load(real model, dir)                 -- into an already-built model (build not timed)
+  floor: read the files into freshly allocated memory
+
+Targets (API issue 13), medians, ratios in the same run: fp32 with mmap=True at most
+1.0x from_pretrained's time and 1.05x its peak RSS; a bf16 file into an fp32 model
+at most 0.8x its time and 0.75x its peak RSS; the copying meta load within 1.1x of
+the floor. Results and verdicts in bench/results/hf.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from targets import Targets
+
+HERE = Path(__file__).resolve().parent
+SHAPES = {
+    "medium": {"n_embd": 1024, "n_layer": 24, "n_head": 16},
+    "large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
+}
+CASES = ("from_pretrained", "sl.load meta", "sl.load meta mmap", "sl.load real", "floor")
+
+
+def peak_and_base() -> tuple[int, int]:
+    hwm = rss = 0
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) * 1024
+            elif line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+    return hwm, rss
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def child(case: str, folder: str) -> None:
+    import torch
+    import transformers
+
+    import structload as sl
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    config = transformers.AutoConfig.from_pretrained(folder)
+    gpt2 = transformers.GPT2LMHeadModel  # a lazy import in transformers: done before the clock, as every import
+    real = gpt2(config) if case == "sl.load real" else None  # built before the clock
+    files = sorted(str(p) for p in Path(folder).glob("*.safetensors"))
+    _, base = peak_and_base()
+    reset_peak()
+    start = time.perf_counter()
+    if case == "from_pretrained":
+        model = gpt2.from_pretrained(folder, dtype=torch.float32)
+    elif case == "floor":  # the files' bytes into fresh memory, kept, then read once like a model
+        buffers = []
+        for path in files:
+            buffer = torch.empty(os.path.getsize(path) // 4, dtype=torch.float32)
+            view = memoryview(buffer.view(torch.uint8).numpy())
+            with open(path, "rb", buffering=0) as f:
+                while view:
+                    view = view[f.readinto(view) :]
+            buffers.append(buffer)
+        model = torch.nn.ParameterList(buffers)
+    else:
+        if real is not None:
+            model = real
+        else:
+            with sl.init_empty_weights():
+                model = gpt2(config)
+        loading = time.perf_counter()
+        report = sl.load(model, folder, mmap=case.endswith("mmap"))
+        assert report.ok, report
+    checksum = 0.0
+    if model is not None:  # every page resident: read every parameter once
+        with torch.no_grad():
+            for p in model.parameters():
+                checksum += float(p.float().sum()) if p.dtype != torch.float32 else float(p.sum())
+    end = time.perf_counter()
+    peak, _ = peak_and_base()
+    load_seconds = end - (loading if case.startswith("sl.load") else start)  # without building the model
+    result = {"seconds": end - start, "load_seconds": load_seconds, "added_rss": peak - base, "checksum": checksum}
+    print(json.dumps(result))
+
+
+def write(folder: Path, shape: str, dtype: str) -> None:
+    if (folder / "config.json").exists():
+        return
+    import torch
+    import transformers
+
+    config = transformers.GPT2Config(**SHAPES[shape])
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).to(getattr(torch, dtype))
+    model.save_pretrained(folder, max_shard_size="500MB")
+
+
+def warm(folder: Path) -> None:
+    for path in folder.glob("*.safetensors"):
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--shapes", nargs="+", default=["medium"], choices=list(SHAPES))
+    parser.add_argument("--dir", default="/tmp/structload-bench-hf")
+    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/hf.json)")
+    parser.add_argument("--child", nargs=2, metavar=("CASE", "DIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
+    targets, results = Targets("hf"), {}
+    for shape in args.shapes:
+        for dtype in ("float32", "bfloat16"):
+            folder = Path(args.dir) / f"{shape}-{dtype}"
+            write(folder, shape, dtype)
+            warm(folder)
+            runs: dict[str, list[dict]] = {c: [] for c in CASES}
+            for _ in range(args.repeat):  # interleaved
+                for case in CASES:
+                    out = subprocess.run(
+                        [sys.executable, __file__, "--child", case, str(folder)],
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            keys = ("seconds", "load_seconds", "added_rss")
+            table = {c: {key: statistics.median(r[key] for r in rs) for key in keys} for c, rs in runs.items()}
+            results[f"{shape}-{dtype}"] = table
+            hf = table["from_pretrained"]
+            print(f"{shape} {dtype} file, fp32 model, median of {args.repeat}:")
+            for case, row in table.items():
+                print(
+                    f"  {case:20s} {row['seconds']:7.3f} s (load {row['load_seconds']:6.3f} s)  "
+                    f"peak RSS +{row['added_rss'] / 2**20:8.1f} MiB  ({row['seconds'] / hf['seconds']:.2f}x time, "
+                    f"{row['added_rss'] / max(hf['added_rss'], 1):.2f}x RSS of from_pretrained)"
+                )
+            if dtype == "float32":
+                mapped = table["sl.load meta mmap"]
+                targets.at_most(f"{shape} fp32 mmap / from_pretrained time", mapped["seconds"] / hf["seconds"], 1.0)
+                targets.at_most(
+                    f"{shape} fp32 mmap / from_pretrained peak RSS", mapped["added_rss"] / hf["added_rss"], 1.05
+                )
+                copy_load = table["sl.load meta"]["load_seconds"]  # the floor builds no model
+                targets.at_most(f"{shape} fp32 meta copy (load) / floor", copy_load / table["floor"]["seconds"], 1.1)
+            else:
+                copy = table["sl.load meta"]
+                targets.at_most(f"{shape} bf16->fp32 / from_pretrained time", copy["seconds"] / hf["seconds"], 0.8)
+                targets.at_most(
+                    f"{shape} bf16->fp32 / from_pretrained peak RSS", copy["added_rss"] / hf["added_rss"], 0.75
+                )
+    targets.finish(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
