@@ -17,28 +17,17 @@ Medians of --repeat runs; results and target verdicts in bench/results/align.jso
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+from overhead import median_seconds
 from targets import Targets
 
 import structload as sl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-
-def median_seconds(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def flat_model(blocks: int) -> nn.Module:

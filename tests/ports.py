@@ -137,6 +137,28 @@ def rotate_half(x):
     return torch.cat((-b, a), dim=-1)
 
 
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
+
+
+def rotary(length: int, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin for rotate-half rotary embeddings, as transformers' Llama computes them."""
+    freqs = torch.outer(torch.arange(length).float(), inv_freq)
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def grouped_attention(q, k, v, cos, sin, heads: int, kv_heads: int, head_dim: int):
+    """Causal attention with rotary q / k and k / v shared by groups of query heads (GQA)."""
+    B, T, _ = q.shape
+    q = q.view(B, T, heads, head_dim).transpose(1, 2)
+    k = k.view(B, T, kv_heads, head_dim).transpose(1, 2)
+    v = v.view(B, T, kv_heads, head_dim).transpose(1, 2)
+    q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+    k, v = k.repeat_interleave(heads // kv_heads, dim=1), v.repeat_interleave(heads // kv_heads, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, -1)
+
+
 class MetaAttention(nn.Module):
     def __init__(self, d: int, heads: int, kv_heads: int):
         super().__init__()
@@ -147,15 +169,8 @@ class MetaAttention(nn.Module):
         self.wo = nn.Linear(heads * self.head_dim, d, bias=False)
 
     def forward(self, x, cos, sin):
-        B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        repeat = self.heads // self.kv_heads
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.wo(y.transpose(1, 2).reshape(B, T, -1))
+        y = grouped_attention(self.wq(x), self.wk(x), self.wv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
+        return self.wo(y)
 
 
 class MetaFeedForward(nn.Module):
@@ -188,16 +203,10 @@ class MetaLlama(nn.Module):
         self.layers = nn.ModuleList(MetaBlock(d, heads, kv_heads, hidden, eps) for _ in range(layers))
         self.norm = RMSNorm(d, eps)
         self.output = nn.Linear(d, vocab, bias=False)
-        head_dim = d // heads
-        self.register_buffer(
-            "inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False
-        )
+        self.register_buffer("inv_freq", inverse_frequencies(d // heads, theta), persistent=False)
 
     def forward(self, ids):
-        T = ids.shape[1]
-        freqs = torch.outer(torch.arange(T).float(), self.inv_freq)
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = rotary(ids.shape[1], self.inv_freq)
         x = self.tok_embeddings(ids)
         for layer in self.layers:
             x = layer(x, cos, sin)
@@ -254,17 +263,9 @@ class FusedAttention(nn.Module):
         self.proj = nn.Linear(d, d, bias=False)
 
     def forward(self, x, cos, sin):
-        B, T, _ = x.shape
         sizes = [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim]
         q, k, v = self.qkv(x).split(sizes, dim=-1)
-        q = q.view(B, T, self.heads, self.head_dim).transpose(1, 2)
-        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        repeat = self.heads // self.kv_heads
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.proj(grouped_attention(q, k, v, cos, sin, self.heads, self.kv_heads, self.head_dim))
 
 
 class FusedMLP(nn.Module):
@@ -296,16 +297,10 @@ class FusedLlama(nn.Module):
         self.blocks = nn.ModuleList(FusedBlock(d, heads, kv_heads, hidden, eps) for _ in range(layers))
         self.norm = RMSNorm(d, eps)
         self.head = nn.Linear(d, vocab, bias=False)
-        head_dim = d // heads
-        self.register_buffer(
-            "inv_freq", 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False
-        )
+        self.register_buffer("inv_freq", inverse_frequencies(d // heads, theta), persistent=False)
 
     def forward(self, ids):
-        T = ids.shape[1]
-        freqs = torch.outer(torch.arange(T).float(), self.inv_freq)
-        angles = torch.cat((freqs, freqs), dim=-1)
-        cos, sin = angles.cos(), angles.sin()
+        cos, sin = rotary(ids.shape[1], self.inv_freq)
         x = self.tok_emb(ids)
         for block in self.blocks:
             x = block(x, cos, sin)
