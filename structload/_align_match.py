@@ -1,0 +1,263 @@
+"""Matching inside one group of leaves (a template block, or the top level), for `_align`.
+
+Evidence is taken strongest first: exact names, ``hints`` pins, roles from the
+vocabulary, fused tensors by shape arithmetic, then a shape only one leaf of
+each side has; same-shape leaves nothing tells apart are ambiguous. Then the
+layout: which matrices the source stores transposed (`group_layout`,
+`transposed`), a square one following the non-square ones of its group.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+from dataclasses import dataclass, field
+
+from ._text import shape_text
+from ._vocabulary import FAMILIES, FUSED, param_name, role_of
+
+
+@dataclass
+class Leaf:
+    """One tensor of either side, as alignment sees it."""
+
+    path: str
+    shape: tuple[int, ...]
+    container: str | None  # the numbered container it is in (``h``), or None at the top level
+    index: int | None
+    rel: str  # the path inside its block (the whole path at the top level)
+    module: str = ""  # `rel` without its last name
+    raw_param: str = ""  # the last name
+    matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
+
+    def __post_init__(self) -> None:
+        self.module, _, self.raw_param = self.rel.rpartition(".")
+
+    @functools.cached_property
+    def _role_and_param(self) -> tuple[str | None, str]:
+        """Read from the names on first use: only the leaves of template blocks ever need them."""
+        param = param_name(self.raw_param)
+        role = role_of(self.module) if self.module else None
+        if role is None and param not in ("weight", "bias"):
+            role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
+            if role is not None:
+                param = ""  # its name is its role: pos_embed and position_embeddings are one thing
+        return role, param
+
+    @property
+    def role(self) -> str | None:
+        return self._role_and_param[0]
+
+    @property
+    def param(self) -> str:
+        """The parameter name, one name per meaning (`_vocabulary.param_name`)."""
+        return self._role_and_param[1]
+
+
+@dataclass
+class Pair:
+    """A match inside a group: destination leaves (several for a Split) and source leaves (several
+    for a Concat), by relative path, with the evidence."""
+
+    dst: tuple[Leaf, ...]
+    src: tuple[Leaf, ...]
+    evidence: list[str] = field(default_factory=list)
+    transposed: bool = False
+
+
+@dataclass
+class GroupResult:
+    pairs: list[Pair] = field(default_factory=list)
+    ambiguous: list[tuple[tuple[Leaf, ...], tuple[Leaf, ...], str]] = field(default_factory=list)
+
+
+class GroupMatcher:
+    """Pairs the leaves of one group; remembers which ``hints`` were used."""
+
+    def __init__(self, hints: dict):
+        self.hints = hints
+        self.used_hints: set[str] = set()
+
+    def match(self, dst: list[Leaf], src: list[Leaf]) -> GroupResult:
+        found = GroupResult()
+        free_dst = {leaf.rel: leaf for leaf in dst}
+        free_src = {leaf.rel: leaf for leaf in src}
+
+        def take(d: tuple[Leaf, ...], s: tuple[Leaf, ...], evidence: str) -> None:
+            found.pairs.append(Pair(d, s, [evidence]))
+            for leaf in d:
+                free_dst.pop(leaf.rel, None)
+            for leaf in s:
+                free_src.pop(leaf.rel, None)
+
+        for rel, leaf in list(free_dst.items()):  # 1. exact names
+            other = free_src.get(rel)
+            if other is not None and _fits(leaf, other):
+                take((leaf,), (other,), "name")
+        for dst_glob, src_glob in self.hints.items():  # 2. pins
+            for leaf in list(free_dst.values()):
+                if _glob(dst_glob, leaf):
+                    self.used_hints.add(dst_glob)
+                    options = [s for s in free_src.values() if _glob(src_glob, s) and s.param == leaf.param]
+                    if len(options) == 1 and _fits(leaf, options[0]):
+                        take((leaf,), (options[0],), f"hint {dst_glob!r} = {src_glob!r}")
+        self._match_roles(free_dst, free_src, found, take)
+        self._match_fused(free_dst, free_src, take)
+        self._match_shapes(free_dst, free_src, found, take)
+        return found
+
+    def _match_roles(self, free_dst, free_src, found: GroupResult, take) -> None:
+        for leaf in list(free_dst.values()):
+            if leaf.rel not in free_dst or leaf.role is None:
+                continue
+            options = [s for s in free_src.values() if s.role == leaf.role and s.param == leaf.param]
+            fitting = [s for s in options if _fits(leaf, s)]
+            if len(fitting) == 1:
+                take((leaf,), (fitting[0],), f"vocabulary: '{_last(fitting[0].module)}' is {leaf.role}")
+            elif len(fitting) > 1:
+                self._ambiguous(
+                    found, (leaf,), tuple(fitting), f"several source tensors play {leaf.role}", free_dst, free_src
+                )
+        for family, roles in FAMILIES.items():  # names that do not say which (Meta's w1 / w3), either side
+            for param in ("weight", "bias"):
+                for vague_side, exact_side in ((free_src, free_dst), (free_dst, free_src)):
+                    vague = [x for x in vague_side.values() if x.role == family and x.param == param]
+                    exact = [x for x in exact_side.values() if x.role in roles and x.param == param]
+                    if not vague or not exact:
+                        continue
+                    dst, src = (exact, vague) if vague_side is free_src else (vague, exact)
+                    if len(dst) == 1 and len(src) == 1 and _fits(dst[0], src[0]):
+                        take((dst[0],), (src[0],), f"vocabulary: '{_last(vague[0].module)}' is the only {family}")
+                    else:
+                        names = ", ".join(sorted({_last(x.module) for x in vague}))
+                        reason = f"same shape, and the names {names} do not say which is {' or '.join(roles)}"
+                        self._ambiguous(found, tuple(dst), tuple(src), reason, free_dst, free_src)
+
+    def _match_fused(self, free_dst, free_src, take) -> None:
+        """``qkv`` = ``q`` + ``k`` + ``v`` (and ``kv``, ``gate_up``), in either direction."""
+        for fused, parts in FUSED.items():
+            for param in ("weight", "bias"):
+                self._fuse(free_dst, free_src, fused, parts, param, take, split=True)
+                self._fuse(free_src, free_dst, fused, parts, param, take, split=False)
+
+    def _fuse(self, many_side, one_side, fused, parts, param, take, split: bool) -> None:
+        ones = [leaf for leaf in one_side.values() if leaf.role == fused and leaf.param == param]
+        for one in ones:
+            by_role = {
+                r: [leaf for leaf in many_side.values() if leaf.role == r and leaf.param == param] for r in parts
+            }
+            if not all(len(v) == 1 for v in by_role.values()):
+                continue
+            pieces = tuple(by_role[r][0] for r in parts)
+            matrix = pieces[0].matrix if split else one.matrix
+            if _stacking(one, pieces, fused_is_source=split, matrix=matrix) is None:
+                continue
+            sizes = " + ".join(shape_text(p.shape) for p in pieces)
+            evidence = f"fused: '{_last(one.module)}' {shape_text(one.shape)} is {' + '.join(parts)}: {sizes}"
+            take(*((pieces, (one,)) if split else ((one,), pieces)), evidence)
+
+    def _match_shapes(self, free_dst, free_src, found: GroupResult, take) -> None:
+        """What is left: a shape only one tensor on each side has (per parameter name)."""
+        for param in {leaf.param for leaf in free_dst.values()}:
+            dst_left = [d for d in free_dst.values() if d.param == param]
+            src_left = [s for s in free_src.values() if s.param == param]
+            for shape in {d.shape for d in dst_left}:
+                ds = [d for d in dst_left if d.shape == shape]
+                ss = [s for s in src_left if s.shape == shape]
+                if len(ds) == 1 and len(ss) == 1:
+                    take((ds[0],), (ss[0],), f"shape {shape_text(shape)}: the only one left on each side")
+                elif ds and ss:
+                    reason = f"{len(ds)} + {len(ss)} tensors of shape {shape_text(shape)} and no name evidence"
+                    self._ambiguous(found, tuple(ds), tuple(ss), reason, free_dst, free_src)
+
+    @staticmethod
+    def _ambiguous(found: GroupResult, dst, src, reason: str, free_dst, free_src) -> None:
+        found.ambiguous.append((dst, src, reason))
+        for leaf in dst:
+            free_dst.pop(leaf.rel, None)
+        for leaf in src:
+            free_src.pop(leaf.rel, None)
+
+    # --- layouts and output --------------------------------------------------------------------
+
+
+def _fits(dst: Leaf, src: Leaf) -> bool:
+    """Equal shapes, or a 2-d weight stored the other way round."""
+    return dst.shape == src.shape or (dst.matrix and len(src.shape) == 2 and dst.shape == src.shape[::-1])
+
+
+def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], fused_is_source: bool, matrix: bool) -> str | None:
+    """How `pieces` (destination layout (out, in) when they are the destination's) stack into
+    `fused`: ``"direct"`` along dim 0, ``"transposed"`` as an (in, out) matrix, ``"either"`` when
+    shapes cannot tell (square pieces), ``None`` when they do not fit."""
+    if len(fused.shape) == 1:
+        ok = all(len(p.shape) == 1 for p in pieces) and fused.shape[0] == sum(p.shape[0] for p in pieces)
+        return "direct" if ok else None
+    if len(fused.shape) != 2 or any(len(p.shape) != 2 for p in pieces):
+        return None
+    # stacked along dim 0 as they are, or one side stored as the other's transpose
+    rows, width = sum(p.shape[0] for p in pieces), pieces[0].shape[1]
+    direct = all(p.shape[1] == width for p in pieces) and fused.shape == (rows, width)
+    t_rows, t_width = sum(p.shape[1] for p in pieces), pieces[0].shape[0]
+    transposed = matrix and all(p.shape[0] == t_width for p in pieces) and fused.shape == (t_width, t_rows)
+    if direct and transposed:
+        return "either"
+    return "direct" if direct else "transposed" if transposed else None
+
+
+def group_layout(pairs: list[Pair]) -> str:
+    """How the source stores this group's matrices, from those whose shape shows it."""
+    votes = set()
+    for pair in pairs:
+        d, s = pair.dst[0], pair.src[0]
+        if not d.matrix:
+            continue
+        if len(pair.dst) > 1 or len(pair.src) > 1:
+            stacking = _pair_stacking(pair)
+            if stacking in ("direct", "transposed"):
+                votes.add(stacking)
+        elif d.shape[0] != d.shape[1]:
+            votes.add("transposed" if d.shape != s.shape else "direct")
+    return votes.pop() if len(votes) == 1 else ("mixed" if votes else "unknown")
+
+
+def transposed(pair: Pair, layout: str) -> tuple[bool, str | None]:
+    """Whether the pair's source is stored transposed, and the evidence (or why it is ambiguous)."""
+    d, s = pair.dst[0], pair.src[0]
+    if not d.matrix:
+        return False, None
+    if len(pair.dst) > 1 or len(pair.src) > 1:
+        stacking = _pair_stacking(pair)
+        if stacking == "either":
+            stacking = layout if layout in ("direct", "transposed") else None
+            if stacking is None:
+                return (
+                    False,
+                    "ambiguous: square parts, and no other matrix of the group shows whether they are stored transposed",
+                )
+            note = "square parts: stored like the other matrices of their group (sibling layout)"
+            return stacking == "transposed", note if stacking == "transposed" else None
+        return stacking == "transposed", ("stored transposed (in, out)" if stacking == "transposed" else None)
+    if d.shape[0] != d.shape[1]:
+        return (d.shape != s.shape), ("stored transposed (in, out)" if d.shape != s.shape else None)
+    if layout == "transposed":
+        return True, "square: transposed like the other matrices of its group (sibling layout)"
+    named = pair.evidence[0] == "name" or pair.evidence[0].startswith("hint")  # the same tensor, by name or pin
+    if layout == "direct" or (layout == "unknown" and named):
+        return False, None
+    why = "the other matrices of its group disagree" if layout == "mixed" else "no non-square matrix shows the layout"
+    return False, f"ambiguous: a square matrix, and {why}, so whether it is stored transposed cannot be seen"
+
+
+def _pair_stacking(pair: Pair) -> str | None:
+    if len(pair.src) == 1:  # one source tensor split into the destination's
+        return _stacking(pair.src[0], pair.dst, fused_is_source=True, matrix=True)
+    return _stacking(pair.dst[0], pair.src, fused_is_source=False, matrix=True)
+
+
+def _glob(pattern: str, leaf: Leaf) -> bool:
+    return fnmatch.fnmatchcase(leaf.path, pattern) or fnmatch.fnmatchcase(leaf.path.rpartition(".")[0], pattern)
+
+
+def _last(module: str) -> str:
+    return module.rpartition(".")[2]
