@@ -34,6 +34,7 @@ import sys
 import time
 from pathlib import Path
 
+from files import peak_rss_bytes, reset_peak, rss_bytes
 from targets import Targets
 
 HERE = Path(__file__).resolve().parent
@@ -42,22 +43,6 @@ SHAPES = {
     "large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
 }
 CASES = ("from_pretrained", "sl.load meta", "sl.load meta mmap", "sl.load real", "floor")
-
-
-def peak_and_base() -> tuple[int, int]:
-    hwm = rss = 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                hwm = int(line.split()[1]) * 1024
-            elif line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-    return hwm, rss
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
 
 
 def child(case: str, folder: str) -> None:
@@ -71,7 +56,7 @@ def child(case: str, folder: str) -> None:
     gpt2 = transformers.GPT2LMHeadModel  # a lazy import in transformers: done before the clock, as every import
     real = gpt2(config) if case == "sl.load real" else None  # built before the clock
     files = sorted(str(p) for p in Path(folder).glob("*.safetensors"))
-    _, base = peak_and_base()
+    base = rss_bytes()
     reset_peak()
     start = time.perf_counter()
     if case == "from_pretrained":
@@ -101,7 +86,7 @@ def child(case: str, folder: str) -> None:
             for p in model.parameters():
                 checksum += float(p.float().sum()) if p.dtype != torch.float32 else float(p.sum())
     end = time.perf_counter()
-    peak, _ = peak_and_base()
+    peak = peak_rss_bytes()
     load_seconds = end - (loading if case.startswith("sl.load") else start)  # without building the model
     result = {"seconds": end - start, "load_seconds": load_seconds, "added_rss": peak - base, "checksum": checksum}
     print(json.dumps(result))

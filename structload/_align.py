@@ -116,8 +116,8 @@ def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str],
 
 def _leaf(path: str, shape: tuple[int, ...]) -> Leaf:
     parts = path.split(".")
-    for i, part in enumerate(parts):
-        if (part.isdigit() and 0 < i < len(parts) - 1) or (i == 0 and part.isdigit() and len(parts) > 1):
+    for i, part in enumerate(parts[:-1]):  # the first number before the tensor's own name
+        if part.isdigit():
             return Leaf(path, shape, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
     return Leaf(path, shape, None, None, path)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, loads_its_own_way, materialized_dtype
+from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
 from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta
@@ -152,12 +152,11 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
     structload does not: each is a problem at its path (the outermost one, for nested ones), unless
     the load leaves it out or skips it."""
     problems: list[Problem] = []
-    for path, module, src in found.customised:
+    for path, module, src, reason in found.customised:
         if src is SKIP or selection.leaves_out_module(path, left_out):
             continue
         if any(path.startswith(f"{p.path}.") or not p.path for p in problems):
             continue
-        reason = loads_its_own_way(module)
         message = (
             f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. "
             f"Load it with {'model.' + path if path else 'the module'}.load_state_dict(...), or leave it out "

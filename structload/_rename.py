@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from ._report import Problem, ProblemKind
+from ._text import path_prefixes
 from .sources import iter_leaves
 from .sources.nesting import insert
 
@@ -64,14 +65,9 @@ class Renamer:
 def _closest(text: str, paths: list[str]) -> str:
     """``; did you mean 'encoder'?`` for the source name or path closest to a regex's literal text."""
     literal = re.sub(r"\\(.)", r"\1", text).strip("^$")
-    candidates = sorted({prefix for path in paths for prefix in _prefixes(path)})
+    candidates = sorted({prefix for path in paths for prefix in path_prefixes(path)})
     close = difflib.get_close_matches(literal.strip("."), candidates, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _prefixes(path: str) -> list[str]:
-    parts = path.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def compile_rename(rename) -> Callable[[str], str | None] | None:

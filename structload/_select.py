@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from ._dest import TENSOR_SLOTS, as_dest, dest_children, is_container
 from ._report import Problem, ProblemKind
+from ._text import path_prefixes
 
 
 class Globs:
@@ -139,7 +140,7 @@ class Selection:
         """
         if left_out is None:
             return True
-        prefixes = _prefixes(path)
+        prefixes = path_prefixes(path)
         if any(p in left_out.roots for p in prefixes):
             return False
         excluded = [p for p in prefixes if self.exclude is not None and self.exclude.match(p)]
@@ -152,7 +153,7 @@ class Selection:
         """Whether the load leaves the destination module at `path` out whole."""
         if left_out is None or not path:
             return False
-        prefixes = _prefixes(path)
+        prefixes = path_prefixes(path)
         if any(p in left_out.roots for p in prefixes):
             return True
         return self.include is not None and not any(self.include.match(p) for p in prefixes)
@@ -176,12 +177,6 @@ def did_you_mean(text: str, paths: list[str]) -> str:
     candidates = paths + [f"{p}.*" for p in paths]
     close = difflib.get_close_matches(text, candidates, n=1, cutoff=0.6)
     return f"; did you mean '{close[0]}'?" if close else ""
-
-
-def _prefixes(path: str) -> list[str]:
-    """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``."""
-    parts = path.split(".")
-    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _slot_paths(node, path: str) -> list[str]:

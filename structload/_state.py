@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ._dest import TENSOR_SLOTS, Slot, SlotKind, as_dest, is_container, state_tree
+from .sources.nesting import insert
 
 
 def state(model, *, trainable: bool = False):
@@ -41,12 +42,8 @@ def _own_state(module: torch.nn.Module, trainable: bool) -> dict:
     """A module that writes its state its own way (quantized, packed): its ``state_dict()``, nested."""
     tree: dict = {}
     for key, value in module.state_dict(keep_vars=True).items():
-        node = tree
-        *parents, name = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
         requires_grad = isinstance(value, torch.Tensor) and value.requires_grad
-        node[name] = None if trainable and not requires_grad else value
+        insert(tree, key, None if trainable and not requires_grad else value)
     return tree
 
 

@@ -32,6 +32,12 @@ def dtype_text(dtype: object) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+def path_prefixes(path: str) -> list[str]:
+    """``a``, ``a.b``, ``a.b.c`` for ``a.b.c``: the path and every module above it."""
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def display_path(path: str) -> str:
     """The path as users read it; the root of the tree has the empty path."""
     return path if path else "<root>"

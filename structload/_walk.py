@@ -84,8 +84,8 @@ class Walk:
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
-    #: modules that customise loading (`_dest.loads_its_own_way`), with what the source holds there
-    customised: list[tuple[str, Any, Any]] = field(default_factory=list)
+    #: modules that customise loading: (path, module, what the source holds there, why: `_dest.loads_its_own_way`)
+    customised: list[tuple[str, Any, Any, str]] = field(default_factory=list)
 
 
 def walk(dst, tree) -> Walk:
@@ -105,8 +105,10 @@ def walk(dst, tree) -> Walk:
 
 def _pair_container(found: Walk, node, src, path: str) -> None:
     child: Any
-    if isinstance(node, Module) and customises_loading(node) and loads_its_own_way(node):
-        found.customised.append((path, node, src))
+    if isinstance(node, Module) and customises_loading(node):
+        reason = loads_its_own_way(node)
+        if reason is not None:
+            found.customised.append((path, node, src, reason))
     kids = dest_children(node)
     if type(src) is not dict:  # no source subtree here: every slot below shares one marker
         _pair_all(found, kids, src if src is SKIP or isinstance(src, (Missing, Clash)) else Clash(path, src), path)

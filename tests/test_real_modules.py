@@ -360,6 +360,7 @@ def test_a_rename_key_that_matches_nothing_is_a_problem_and_none_drops_entries()
 
 def test_non_persistent_buffers_in_the_source_are_ignored_not_problems():
     import transformers
+
     config = transformers.BertConfig(
         vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
     )

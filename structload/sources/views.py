@@ -7,20 +7,15 @@ is computed from the whole tensor when read. Converters build on these.
 
 from __future__ import annotations
 
-from ._files import FileTensor, file_tensor
+from ._files import file_tensor
 from ._leaves import ComputedTensor, SourceTensor
-
-
-def _file(leaf: SourceTensor) -> FileTensor | None:
-    """The file tensor behind `leaf` (a shard's is opened), or ``None``."""
-    return file_tensor(leaf)
 
 
 def transpose(leaf: SourceTensor, a: int, b: int) -> SourceTensor:
     """`leaf` with dims `a` and `b` swapped."""
     shape = list(leaf.shape)
     shape[a], shape[b] = shape[b], shape[a]
-    file = _file(leaf)
+    file = file_tensor(leaf)
     if file is not None:
         stride = list(file.strides())
         stride[a], stride[b] = stride[b], stride[a]
@@ -32,7 +27,7 @@ def narrow(leaf: SourceTensor, dim: int, start: int, length: int) -> SourceTenso
     """Indices ``start .. start + length`` of `dim`."""
     shape = list(leaf.shape)
     shape[dim] = length
-    file = _file(leaf)
+    file = file_tensor(leaf)
     if file is not None:
         stride = file.strides()
         return file.view(shape, stride, start * stride[dim])
@@ -43,7 +38,7 @@ def select(leaf: SourceTensor, dim: int, index: int) -> SourceTensor:
     """Index `index` of `dim`, which disappears."""
     shape = list(leaf.shape)
     del shape[dim]
-    file = _file(leaf)
+    file = file_tensor(leaf)
     if file is not None:
         stride = list(file.strides())
         step = stride.pop(dim)
@@ -53,7 +48,7 @@ def select(leaf: SourceTensor, dim: int, index: int) -> SourceTensor:
 
 def reshape(leaf: SourceTensor, shape: tuple[int, ...]) -> SourceTensor:
     """The same elements in another shape (a view when the file tensor is contiguous)."""
-    file = _file(leaf)
+    file = file_tensor(leaf)
     if file is not None and file.stride is None:
         return file.view(shape, None)
     return ComputedTensor(shape, leaf.dtype, lambda: leaf.read().reshape(shape))
