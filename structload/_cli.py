@@ -30,6 +30,7 @@ from ._empty import init_empty_weights
 from ._inspect import diff, inspect
 from ._load import run_load
 from ._render_inspect import inspect_tree
+from .sources.tree import open_source
 from ._report import LoadError, SourceError
 from ._text import hint_syntax
 
@@ -50,11 +51,12 @@ def _print_json(data) -> None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    infos = inspect(args.src)
+    tree = open_source(args.src)
+    infos = inspect(tree)
     if args.json:
         _print_json({path: info.to_dict() for path, info in infos.items()})
     else:
-        _console().print(inspect_tree(infos, os.fspath(args.src), depth=args.depth))
+        _console().print(inspect_tree(infos, os.fspath(args.src), depth=args.depth, types=tree.types))
     return OK
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -18,7 +19,7 @@ from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
 from .sources import iter_leaves, to_source_tree
-from .sources.tree import open_source
+from .sources.tree import SourceTree, open_source
 
 
 def load(
@@ -227,6 +228,8 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
+    if isinstance(src, (str, os.PathLike, SourceTree)):
+        plan.pickled = open_source(src).types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan

@@ -16,7 +16,7 @@ the destination untouched (R6).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -55,6 +55,7 @@ class Plan:
     hints: list[str]
     dtype: torch.dtype | str | None = None  # what meta tensors are materialized in (`load(dtype=...)`)
     mapped: frozenset[str] = frozenset()  # paths `load(mmap=True)` makes views of the mapped file
+    pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
 
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order."""
@@ -74,6 +75,7 @@ class Plan:
             pending = next(unexpected, None)
         report.tied = [tuple(e.path for e in group) for group in self.groups]
         report.mapped = [e.path for e in self.entries if e.path in self.mapped] if self.mapped else []
+        report.pickled = dict(self.pickled)
         return report
 
 

@@ -14,7 +14,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from ._render_tree import node_at, numbered_run_end
-from ._report import LoadReport
+from ._report import LoadReport, pickled_text
 from ._text import display_path, plural
 
 STYLES = {
@@ -147,6 +147,8 @@ def report_tree(report: LoadReport):
         converters = dict.fromkeys(c.made_by.rsplit(" of ", 1)[0] for c in report.converted)
         text = f"converted: {plural(len(report.converted), 'tensor')}, by " + "; ".join(converters)
         parts.append(Text(text, style="cyan"))
+    if report.pickled:
+        parts.append(Text(f"source: {pickled_text(report.pickled)}", style="magenta"))
     parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]
     return Group(*parts)
 

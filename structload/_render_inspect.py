@@ -17,19 +17,23 @@ from ._text import dtype_text, human_bytes, human_count, plural, shape_text
 
 
 class _Totals:
-    __slots__ = ("children", "info", "nbytes", "params", "signature", "tensors")
+    __slots__ = ("children", "info", "nbytes", "params", "signature", "tensors", "type_name")
 
     def __init__(self):
         self.children: dict[str, _Totals] = {}
         self.info = None
+        self.type_name = ""  # the type of a pickled object that was not imported (a module of a whole model)
         self.tensors = self.params = self.nbytes = 0
         self.signature: tuple = ()
 
 
-def _totals(infos: dict) -> _Totals:
+def _totals(infos: dict, types: dict[str, str]) -> _Totals:
     root = _Totals()
     for path, info in infos.items():
         node_at(root, path, _Totals).info = info
+    for path, name in types.items():
+        node = root if not path else node_at(root, path, _Totals)
+        node.type_name = name
     _add_up(root)
     return root
 
@@ -43,11 +47,19 @@ def _add_up(node: _Totals) -> None:
         node.params += child.params
         node.nbytes += child.nbytes
     leaf = (tuple(node.info.shape), str(node.info.dtype)) if node.info is not None else None
-    node.signature = (leaf, tuple((name, c.signature) for name, c in node.children.items()))
+    node.signature = (leaf, node.type_name, tuple((name, c.signature) for name, c in node.children.items()))
 
 
 def _totals_text(node: _Totals) -> str:
     return f"{plural(node.tensors, 'tensor')}, {human_count(node.params)} params, {human_bytes(node.nbytes)}"
+
+
+def _branch_text(label: str, node: _Totals, each: str) -> Text:
+    text = Text(label, style="bold")
+    if node.type_name:
+        text.append(f"  {node.type_name}", style="magenta")
+    text.append(f"  ({_totals_text(node)}{each})", style="bold")
+    return text
 
 
 def _leaf_text(name: str, info) -> Text:
@@ -58,11 +70,15 @@ def _leaf_text(name: str, info) -> Text:
     return text
 
 
-def inspect_tree(infos: dict, title: str, depth: int | None = None) -> Tree:
+def inspect_tree(infos: dict, title: str, depth: int | None = None, types: dict[str, str] | None = None) -> Tree:
     """A checkpoint's tensors as a tree: shape, dtype and size per tensor, totals per subtree,
-    folded below `depth` and where numbered siblings are alike."""
-    root = _totals(infos)
-    tree = Tree(Text(f"{title}  ({_totals_text(root)})", style="bold"))
+    folded below `depth` and where numbered siblings are alike. `types` names the pickled
+    objects that were not imported (``SourceTree.types``); the note under the title says so."""
+    types = types or {}
+    root = _totals(infos, types)
+    tree = Tree(_branch_text(title, root, ""))
+    if types:
+        tree.add(Text("type names: objects of the pickle, read without importing or running their code", style="dim"))
     _inspect_children(tree, root, depth, 1)
     return tree
 
@@ -77,10 +93,8 @@ def _inspect_children(tree: Tree, node: _Totals, depth: int | None, level: int) 
         if child.info is not None and not child.children:
             tree.add(_leaf_text(label, child.info))
         elif depth is not None and level >= depth:
-            each = " each" if j > i + 1 else ""
-            tree.add(Text(f"{label}  ({_totals_text(child)}{each})", style="bold"))
+            tree.add(_branch_text(label, child, " each" if j > i + 1 else ""))
         else:
-            each = ", each alike" if j > i + 1 else ""
-            branch = tree.add(Text(f"{label}  ({_totals_text(child)}{each})", style="bold"))
+            branch = tree.add(_branch_text(label, child, ", each alike" if j > i + 1 else ""))
             _inspect_children(branch, child, depth, level + 1)
         i = j

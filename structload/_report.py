@@ -124,6 +124,9 @@ class LoadReport:
 
     `converted` lists the destination tensors made by ``convert=`` converters;
     `mapped` those that ``mmap=True`` made views of the mapped file (no copy).
+    `pickled` maps source paths to the type names of objects in a torch file's
+    pickle that were read without importing their code (a whole pickled model's
+    modules: ``{"": "models.yolo.DetectionModel", "model.0": ...}``).
     `applied` is ``False`` for a dry run and for a strict load that raised:
     the lists then describe what the load would have done.
 
@@ -148,6 +151,7 @@ class LoadReport:
     tied: list[tuple[str, ...]] = field(default_factory=list)
     converted: list[Converted] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
+    pickled: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
     applied: bool = True
@@ -203,6 +207,8 @@ class LoadReport:
 
     def __str__(self) -> str:
         lines = [self.summary()]
+        if self.pickled:
+            lines.append(f"  source: {pickled_text(self.pickled)}")
         lines += [f"  {problem}" for problem in self.problems]
         lines += [f"  hint: {hint}" for hint in self.hints]
         return "\n".join(lines)
@@ -211,6 +217,13 @@ class LoadReport:
         from ._render import report_tree
 
         return report_tree(self)
+
+
+def pickled_text(pickled: dict[str, str]) -> str:
+    """``a pickled models.Net (3 types), read without running its code``."""
+    kinds = len(set(pickled.values()))
+    what = f"a pickled {pickled['']}" if "" in pickled else f"pickled objects ({', '.join(list(pickled.values())[:3])})"
+    return f"{what} ({plural(kinds, 'type')}), read without importing or running its code"
 
 
 def _kind_counts(problems: list[Problem]) -> str:

@@ -20,7 +20,7 @@ import torch
 
 from .._report import SourceError
 from .._runtime import READERS, ReaderPool
-from ._leaves import SourceTensor
+from ._leaves import SourceTensor, iter_leaves
 
 #: Casting loads go through a buffer of at most this many bytes.
 CHUNK_BYTES = 16 << 20
@@ -47,6 +47,8 @@ class FileHandle:
         self.size = os.fstat(self.fd).st_size
         self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
         self._mapping: Any = None
+        #: Dotted path -> type name of the objects a torch file's pickle holds that were not imported.
+        self.pickled_types: dict[str, str] = {}
         weakref.finalize(self, os.close, self.fd)
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
@@ -114,6 +116,16 @@ def file_tensor(leaf: SourceTensor) -> FileTensor | None:
     """The file tensor a leaf reads, if it is one (a sharded checkpoint's opens its shard)."""
     base = leaf.resolve() if hasattr(leaf, "resolve") else leaf
     return base if isinstance(base, FileTensor) else None
+
+
+def file_handles(tree) -> list[FileHandle]:
+    """The distinct files the tensors of a source tree read from, in order of first use (the shards
+    of a sharded checkpoint that no read has opened yet are not among them)."""
+    handles: dict[int, FileHandle] = {}
+    for _, leaf in iter_leaves(tree):
+        if isinstance(leaf, FileTensor):
+            handles.setdefault(id(leaf.file), leaf.file)
+    return list(handles.values())
 
 
 def writable_bytes(tensor: torch.Tensor) -> memoryview:

@@ -84,12 +84,13 @@ def block(starts, sizes) -> tuple[slice, ...]:
 class MemoryTensor(SourceTensor):
     """A tensor already in memory (from a tensor, array, module or number)."""
 
-    __slots__ = ("tensor",)
+    __slots__ = ("number", "tensor")
 
-    def __init__(self, tensor: torch.Tensor, *, from_number: bool = False):
+    def __init__(self, tensor: torch.Tensor, *, number: int | float | None = None):
         self.tensor = tensor
         self.shape = tuple(tensor.shape)
-        self.dtype = None if from_number else tensor.dtype
+        self.dtype = None if number is not None else tensor.dtype
+        self.number = number  # a Python number of the source, which takes the destination's dtype
 
     def read(self) -> torch.Tensor:
         return self.tensor
@@ -178,6 +179,17 @@ class BadLeaf:
 
     def __repr__(self) -> str:
         return f"BadLeaf({self.reason!r})"
+
+
+class Value(BadLeaf):
+    """A value of the source that is not a tensor (a string, a pickled config object): it cannot be
+    loaded, and `structload.open` gives it back as it is."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value, reason: str):
+        super().__init__(reason)
+        self.value = value
 
 
 def iter_leaves(tree, path: str = ""):

@@ -10,8 +10,9 @@ from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-def
 
 from .._dest import EXTRA_STATE
 from .._pytree import children
-from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor
+from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value
 from .nesting import insert
+from .pickled import Pickled, is_module, module_state, numpy_value, pickled_type_name
 
 
 def leaf_from_value(value):
@@ -35,7 +36,7 @@ def leaf_from_value(value):
     if value is True:
         return BadLeaf("True is not a tensor (False marks an absent parameter)")
     if isinstance(value, (int, float)):
-        return MemoryTensor(torch.tensor(value), from_number=True)
+        return MemoryTensor(torch.tensor(value), number=value)
     return None
 
 
@@ -85,14 +86,33 @@ def tree_from_object(obj):
         return tensor_leaf(obj)
     if isinstance(obj, torch.nn.Module):
         return tree_from_module(obj)
+    if isinstance(obj, Pickled):
+        return _tree_from_pickled(obj)
     leaf = leaf_from_value(obj)
     if leaf is not None:
         return leaf
     items = children(obj)
     if items is None:
-        return BadLeaf(f"a value of type {type(obj).__name__} is not a tensor or a tree of tensors")
+        return Value(obj, f"a value of type {type(obj).__name__} is not a tensor or a tree of tensors")
+    return _tree_from_items(items)
+
+
+def _tree_from_items(items) -> dict:
     tree: dict = {}
     for name, child in items:
         value = ExtraState(child) if name.rsplit(".", 1)[-1] == EXTRA_STATE else tree_from_object(child)
         insert(tree, name, value)
     return tree
+
+
+def _tree_from_pickled(obj: Pickled):
+    """What a placeholder of a torch file's pickle loads as: a pickled module's state tree, a numpy
+    value, a pickled mapping's items; any other object is a read-only `Value`."""
+    if is_module(obj):
+        return {name: ABSENT if child is None else tree_from_object(child) for name, child in module_state(obj)}
+    array = numpy_value(obj)
+    if array is not None:
+        return leaf_from_value(array.item() if array.ndim == 0 and array.dtype.kind != "c" else array)
+    if obj.items and obj._state is None:
+        return _tree_from_items((str(k), v) for k, v in obj.items.items())
+    return Value(obj, f"an object the pickle builds with {pickled_type_name(obj)} (not imported, not run), not a tensor")

@@ -1,16 +1,24 @@
-"""PyTorch files written by ``torch.save`` (zip format: ``.pt``, ``.pth``, ``.bin``).
+"""PyTorch files written by ``torch.save`` (zip format: ``.pt``, ``.pth``, ``.bin``, ``.ckpt``).
 
-structload reads these itself rather than through ``torch.load``:
+structload reads these itself rather than through ``torch.load``, and runs no
+code from the pickle, ever:
 
-- the pickle (``<archive>/data.pkl``) is unpickled with a strict allow-list,
-  as ``weights_only=True`` does: containers, numbers, strings, dtypes,
-  devices, and tensors rebuilt by ``torch._utils``; any other global (a
-  class, ``os.system``, ...) is refused with a `SourceError` and never runs;
+- the pickle (``<archive>/data.pkl``) is unpickled with an allow-list:
+  containers, numbers, strings, dtypes, devices, and tensors rebuilt by
+  ``torch._utils``. Any other global (a class of the training code,
+  ``argparse.Namespace``, ``os.system``, ...) becomes an inert placeholder
+  (`structload.sources.pickled`) that only records what the pickle does with
+  it: nothing it names is imported or called, and no attribute of a real
+  object is set from pickled data. Every object the pickle can reach is a
+  plain value, a placeholder, or one of this module's stand-ins, whose
+  ``__setstate__`` refuses (see `_Sealed`);
 - tensors become lazy `FileTensor` leaves pointing at their storage record
   inside the zip, so nothing but the pickle is read at open, and each tensor
   later goes straight from the file into the destination. ``torch.load(...,
   mmap=True)`` would be as lazy, but reading through a memory map adds every
-  page read to the process's resident memory, a second copy of the weights.
+  page read to the process's resident memory, a second copy of the weights;
+- a whole pickled ``nn.Module`` becomes its state tree, numpy scalars and
+  arrays their values, and other placeholders read-only values.
 
 Legacy (pre-1.6, non-zip) files are refused with instructions to convert them.
 """
@@ -30,6 +38,7 @@ import torch
 from .._report import SourceError
 from ._files import FileHandle, FileTensor
 from .memory import tree_from_object
+from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
 
 _LEGACY_STORAGES = {
     "DoubleStorage": torch.float64,
@@ -54,22 +63,63 @@ _SAFE_BUILTINS = {"set", "frozenset", "slice", "complex", "tuple", "list", "dict
 MAX_PICKLE_BYTES = 512 << 20
 
 
-class _StorageType:
+class _Refused(Exception):
+    pass
+
+
+class _Sealed:
+    """Stand-ins the pickle can reach: ``BUILD`` on them is refused, so pickled data never sets
+    their attributes (without this, ``BUILD``'s slot state would ``setattr`` them)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        raise _Refused(f"the pickle tries to set attributes of {type(self).__name__.lstrip('_')}")
+
+
+class _StorageType(_Sealed):
     """What a ``torch.FloatStorage``-like global stands for: a dtype."""
+
+    __slots__ = ("dtype",)
 
     def __init__(self, dtype: torch.dtype):
         self.dtype = dtype
 
 
-class _Storage:
+class _Storage(_Sealed):
     """A storage record of the archive: where its bytes start, how many, of which dtype."""
+
+    __slots__ = ("dtype", "key", "nbytes", "offset")
 
     def __init__(self, offset: int, nbytes: int, dtype: torch.dtype, key: str):
         self.offset, self.nbytes, self.dtype, self.key = offset, nbytes, dtype, key
 
 
-class _Refused(Exception):
-    pass
+class _Allowed(_Sealed):
+    """An allowed callable as the pickle sees it: callable, and nothing else (no attributes to set)."""
+
+    __slots__ = ("function",)
+
+    def __init__(self, function):
+        self.function = function
+
+    def __call__(self, *args):
+        return self.function(*args)
+
+
+class _UnpickledTensor(FileTensor):
+    """A file tensor the pickle built: its offset and shape are checked, and sealed against ``BUILD``."""
+
+    __slots__ = ()
+    __setstate__ = _Sealed.__setstate__
+
+
+class _OrderedDict(collections.OrderedDict):
+    """``collections.OrderedDict`` as the pickle builds it: ``BUILD`` state (torch's ``_metadata``)
+    is dropped instead of becoming attributes."""
+
+    def __setstate__(self, state) -> None:
+        pass
 
 
 def open_torch_file(path: str) -> dict:
@@ -84,7 +134,9 @@ def open_torch_file(path: str) -> dict:
     data = _read_pickle(path, archive, pickle_name)
     unpickler = _WeightsUnpickler(file, archive, prefix)
     try:
-        return tree_from_object(unpickler.load_from(data))
+        unpickled = unpickler.load_from(data)
+        file.pickled_types = types_in(unpickled) if unpickler.placeholders else {}
+        return tree_from_object(unpickled)
     except _Refused as refused:
         raise SourceError(f"{path}: {refused}") from None
     except SourceError:
@@ -153,11 +205,12 @@ def _record_data_offset(file: FileHandle, info: zipfile.ZipInfo) -> int:
 
 
 class _WeightsUnpickler(pickle.Unpickler):
-    """Unpickles ``data.pkl`` allowing only data, never code."""
+    """Unpickles ``data.pkl`` running no code: allowed globals are data, all others placeholders."""
 
     def __init__(self, file: FileHandle, archive: zipfile.ZipFile, prefix: str):
         self.file, self.archive, self.prefix = file, archive, prefix
         self.storages: dict[str, _Storage] = {}
+        self.placeholders: dict[tuple[str, str], PickledType] = {}
 
     def load_from(self, data: bytes):
         super().__init__(io.BytesIO(data))
@@ -165,12 +218,14 @@ class _WeightsUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):
         allowed = _allowed_global(module, name, self)
-        if allowed is None:
-            raise _Refused(
-                f"the pickle needs '{module}.{name}', which is not allowed: loading it could run code "
-                "(structload reads tensors, containers, numbers and strings only, like weights_only=True)"
-            )
-        return allowed
+        if allowed is not None:
+            return allowed
+        key = (str(module), str(name))
+        if key not in self.placeholders:
+            if len(self.placeholders) >= MAX_PLACEHOLDER_TYPES:
+                raise _Refused(f"the pickle names over {MAX_PLACEHOLDER_TYPES} distinct classes and functions")
+            self.placeholders[key] = placeholder_type(*key)
+        return self.placeholders[key]
 
     def persistent_load(self, pid):
         if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"):
@@ -218,6 +273,13 @@ class _WeightsUnpickler(pickle.Unpickler):
             raise _Refused("a parameter wraps something that is not a tensor")
         return data
 
+    def rebuild_from_type(self, function, new_type, args, state):
+        """``torch._tensor._rebuild_from_type_v2``: a tensor subclass; its values are ``function(*args)``
+        when that is an allowed rebuild, its Python type and state are not kept."""
+        if not isinstance(function, _Allowed) or not isinstance(args, tuple):
+            raise _Refused("a tensor subclass is rebuilt by a function that is not allowed")
+        return function(*args)
+
     def lazy_tensor(self, storage: _Storage, storage_offset, size, stride, dtype: torch.dtype) -> FileTensor:
         if not isinstance(storage, _Storage) or not isinstance(storage_offset, int):
             raise _Refused("a tensor refers to an invalid storage")
@@ -230,34 +292,39 @@ class _WeightsUnpickler(pickle.Unpickler):
             raise SourceError(
                 f"{self.file.path}: a tensor of shape {size} reaches past the end of its storage record '{storage.key}'"
             )
-        return FileTensor(self.file, storage.offset + start, size, dtype, stride)
+        return _UnpickledTensor(self.file, storage.offset + start, size, dtype, stride)
 
 
 def _allowed_global(module: str, name: str, unpickler: _WeightsUnpickler):
-    """The object a pickle global may resolve to, or ``None`` when it is not allowed."""
+    """What an allowed pickle global resolves to, or ``None``. Exact names only: a protocol-4
+    dotted name (``OrderedDict.__init__``) is not an attribute walk, just another unknown name."""
     if module == "collections" and name == "OrderedDict":
-        return collections.OrderedDict
+        return _Allowed(_OrderedDict)
     if module == "builtins" and name in _SAFE_BUILTINS:
-        return getattr(builtins, name)
+        return _Allowed(getattr(builtins, name))
     if module == "_codecs" and name == "encode":
-        return _latin1_encode
+        return _Allowed(_latin1_encode)
     if module in ("torch", "torch.storage") and name in _LEGACY_STORAGES:
         return _StorageType(_LEGACY_STORAGES[name])
-    if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-        return getattr(torch, name)
+    if module == "torch" and name in _DTYPES:
+        return _DTYPES[name]  # torch.dtype objects: immutable, not callable
     if module == "torch" and name in ("device", "Size"):
-        return getattr(torch, name)
-    if module == "torch._utils" and name in _TORCH_REBUILDERS:
-        return getattr(unpickler, _TORCH_REBUILDERS[name])
+        return _Allowed(getattr(torch, name))
+    if (module, name) in _TORCH_REBUILDERS:
+        return _Allowed(getattr(unpickler, _TORCH_REBUILDERS[module, name]))
     return None
 
 
-#: ``torch._utils`` functions a pickle may call, and the unpickler method standing in for each.
+#: ``torch.float32`` and the rest, by name (read from the module's dict: no lazy submodule import).
+_DTYPES = {name: value for name, value in vars(torch).items() if isinstance(value, torch.dtype)}
+
+#: torch functions a pickle may call, and the unpickler method standing in for each.
 _TORCH_REBUILDERS = {
-    "_rebuild_tensor_v2": "rebuild_tensor_v2",
-    "_rebuild_tensor_v3": "rebuild_tensor_v3",
-    "_rebuild_parameter": "rebuild_parameter",
-    "_rebuild_parameter_with_state": "rebuild_parameter",
+    ("torch._utils", "_rebuild_tensor_v2"): "rebuild_tensor_v2",
+    ("torch._utils", "_rebuild_tensor_v3"): "rebuild_tensor_v3",
+    ("torch._utils", "_rebuild_parameter"): "rebuild_parameter",
+    ("torch._utils", "_rebuild_parameter_with_state"): "rebuild_parameter",
+    ("torch._tensor", "_rebuild_from_type_v2"): "rebuild_from_type",
 }
 
 

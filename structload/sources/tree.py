@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
-from ._leaves import ABSENT, SKIP, ExtraState, SourceTensor, iter_leaves
+from ._files import file_handles
+from .._report import SourceError
+from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value, iter_leaves
 
 
 class SourceTree(Mapping):
@@ -14,7 +16,9 @@ class SourceTree(Mapping):
     ``tree["model"]["encoder"]`` and ``tree["model.encoder"]`` give the same
     subtree; a tensor comes back as a lazy leaf with ``shape``, ``dtype``,
     ``nbytes`` and ``read()``. Nothing but metadata is read until a load (or
-    ``read()``) needs the data.
+    ``read()``) needs the data. Other values come back as they are, read-only:
+    numbers and strings, and objects of a torch file's pickle that structload
+    did not import as `structload.Pickled` (``tree["hyper_parameters"].lr``).
     """
 
     def __init__(self, node: dict, origin: str = "", path: str = ""):
@@ -35,8 +39,10 @@ class SourceTree(Mapping):
             return None
         if node is ABSENT:
             return False
-        if isinstance(node, ExtraState):
+        if isinstance(node, (ExtraState, Value)):
             return node.value
+        if isinstance(node, MemoryTensor) and node.number is not None:
+            return node.number
         return node
 
     def _no_such(self, key, node) -> str:
@@ -49,6 +55,25 @@ class SourceTree(Mapping):
 
     def __len__(self) -> int:
         return len(self.node)
+
+    @property
+    def types(self) -> dict[str, str]:
+        """Dotted path (below this subtree) -> type name of each object of a torch file's pickle
+        that was not imported: a whole pickled model's modules, a config object.
+
+        >>> import torch, structload as sl
+        >>> sl.open({"w": torch.zeros(1)}).types
+        {}
+        """
+        found: dict[str, str] = {}
+        for handle in file_handles(self.node):
+            found.update(handle.pickled_types)
+        if not self.path:
+            return found
+        prefix = self.path + "."
+        return {p[len(prefix) :]: t for p, t in found.items() if p.startswith(prefix)} | (
+            {"": found[self.path]} if self.path in found else {}
+        )
 
     def tensors(self) -> dict[str, SourceTensor]:
         """Every tensor below, by dotted path relative to this subtree."""
@@ -79,6 +104,9 @@ def open_source(src) -> SourceTree:
         return src
     origin = os.fspath(src) if isinstance(src, (str, os.PathLike)) else ""
     node = to_source_tree(src)
+    if type(node) is not dict and origin:
+        what = node.reason if isinstance(node, BadLeaf) else "a single tensor"
+        raise SourceError(f"{origin}: holds {what}, not a tree of tensors", path="")
     if type(node) is not dict:
         raise TypeError(f"structload.open: a {type(src).__name__} is a single value, not a tree")
     return SourceTree(node, origin)
