@@ -14,6 +14,7 @@ from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from .sources.pickled import Pickled
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
 
@@ -27,6 +28,7 @@ __all__ = [
     "LoadReport",
     "Match",
     "Mismatch",
+    "Pickled",
     "Problem",
     "SourceError",
     "SourceTree",

@@ -30,9 +30,9 @@ from ._empty import init_empty_weights
 from ._inspect import diff, inspect
 from ._load import run_load
 from ._render_inspect import inspect_tree
-from .sources.tree import open_source
 from ._report import LoadError, SourceError
 from ._text import hint_syntax
+from .sources.tree import open_source
 
 OK, PROBLEMS, USAGE = 0, 1, 2
 

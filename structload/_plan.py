@@ -28,7 +28,7 @@ from ._select import LeftOut, Selection
 from ._text import option_text
 from ._ties import settle_ties
 from ._walk import Pair, Unpaired, Walk, walk
-from .sources import SKIP, MemoryTensor, iter_leaves
+from .sources import SKIP, BadLeaf, MemoryTensor, iter_leaves
 from .sources._files import file_tensor
 from .sources._leaves import ConvertedTensor
 
@@ -207,5 +207,7 @@ def unexpected_sources(
             if counts_as_unexpected(leaf) and selection.accepts_source(p, left_out)
         ]
         if leaf_paths:
-            records.append(Unexpected(record.path, leaf_paths, positions[record.position], record.beside))
+            leaf = record.subtree
+            what = leaf.reason if isinstance(leaf, BadLeaf) else ""
+            records.append(Unexpected(record.path, leaf_paths, positions[record.position], record.beside, what))
     return records

@@ -235,7 +235,7 @@ def _suggest_by_path(entries: list[Entry], unexpected: list[Unexpected], found: 
 def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Problem:
     if len(record.leaf_paths) == 1:
         path = record.leaf_paths[0]
-        message = "unexpected in source"
+        message = f"unexpected in source ({record.what})" if record.what else "unexpected in source"
         if suggestion:
             src, dst = suggestion
             return Problem(ProblemKind.UNEXPECTED, path, f"{message}; did you mean '{dst}{path[len(src) :]}'?")

@@ -123,6 +123,7 @@ class Unexpected:
     leaf_paths: list[str]
     position: int
     beside: tuple[str, ...] = ()
+    what: str = ""  # for a single value that is no tensor: what it is (a pickled object, a string)
 
 
 def source_kind(leaf) -> SourceKind:

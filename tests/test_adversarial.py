@@ -3,6 +3,7 @@ bounded, and the destination is left exactly as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import pickle
@@ -77,57 +78,244 @@ class Payload:
         return self.function, self.args
 
 
+# Pickles written opcode by opcode (see pickletools), as an attacker would.
+PROTO2, PROTO4, STOP = b"\x80\x02", b"\x80\x04", b"."
+MARK, TUPLE, TUPLE1, TUPLE2, EMPTY_TUPLE = b"(", b"t", b"\x85", b"\x86", b")"
+REDUCE, BUILD, NEWOBJ, STACK_GLOBAL, EMPTY_DICT, SETITEM = b"R", b"b", b"\x81", b"\x93", b"}", b"s"
+NONE, BINPERSID, OBJ = b"N", b"Q", b"o"
+
+
+def text(value: str) -> bytes:
+    raw = value.encode()
+    return b"X" + len(raw).to_bytes(4, "little") + raw
+
+
+def glob(module: str, name: str) -> bytes:
+    return b"c" + f"{module}\n{name}\n".encode()
+
+
+def inst(module: str, name: str) -> bytes:
+    return b"i" + f"{module}\n{name}\n".encode()
+
+
 def global_call(module: str, name: str, argument: str) -> bytes:
-    """A protocol-2 pickle calling module.name(argument), written opcode by opcode."""
-    arg = argument.encode()
-    return b"\x80\x02c" + f"{module}\n{name}\n".encode() + b"X" + len(arg).to_bytes(4, "little") + arg + b"\x85R."
+    """A protocol-2 pickle calling module.name(argument)."""
+    return PROTO2 + glob(module, name) + text(argument) + TUPLE1 + REDUCE + STOP
 
 
-@pytest.mark.parametrize(
-    ("module", "name"),
-    [
-        ("os", "system"),
-        ("posix", "system"),
-        ("builtins", "eval"),
-        ("builtins", "exec"),
-        ("builtins", "getattr"),
-        ("builtins", "open"),
-        ("subprocess", "getoutput"),
-        ("torch", "load"),
-        ("torch.storage", "_load_from_bytes"),
-        ("torch._utils", "_rebuild_tensor"),
-        ("__builtin__", "eval"),
-    ],
-)
-def test_pickles_needing_any_other_global_are_refused_and_run_nothing(tmp_path, module, name):
-    marker = tmp_path / "ran"
-    if name in ("system", "getoutput"):
-        argument = f"touch {marker}"
-    else:
-        argument = f"open({str(marker)!r}, 'w').close()"
-    path = torch_zip(tmp_path / "evil.pt", global_call(module, name, argument))
-    error = expect_source_error(path, dst={"w": torch.zeros(1)})
-    assert f"'{module}.{name}'" in str(error) and "not allowed" in str(error)
+def shell(marker) -> str:
+    return f"touch {marker}"
+
+
+def python(marker) -> str:
+    return f"open({str(marker)!r}, 'w').close()"
+
+
+DANGEROUS = [
+    ("os", "system"),
+    ("posix", "system"),
+    ("builtins", "eval"),
+    ("builtins", "exec"),
+    ("builtins", "getattr"),
+    ("builtins", "open"),
+    ("subprocess", "getoutput"),
+    ("torch", "load"),
+    ("torch.storage", "_load_from_bytes"),
+    ("torch._utils", "_rebuild_tensor"),
+    ("__builtin__", "eval"),
+]
+
+
+def python3_name(module: str, name: str) -> str:
+    return f"{'builtins' if module == '__builtin__' else module}.{name}"
+
+
+def payload_for(name: str, marker) -> str:
+    return shell(marker) if name in ("system", "getoutput") else python(marker)
+
+
+def expect_inert(path, marker, *names: str) -> sl.LoadError:
+    """Loading `path` into a small model raises a structload error naming `names`, runs nothing,
+    and leaves the model as it was; opening it never runs anything either."""
+    dst = {"w": torch.zeros(1)}
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(dst, str(path))
+    assert torch.equal(dst["w"], torch.zeros(1))
+    for name in names:
+        assert name in str(info.value)
+    with contextlib.suppress(sl.LoadError, TypeError):
+        sl.inspect(str(path))
+        sl.open(str(path))
     assert not marker.exists()
+    return info.value
+
+
+@pytest.mark.parametrize(("module", "name"), DANGEROUS)
+def test_any_other_global_becomes_an_inert_placeholder(tmp_path, module, name):
+    marker = tmp_path / "ran"
+    path = torch_zip(tmp_path / "evil.pt", global_call(module, name, payload_for(name, marker)))
+    error = expect_inert(path, marker, python3_name(module, name), "not imported or run")
+    assert str(path) in str(error) and "\n" not in str(error)  # a pickle that is a single value: SourceError
     assert pickle.loads(global_call("builtins", "len", "four")) == 4  # the crafted form is a real call
+
+
+@pytest.mark.parametrize(("module", "name"), DANGEROUS)
+def test_placeholders_inside_a_checkpoint_are_values_that_never_run(tmp_path, module, name, state):
+    marker = tmp_path / "ran"
+    call = glob(module, name) + text(payload_for(name, marker)) + TUPLE1 + REDUCE
+    data = PROTO2 + EMPTY_DICT + text("hook") + call + SETITEM + STOP
+    path = torch_zip(tmp_path / "evil.pt", data)
+    hook = sl.open(path)["hook"]
+    assert isinstance(hook, sl.Pickled) and hook.type_name == python3_name(module, name)
+    assert hook.args == (payload_for(name, marker),)
+    expect_inert(path, marker, "hook: unexpected in source", python3_name(module, name))
 
 
 def test_reduce_payload_inside_a_real_checkpoint_never_runs(tmp_path, state):
     marker = tmp_path / "ran"
     import os
 
-    torch.save({"model": state, "hook": Payload(os.system, f"touch {marker}")}, tmp_path / "evil.pt")
-    expect_source_error(tmp_path / "evil.pt")
-    with pytest.raises(sl.SourceError):
-        sl.open(str(tmp_path / "evil.pt"))
+    torch.save({"model": state, "hook": Payload(os.system, shell(marker))}, tmp_path / "evil.pt")
+    tree = sl.open(str(tmp_path / "evil.pt"))
+    model = randomized(Net(n=2), 9)
+    sl.load(model, tree["model"])
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    assert tree["hook"].type_name in ("posix.system", "nt.system")
     assert not marker.exists()
 
 
-def test_bytearray_allocation_bomb_is_refused(tmp_path):
-    data = b"\x80\x02cbuiltins\nbytearray\nJ\x00\x00\x00\x7f\x85R."  # bytearray(2**31 - ...)
+def test_bytearray_allocation_bomb_allocates_nothing(tmp_path):
+    data = PROTO2 + glob("builtins", "bytearray") + b"J\x00\x00\x00\x7f" + TUPLE1 + REDUCE + STOP
     path = torch_zip(tmp_path / "alloc.pt", data)
-    error = expect_source_error(path, dst={})
-    assert "'builtins.bytearray'" in str(error)
+    with pytest.raises(sl.LoadError, match="builtins.bytearray"):
+        sl.load({}, path)
+    tree, peak = peak_traced(
+        lambda: sl.open(
+            torch_zip(tmp_path / "inside.pt", data.replace(b"\x80\x02", b"\x80\x02}X\x01\x00\x00\x00x")[:-1] + b"s.")
+        )
+    )
+    assert tree["x"].args == (0x7F000000,) and peak < 50 << 20
+
+
+def test_build_never_sets_attributes_of_a_real_object(tmp_path):
+    marker = tmp_path / "ran"
+    evil = glob("os", "system") + text(shell(marker)) + TUPLE1 + REDUCE
+    # BUILD on an OrderedDict (torch's own `_metadata` form), with a slot state as well
+    ordered = glob("collections", "OrderedDict") + EMPTY_TUPLE + REDUCE
+    path = torch_zip(tmp_path / "ordered.pt", PROTO2 + ordered + EMPTY_DICT + text("x") + evil + SETITEM + BUILD + STOP)
+    tree = sl.open(path)
+    assert list(tree) == [] and not marker.exists()
+    path = torch_zip(
+        tmp_path / "slots.pt",
+        PROTO2 + ordered + NONE + EMPTY_DICT + text("__class__") + evil + SETITEM + TUPLE2 + BUILD + STOP,
+    )
+    assert type(sl.open(path)) is sl.SourceTree and not marker.exists()
+    # BUILD on an allowed function, a storage type, and a tensor the pickle rebuilt
+    for target in (glob("builtins", "list"), glob("torch", "FloatStorage"), glob("_codecs", "encode")):
+        data = PROTO2 + target + EMPTY_DICT + text("__call__") + evil + SETITEM + BUILD + STOP
+        with pytest.raises(sl.SourceError, match="tries to set attributes"):
+            sl.open(torch_zip(tmp_path / "build.pt", data))
+    assert not marker.exists()
+
+
+def test_build_on_a_rebuilt_tensor_cannot_move_its_offset(tmp_path):
+    data = (
+        tensor_pickle(2, (2,))[:-2] + NONE + EMPTY_DICT + text("offset") + b"K\x00" + SETITEM + TUPLE2 + BUILD + b"s."
+    )
+    # tensor_pickle ends with SETITEM STOP: the BUILD goes between the tensor and the SETITEM
+    with pytest.raises(sl.SourceError, match="tries to set attributes of UnpickledTensor"):
+        sl.open(torch_zip(tmp_path / "moved.pt", data, {"0": b"\0" * 8}))
+
+
+def test_nested_reduce_copyreg_inst_and_obj_run_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    inner = glob("os", "system") + text(shell(marker)) + TUPLE1 + REDUCE
+    cases = {
+        "nested": glob("os", "system") + inner + TUPLE1 + REDUCE,
+        "copyreg": glob("copyreg", "_reconstructor")
+        + MARK
+        + glob("os", "system")
+        + glob("builtins", "object")
+        + text(shell(marker))
+        + TUPLE
+        + REDUCE,
+        "inst": MARK + text(shell(marker)) + inst("os", "system"),
+        "obj": MARK + glob("os", "system") + text(shell(marker)) + OBJ,
+        "newobj": glob("subprocess", "Popen") + text(shell(marker)) + TUPLE1 + NEWOBJ,
+        "called_later": inner + text(shell(marker)) + TUPLE1 + REDUCE,  # a placeholder the pickle calls
+        "setstate": glob("argparse", "Namespace")
+        + EMPTY_TUPLE
+        + NEWOBJ
+        + EMPTY_DICT
+        + text("x")
+        + inner
+        + SETITEM
+        + BUILD,
+    }
+    for name, body in cases.items():
+        data = PROTO2 + EMPTY_DICT + text(name) + body + SETITEM + STOP
+        value = sl.open(torch_zip(tmp_path / f"{name}.pt", data))[name]
+        assert isinstance(value, sl.Pickled), name
+        assert not marker.exists(), name
+    assert "os.system" in repr(sl.open(str(tmp_path / "setstate.pt"))["setstate"].x)
+
+
+def test_protocol_4_dotted_names_are_not_attribute_walks(tmp_path):
+    marker = tmp_path / "ran"
+    for module, dotted in [
+        ("collections", "OrderedDict.__init__.__globals__"),
+        ("builtins", "dict.__class__.__subclasses__"),
+        ("torch", "device.__init__"),
+        ("torch._utils", "_rebuild_tensor_v2.__globals__"),
+        ("builtins", "getattr"),
+    ]:
+        found = text(module) + text(dotted) + STACK_GLOBAL
+        data = PROTO4 + EMPTY_DICT + text("x") + found + text(shell(marker)) + TUPLE1 + REDUCE + SETITEM + STOP
+        value = sl.open(torch_zip(tmp_path / "dotted.pt", data))["x"]
+        assert value.type_name == f"{module}.{dotted}"
+    assert not marker.exists()
+
+
+def test_extension_codes_resolve_to_placeholders(tmp_path):
+    import copyreg
+
+    marker = tmp_path / "ran"
+    copyreg.add_extension("os", "system", 0xF0)
+    try:
+        data = PROTO2 + EMPTY_DICT + text("x") + b"\x82\xf0" + text(shell(marker)) + TUPLE1 + REDUCE + SETITEM + STOP
+        assert sl.open(torch_zip(tmp_path / "ext.pt", data))["x"].type_name == "os.system"
+    finally:
+        copyreg.remove_extension("os", "system", 0xF0)
+    assert not marker.exists()
+
+
+def test_persistent_ids_outside_the_archive_and_placeholder_storage_types(tmp_path):
+    def with_pid(storage_type: bytes, key: str) -> bytes:
+        pid = MARK + text("storage") + storage_type + text(key) + text("cpu") + b"K\x02" + TUPLE + BINPERSID
+        return PROTO2 + EMPTY_DICT + text("w") + pid + SETITEM + STOP
+
+    outside = torch_zip(tmp_path / "outside.pt", with_pid(glob("torch", "FloatStorage"), "../../../etc/passwd"))
+    with pytest.raises(sl.SourceError, match="storage record 'archive/data/../../../etc/passwd' is missing"):
+        sl.open(outside)
+    placeholder = torch_zip(tmp_path / "placeholder.pt", with_pid(glob("evil", "Storage"), "0"), {"0": b"\0" * 8})
+    with pytest.raises(sl.SourceError, match="invalid storage reference"):
+        sl.open(placeholder)
+    not_a_tuple = PROTO2 + EMPTY_DICT + text("w") + text("storage") + BINPERSID + SETITEM + STOP
+    with pytest.raises(sl.SourceError, match="unknown persistent id"):
+        sl.open(torch_zip(tmp_path / "pid.pt", not_a_tuple))
+
+
+def test_newobj_on_an_allowed_function_is_refused(tmp_path):
+    data = PROTO2 + glob("builtins", "list") + EMPTY_TUPLE + NEWOBJ + STOP
+    with pytest.raises(sl.SourceError, match="corrupt"):
+        sl.open(torch_zip(tmp_path / "newobj.pt", data))
+
+
+def test_placeholder_types_are_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch_file, "MAX_PLACEHOLDER_TYPES", 3)
+    body = b"".join(glob("m", f"C{i}") + b"0" for i in range(4))  # GLOBAL then POP, four names
+    with pytest.raises(sl.SourceError, match="over 3 distinct classes"):
+        sl.open(torch_zip(tmp_path / "many.pt", PROTO2 + body + EMPTY_DICT + STOP))
 
 
 class StorageRef:

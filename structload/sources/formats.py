@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import zipfile
 
 from .._report import SourceError
 from .dcp import is_dcp_directory, open_dcp
+from .npz_file import open_npz
 from .safetensors_file import open_safetensors
 from .sharded import find_in_directory, open_index
 from .torch_file import open_torch_file
@@ -27,6 +29,8 @@ def open_file(path: str) -> dict:
         return open_safetensors(path)
     if path.endswith(TORCH_SUFFIXES):
         return open_torch_file(path)
+    if path.endswith(".npz"):
+        return open_npz(path)
     return _open_by_content(path)
 
 
@@ -37,10 +41,20 @@ def _open_by_content(path: str) -> dict:
     except OSError as error:
         raise SourceError(f"{path}: cannot read ({error.strerror})") from None
     if head.startswith(b"PK\x03\x04"):
-        return open_torch_file(path)
+        return open_npz(path) if _holds_npy_arrays(path) else open_torch_file(path)
     if len(head) == 9 and head[8:9] == b"{":
         return open_safetensors(path)
     raise SourceError(
         f"{path}: unknown checkpoint format (expected .safetensors, a torch.save file "
-        f"({', '.join(TORCH_SUFFIXES)}), a *.index.json or a directory holding one)"
+        f"({', '.join(TORCH_SUFFIXES)}), a numpy .npz file, a *.index.json or a directory holding one)"
     )
+
+
+def _holds_npy_arrays(path: str) -> bool:
+    """Whether a zip file is an ``.npz`` (``.npy`` records, no torch ``data.pkl``)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except Exception:  # the torch reader says what is wrong with the archive
+        return False
+    return any(n.endswith(".npy") for n in names) and not any(n.endswith("data.pkl") for n in names)

@@ -115,4 +115,6 @@ def _tree_from_pickled(obj: Pickled):
         return leaf_from_value(array.item() if array.ndim == 0 and array.dtype.kind != "c" else array)
     if obj.items and obj._state is None:
         return _tree_from_items((str(k), v) for k, v in obj.items.items())
-    return Value(obj, f"an object the pickle builds with {pickled_type_name(obj)} (not imported, not run), not a tensor")
+    return Value(
+        obj, f"what the pickle makes with {pickled_type_name(obj)}, which was not imported or run; not a tensor"
+    )

@@ -44,7 +44,7 @@ class PickledType(type):
     type_name: str
 
     def __call__(cls, *args, **kwargs):
-        return cls.__new__(cls, *args, **kwargs)
+        return cls.__new__(cls, *args, **kwargs)  # type: ignore[arg-type]  # Pickled.__new__, which only records
 
     def __setattr__(cls, name, value):
         raise AttributeError(f"the placeholder for {cls.type_name} is read-only")

@@ -25,18 +25,20 @@ Legacy (pre-1.6, non-zip) files are refused with instructions to convert them.
 
 from __future__ import annotations
 
+import _compat_pickle
 import builtins
 import collections
 import io
 import math
 import pickle
-import struct
 import zipfile
 
 import torch
 
 from .._report import SourceError
 from ._files import FileHandle, FileTensor
+from ._leaves import BadLeaf
+from ._zip import record_data_offset
 from .memory import tree_from_object
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
 
@@ -136,13 +138,16 @@ def open_torch_file(path: str) -> dict:
     try:
         unpickled = unpickler.load_from(data)
         file.pickled_types = types_in(unpickled) if unpickler.placeholders else {}
-        return tree_from_object(unpickled)
+        tree = tree_from_object(unpickled)
     except _Refused as refused:
         raise SourceError(f"{path}: {refused}") from None
     except SourceError:
         raise
     except Exception as error:  # a corrupt pickle can fail in many ways; none may escape raw
         raise SourceError(f"{path}: the pickle data is corrupt ({type(error).__name__}: {error})") from None
+    if isinstance(tree, BadLeaf):
+        raise SourceError(f"{path}: nothing to load: the pickle holds {tree.reason}")
+    return tree
 
 
 def _open_archive(file: FileHandle) -> zipfile.ZipFile:
@@ -195,15 +200,6 @@ def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
         return None
 
 
-def _record_data_offset(file: FileHandle, info: zipfile.ZipInfo) -> int:
-    """Where a stored record's bytes start: after its local header, whose extra field may differ."""
-    header = file.read_bytes(info.header_offset, 30)
-    signature, *_, name_length, extra_length = struct.unpack("<IHHHHHIIIHH", header)
-    if signature != 0x04034B50:
-        raise SourceError(f"{file.path}: zip record '{info.filename}' has a corrupt local header")
-    return info.header_offset + 30 + name_length + extra_length
-
-
 class _WeightsUnpickler(pickle.Unpickler):
     """Unpickles ``data.pkl`` running no code: allowed globals are data, all others placeholders."""
 
@@ -217,10 +213,11 @@ class _WeightsUnpickler(pickle.Unpickler):
         return self.load()
 
     def find_class(self, module: str, name: str):
+        module, name = _python3_name(str(module), str(name))
         allowed = _allowed_global(module, name, self)
         if allowed is not None:
             return allowed
-        key = (str(module), str(name))
+        key = (module, name)
         if key not in self.placeholders:
             if len(self.placeholders) >= MAX_PLACEHOLDER_TYPES:
                 raise _Refused(f"the pickle names over {MAX_PLACEHOLDER_TYPES} distinct classes and functions")
@@ -246,7 +243,7 @@ class _WeightsUnpickler(pickle.Unpickler):
                 raise SourceError(
                     f"{self.file.path}: storage record '{name}' is compressed; torch.save never does that"
                 )
-            offset = _record_data_offset(self.file, info)
+            offset = record_data_offset(self.file, info)
             nbytes = numel * dtype.itemsize
             if info.file_size < nbytes or offset + nbytes > self.file.size:
                 raise SourceError(
@@ -293,6 +290,14 @@ class _WeightsUnpickler(pickle.Unpickler):
                 f"{self.file.path}: a tensor of shape {size} reaches past the end of its storage record '{storage.key}'"
             )
         return _UnpickledTensor(self.file, storage.offset + start, size, dtype, stride)
+
+
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """The Python 3 name of a Python 2 global (protocol 2 writes ``__builtin__.set``), as
+    ``pickle``'s own ``find_class`` maps it; names only, nothing is imported."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[module, name]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
 def _allowed_global(module: str, name: str, unpickler: _WeightsUnpickler):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 
-from ._files import file_handles
 from .._report import SourceError
+from ._files import file_handles
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value, iter_leaves
 
 

@@ -1,0 +1,159 @@
+"""``.npz`` files (``numpy.savez``, JAX and Flax exports): one ``.npy`` record per array.
+
+Opening reads the zip directory and each record's small ``.npy`` header
+(magic, version, a Python-literal dict of ``descr``, ``fortran_order`` and
+``shape``, parsed with ``ast.literal_eval``: no code runs). Arrays of a
+stored (``savez``) archive become `FileTensor` leaves read with positioned
+reads like any other file tensor; arrays of a compressed archive
+(``savez_compressed``) are `CompressedArray` leaves, decompressed whole when
+loaded. Object arrays (which ``np.load`` would unpickle) and structured,
+string or big-endian arrays are not tensors: they are problems at their path.
+Member names are split on ``/`` as well as ``.`` (``params/Dense_0/kernel``).
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import math
+import re
+import typing
+import zipfile
+
+import torch
+
+from .._report import SourceError
+from ._files import FileHandle, FileTensor, contiguous_strides, writable_bytes
+from ._leaves import BadLeaf, SourceTensor
+from ._zip import open_zip, record_data_offset
+from .nesting import insert, numbered_in_order
+
+#: ``.npy`` headers longer than this are refused (numpy itself allows 10 000 bytes by default).
+MAX_NPY_HEADER_BYTES = 1 << 20
+
+_KINDS = {"f": "float", "i": "int", "u": "uint", "b": "bool", "c": "complex"}
+_DESCR = re.compile(r"^([<|=]?)([fiubc])(\d+)$")
+
+
+def open_npz(path: str) -> dict:
+    """The nested source tree of an ``.npz`` file, reading only the ``.npy`` headers."""
+    file = FileHandle(path)
+    archive = open_zip(file, "numpy .npz file")
+    tree: dict = {}
+    for info in archive.infolist():
+        if not info.filename.endswith(".npy"):
+            continue
+        name = info.filename[: -len(".npy")].replace("/", ".")
+        leaf: SourceTensor | BadLeaf
+        try:
+            leaf = _member(file, archive, info)
+        except _Refused as refused:
+            leaf = BadLeaf(f"the array '{info.filename}' is not a tensor: {refused}")
+        insert(tree, name, leaf)
+    if not tree:
+        raise SourceError(f"{path}: the archive holds no .npy arrays; not a numpy .npz file")
+    return numbered_in_order(tree)
+
+
+class _Refused(Exception):
+    pass
+
+
+def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> SourceTensor:
+    try:
+        with archive.open(info) as stream:
+            head = stream.read(12)
+            length, header_start = _header_length(file.path, info, head)
+            header = head[header_start:] + stream.read(max(0, header_start + length - len(head)))
+    except SourceError:
+        raise
+    except Exception as error:  # zlib.error, BadZipFile, NotImplementedError, ...
+        raise SourceError(f"{file.path}: cannot read '{info.filename}' from the archive ({error})") from None
+    dtype, shape, fortran = _parse_header(file.path, info, header[:length])
+    data_start = header_start + length
+    nbytes = math.prod(shape) * dtype.itemsize
+    if info.file_size < data_start + nbytes:
+        raise SourceError(
+            f"{file.path}: '{info.filename}' holds {info.file_size - data_start} bytes of data, {nbytes} expected"
+        )
+    stride = tuple(reversed(contiguous_strides(tuple(reversed(shape))))) if fortran else None
+    if info.compress_type == zipfile.ZIP_STORED:
+        offset = record_data_offset(file, info) + data_start
+        if offset + nbytes > file.size:
+            raise SourceError(f"{file.path}: '{info.filename}' runs past the end of the file")
+        return FileTensor(file, offset, shape, dtype, stride)
+    return CompressedArray(file.path, info.filename, data_start, shape, dtype, stride)
+
+
+def _header_length(path: str, info: zipfile.ZipInfo, head: bytes) -> tuple[int, int]:
+    """The header's length and where it starts, from the magic and version bytes."""
+    if len(head) < 10 or head[:6] != b"\x93NUMPY":
+        raise SourceError(f"{path}: '{info.filename}' is not a .npy array (bad magic)")
+    major = head[6]
+    if major == 1:
+        length, start = int.from_bytes(head[8:10], "little"), 10
+    elif major in (2, 3) and len(head) >= 12:
+        length, start = int.from_bytes(head[8:12], "little"), 12
+    else:
+        raise SourceError(f"{path}: '{info.filename}' has unknown .npy version {major}")
+    if length > MAX_NPY_HEADER_BYTES:
+        raise SourceError(f"{path}: '{info.filename}' declares a {length}-byte header, over the limit")
+    return length, start
+
+
+def _parse_header(path: str, info: zipfile.ZipInfo, header: bytes) -> tuple[torch.dtype, tuple[int, ...], bool]:
+    try:
+        fields = ast.literal_eval(header.decode("latin1"))
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise SourceError(f"{path}: '{info.filename}' has a corrupt .npy header") from None
+    if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
+        raise SourceError(f"{path}: '{info.filename}' has a corrupt .npy header")
+    shape, fortran = fields["shape"], fields["fortran_order"]
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise SourceError(f"{path}: '{info.filename}' has an invalid shape {shape!r}")
+    if not isinstance(fortran, bool):
+        raise SourceError(f"{path}: '{info.filename}' has an invalid fortran_order {fortran!r}")
+    return _dtype(fields["descr"]), shape, fortran
+
+
+def _dtype(descr) -> torch.dtype:
+    match = _DESCR.match(descr) if isinstance(descr, str) else None
+    if match is None:
+        what = "objects (np.load would unpickle them)" if descr == "|O" else f"dtype {descr!r}"
+        raise _Refused(f"it holds {what}")
+    kind, size = _KINDS[match[2]], int(match[3])
+    dtype = getattr(torch, "bool" if kind == "bool" else f"{kind}{size * 8}", None)
+    if not isinstance(dtype, torch.dtype) or dtype.itemsize != size:
+        raise _Refused(f"dtype {descr!r} has no torch equivalent")
+    return dtype
+
+
+class CompressedArray(SourceTensor):
+    """An array of a compressed ``.npz`` record: decompressed whole when read (zip deflate has no
+    random access), through the archive opened anew for each read."""
+
+    __slots__ = ("data_start", "member", "path", "stride")
+
+    def __init__(self, path: str, member: str, data_start: int, shape, dtype: torch.dtype, stride):
+        self.path, self.member, self.data_start = path, member, data_start
+        self.shape, self.dtype, self.stride = tuple(shape), dtype, stride
+
+    def read(self) -> torch.Tensor:
+        flat = torch.empty(math.prod(self.shape), dtype=self.dtype)
+        try:
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as stream:
+                stream.read(self.data_start)
+                view = writable_bytes(flat)
+                done = 0
+                while done < len(view):
+                    n = typing.cast(io.BufferedIOBase, stream).readinto(view[done:])
+                    if not n:
+                        raise SourceError(f"{self.path}: '{self.member}' ended early (truncated)")
+                    done += n
+        except SourceError:
+            raise
+        except Exception as error:  # OSError, zlib.error, BadZipFile, ...
+            raise SourceError(f"{self.path}: cannot read '{self.member}' ({type(error).__name__}: {error})") from None
+        if self.stride is None:
+            return flat.view(self.shape)
+        return flat.as_strided(self.shape, self.stride)
