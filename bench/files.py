@@ -13,12 +13,16 @@ just before loading, minus the RSS of the constructed model):
   load_state_dict(torch.load(p, mmap=True, weights_only=True));
   load_state_dict(torch.load(p, weights_only=True));
   floor: reading the same number of bytes into an allocated buffer;
-  a partial load (include="h.0.*") next to the full one.
+  a partial load (include="h.0.*") next to the full one;
+  files as users hold them: the whole model pickled (torch.save(model)), a
+  Lightning-style checkpoint (state_dict beside an argparse.Namespace and
+  numpy scalars; the load reads its "state_dict"), and an .npz export.
 
 Targets: sl.load within 1.1x the fastest baseline and 1.3x the floor; added
 peak RSS under 5% of the file for a real model, at most 1.05x the file for a
-meta model (checked; results as JSON in bench/results/files.json or --json
-PATH; exit status 1 if one is missed).
+meta model; the three user files within 1.1x of sl.load from the plain .pt, and
+under 5% of the file in added peak RSS (checked; results as JSON in
+bench/results/files.json or --json PATH; exit status 1 if one is missed).
 """
 
 from __future__ import annotations
@@ -46,7 +50,11 @@ CASES = {
     "load_state_dict(torch.load)": ("pt", "real"),
     "floor: read into buffer": ("safetensors", "none"),
     "sl.load safetensors include=h.0.*": ("safetensors", "real"),
+    "sl.load whole pickled model": ("whole", "real"),
+    "sl.load lightning ckpt": ("lightning", "real"),
+    "sl.load npz": ("npz", "real"),
 }
+USER_FILES = ("sl.load whole pickled model", "sl.load lightning ckpt", "sl.load npz")
 
 
 def rss_bytes() -> int:
@@ -90,6 +98,8 @@ def child(case: str, path: str) -> None:
     def run():
         if case.startswith("sl.load") and "include" in case:
             return sl.load(model, path, include="h.0.*")
+        if case == "sl.load lightning ckpt":
+            return sl.load(model, sl.open(path)["state_dict"])
         if case.startswith("sl.load"):
             return sl.load(model, path)
         if case == "load_state_dict(load_file)":
@@ -122,15 +132,26 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
     import torch
 
     sys.path.insert(0, str(HERE))
+    import argparse
+
+    import numpy as np
     from overhead import GPT
 
-    paths = {"safetensors": directory / "gpt2.safetensors", "pt": directory / "gpt2.pt"}
+    names = {"safetensors": "gpt2.safetensors", "pt": "gpt2.pt", "whole": "gpt2-whole.pt"}
+    names |= {"lightning": "gpt2-lightning.ckpt", "npz": "gpt2.npz"}
+    paths = {kind: directory / name for kind, name in names.items()}
     if not all(p.exists() for p in paths.values()):
         torch.manual_seed(0)
-        state = GPT().state_dict()
+        model = GPT()
+        state = model.state_dict()
         state.pop("lm_head.weight")  # tied to wte.weight: stored once, as Hugging Face does
         safetensors.torch.save_file({k: v.contiguous() for k, v in state.items()}, str(paths["safetensors"]))
         torch.save(state, paths["pt"])
+        torch.save(model, paths["whole"])  # pickles overhead.GPT, which structload never imports
+        hparams = argparse.Namespace(lr=6e-4, n_layer=12, betas=(0.9, 0.95))
+        extra = {"loss": np.float32(3.25), "step": np.int64(600_000), "epoch": 4}
+        torch.save({"state_dict": state, "hyper_parameters": hparams, **extra}, paths["lightning"])
+        np.savez(paths["npz"], **{k: v.numpy() for k, v in state.items()})
     for path in paths.values():  # into the page cache
         with open(path, "rb") as f:
             while f.read(1 << 24):
@@ -178,6 +199,11 @@ def main() -> None:
         targets.at_most(f"{case}: added peak RSS / file", results[case][1] / results[case][2], 0.05)
         meta = f"{case} -> meta"
         targets.at_most(f"{meta}: added peak RSS / file", results[meta][1] / results[meta][2], 1.05)
+    for case in USER_FILES:
+        t, plain = results[case][0], results["sl.load pt"][0]
+        print(f"{case}: {t / plain:.2f}x sl.load from the plain .pt")
+        targets.at_most(f"{case} / sl.load pt", t / plain, 1.1)
+        targets.at_most(f"{case}: added peak RSS / file", results[case][1] / results[case][2], 0.05)
     part, full = results["sl.load safetensors include=h.0.*"][0], results["sl.load safetensors"][0]
     print(f"partial load (h.0.*): {part / full:.1%} of the full load's time")
     table = {case: {"seconds": s, "added_rss": a, "file_bytes": f} for case, (s, a, f) in results.items()}

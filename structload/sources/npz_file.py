@@ -30,9 +30,15 @@ from .nesting import insert, numbered_in_order
 
 #: ``.npy`` headers longer than this are refused (numpy itself allows 10 000 bytes by default).
 MAX_NPY_HEADER_BYTES = 1 << 20
+#: Bytes read at first from each record: numpy pads its headers to 128 bytes, or a multiple of 64.
+HEAD_BYTES = 256
 
 _KINDS = {"f": "float", "i": "int", "u": "uint", "b": "bool", "c": "complex"}
 _DESCR = re.compile(r"^([<|=]?)([fiubc])(\d+)$")
+_PLAIN_HEADER = re.compile(
+    r"\{'descr': '(?P<descr>[<|=]?[fiubc]\d+)', 'fortran_order': (?P<fortran>True|False), "
+    r"'shape': \((?P<shape>(?:\d+, ?)*\d*)\), \}\s*\Z"
+)
 
 
 def open_npz(path: str) -> dict:
@@ -60,16 +66,13 @@ class _Refused(Exception):
 
 
 def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> SourceTensor:
-    try:
-        with archive.open(info) as stream:
-            head = stream.read(12)
-            length, header_start = _header_length(file.path, info, head)
-            header = head[header_start:] + stream.read(max(0, header_start + length - len(head)))
-    except SourceError:
-        raise
-    except Exception as error:  # zlib.error, BadZipFile, NotImplementedError, ...
-        raise SourceError(f"{file.path}: cannot read '{info.filename}' from the archive ({error})") from None
-    dtype, shape, fortran = _parse_header(file.path, info, header[:length])
+    stored = info.compress_type == zipfile.ZIP_STORED
+    record_start = record_data_offset(file, info) if stored else 0
+    head = _first_bytes(file, archive, info, record_start, HEAD_BYTES)
+    length, header_start = _header_length(file.path, info, head)
+    if header_start + length > len(head):
+        head = _first_bytes(file, archive, info, record_start, header_start + length)
+    dtype, shape, fortran = _parse_header(file.path, info, head[header_start : header_start + length])
     data_start = header_start + length
     nbytes = math.prod(shape) * dtype.itemsize
     if info.file_size < data_start + nbytes:
@@ -77,12 +80,27 @@ def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
             f"{file.path}: '{info.filename}' holds {info.file_size - data_start} bytes of data, {nbytes} expected"
         )
     stride = tuple(reversed(contiguous_strides(tuple(reversed(shape))))) if fortran else None
-    if info.compress_type == zipfile.ZIP_STORED:
-        offset = record_data_offset(file, info) + data_start
+    if stored:
+        offset = record_start + data_start
         if offset + nbytes > file.size:
             raise SourceError(f"{file.path}: '{info.filename}' runs past the end of the file")
         return FileTensor(file, offset, shape, dtype, stride)
     return CompressedArray(file.path, info.filename, data_start, shape, dtype, stride)
+
+
+def _first_bytes(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int, count: int) -> bytes:
+    """The first `count` bytes of a record (fewer if it is shorter): one positioned read when it is
+    stored, else through the decompressor."""
+    count = min(count, info.file_size)
+    if info.compress_type == zipfile.ZIP_STORED:
+        if start + count > file.size:
+            raise SourceError(f"{file.path}: '{info.filename}' runs past the end of the file")
+        return file.read_bytes(start, count)
+    try:
+        with archive.open(info) as stream:
+            return stream.read(count)
+    except Exception as error:  # zlib.error, BadZipFile, NotImplementedError, ...
+        raise SourceError(f"{file.path}: cannot read '{info.filename}' from the archive ({error})") from None
 
 
 def _header_length(path: str, info: zipfile.ZipInfo, head: bytes) -> tuple[int, int]:
@@ -102,8 +120,13 @@ def _header_length(path: str, info: zipfile.ZipInfo, head: bytes) -> tuple[int, 
 
 
 def _parse_header(path: str, info: zipfile.ZipInfo, header: bytes) -> tuple[torch.dtype, tuple[int, ...], bool]:
+    text = header.decode("latin1")
+    plain = _PLAIN_HEADER.match(text)  # what numpy writes, read without a parser
+    if plain:
+        shape = tuple(int(n) for n in plain["shape"].split(",") if n.strip())
+        return _dtype(plain["descr"]), shape, plain["fortran"] == "True"
     try:
-        fields = ast.literal_eval(header.decode("latin1"))
+        fields = ast.literal_eval(text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise SourceError(f"{path}: '{info.filename}' has a corrupt .npy header") from None
     if not isinstance(fields, dict) or set(fields) != {"descr", "fortran_order", "shape"}:
