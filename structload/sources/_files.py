@@ -35,7 +35,10 @@ class FileHandle:
     """One open checkpoint file, shared by all its lazy tensors; closed when they all are gone.
 
     Big reads are split across the threads of `readers` (see `structload._runtime`).
+    A file behind a URL is a `structload.sources._remote.RemoteFile` (``local`` is ``False``).
     """
+
+    local = True
 
     def __init__(self, path: str, readers: ReaderPool = READERS):
         self.path = path
@@ -169,7 +172,7 @@ class FileTensor(SourceTensor):
 
     def mappable(self) -> bool:
         """Whether this tensor can be a view of the mapped file: contiguous and aligned to its dtype."""
-        return self.stride is None and self.offset % self.dtype.itemsize == 0
+        return self.file.local and self.stride is None and self.offset % self.dtype.itemsize == 0
 
     def mapped(self) -> torch.Tensor:
         """A tensor viewing these bytes of the copy-on-write mapping of the file (no copy)."""

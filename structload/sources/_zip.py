@@ -7,6 +7,7 @@ import zipfile
 
 from .._report import SourceError
 from ._files import FileHandle
+from ._paths import zip_archive
 
 
 def open_zip(file: FileHandle, what: str) -> zipfile.ZipFile:
@@ -14,7 +15,7 @@ def open_zip(file: FileHandle, what: str) -> zipfile.ZipFile:
     if file.size == 0:
         raise SourceError(f"{file.path}: the file is empty")
     try:
-        return zipfile.ZipFile(file.path)
+        return zip_archive(file)
     except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
         raise SourceError(
             f"{file.path}: not a {what}, or its zip archive is corrupt or truncated ({type(error).__name__}: {error})"

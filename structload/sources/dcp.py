@@ -11,17 +11,18 @@ into the destination. Non-tensor entries (bytes) are left out of the tree.
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 
 from .._report import SourceError
+from . import _paths as paths
 from ._leaves import SourceTensor
+from ._remote import is_url
 from .nesting import insert, numbered_in_order
 
 
 def is_dcp_directory(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, ".metadata"))
+    return paths.isfile(paths.join(path, ".metadata"))
 
 
 class DCPCheckpoint:
@@ -31,8 +32,14 @@ class DCPCheckpoint:
         from torch.distributed.checkpoint import FileSystemReader
 
         self.path = path
+        self.reader: FileSystemReader
         try:
-            self.reader = FileSystemReader(path)
+            if is_url(path):  # torch's own fsspec reader for DCP on remote storage
+                from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+
+                self.reader = FsspecReader(path)
+            else:
+                self.reader = FileSystemReader(path)
             self.metadata = self.reader.read_metadata()
             self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
         except Exception as error:  # pickle, OSError, ...: never raw

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import zipfile
-
 from .._report import SourceError
+from . import _paths as paths
+from ._files import FileHandle
 from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
@@ -16,12 +15,13 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
 def open_file(path: str) -> dict:
-    """Open a checkpoint file, index or directory as a lazy source tree; reads metadata only."""
-    if os.path.isdir(path):
+    """Open a checkpoint file, index or directory (local, or an fsspec URL) as a lazy source tree;
+    reads metadata only."""
+    if paths.isdir(path):
         if is_dcp_directory(path):
             return open_dcp(path)
         path = find_in_directory(path)
-    elif not os.path.exists(path):
+    elif not paths.exists(path):
         raise SourceError(f"{path}: no such file or directory")
     if path.endswith(".index.json"):
         return open_index(path)
@@ -35,13 +35,10 @@ def open_file(path: str) -> dict:
 
 
 def _open_by_content(path: str) -> dict:
-    try:
-        with open(path, "rb") as stream:
-            head = stream.read(9)
-    except OSError as error:
-        raise SourceError(f"{path}: cannot read ({error.strerror})") from None
+    handle = paths.open_handle(path)
+    head = handle.read_bytes(0, min(9, handle.size))
     if head.startswith(b"PK\x03\x04"):
-        return open_npz(path) if _holds_npy_arrays(path) else open_torch_file(path)
+        return open_npz(path) if _holds_npy_arrays(handle) else open_torch_file(path)
     if len(head) == 9 and head[8:9] == b"{":
         return open_safetensors(path)
     raise SourceError(
@@ -50,10 +47,10 @@ def _open_by_content(path: str) -> dict:
     )
 
 
-def _holds_npy_arrays(path: str) -> bool:
+def _holds_npy_arrays(handle: FileHandle) -> bool:
     """Whether a zip file is an ``.npz`` (``.npy`` records, no torch ``data.pkl``)."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with paths.zip_archive(handle) as archive:
             names = archive.namelist()
     except Exception:  # the torch reader says what is wrong with the archive
         return False

@@ -25,6 +25,7 @@ import torch
 from .._report import SourceError
 from ._files import FileHandle, FileTensor, contiguous_strides, writable_bytes
 from ._leaves import BadLeaf, SourceTensor
+from ._paths import open_handle, zip_archive
 from ._zip import open_zip, record_data_offset
 from .nesting import insert, numbered_in_order
 
@@ -43,7 +44,7 @@ _PLAIN_HEADER = re.compile(
 
 def open_npz(path: str) -> dict:
     """The nested source tree of an ``.npz`` file, reading only the ``.npy`` headers."""
-    file = FileHandle(path)
+    file = open_handle(path)
     archive = open_zip(file, "numpy .npz file")
     tree: dict = {}
     for info in archive.infolist():
@@ -85,7 +86,7 @@ def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
         if offset + nbytes > file.size:
             raise SourceError(f"{file.path}: '{info.filename}' runs past the end of the file")
         return FileTensor(file, offset, shape, dtype, stride)
-    return CompressedArray(file.path, info.filename, data_start, shape, dtype, stride)
+    return CompressedArray(file, info.filename, data_start, shape, dtype, stride)
 
 
 def _first_bytes(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int, count: int) -> bytes:
@@ -155,28 +156,30 @@ class CompressedArray(SourceTensor):
     """An array of a compressed ``.npz`` record: decompressed whole when read (zip deflate has no
     random access), through the archive opened anew for each read."""
 
-    __slots__ = ("data_start", "member", "path", "stride")
+    __slots__ = ("data_start", "file", "member", "stride")
 
-    def __init__(self, path: str, member: str, data_start: int, shape, dtype: torch.dtype, stride):
-        self.path, self.member, self.data_start = path, member, data_start
+    def __init__(self, file: FileHandle, member: str, data_start: int, shape, dtype: torch.dtype, stride):
+        self.file, self.member, self.data_start = file, member, data_start
         self.shape, self.dtype, self.stride = tuple(shape), dtype, stride
 
     def read(self) -> torch.Tensor:
         flat = torch.empty(math.prod(self.shape), dtype=self.dtype)
         try:
-            with zipfile.ZipFile(self.path) as archive, archive.open(self.member) as stream:
+            with zip_archive(self.file) as archive, archive.open(self.member) as stream:
                 stream.read(self.data_start)
                 view = writable_bytes(flat)
                 done = 0
                 while done < len(view):
                     n = typing.cast(io.BufferedIOBase, stream).readinto(view[done:])
                     if not n:
-                        raise SourceError(f"{self.path}: '{self.member}' ended early (truncated)")
+                        raise SourceError(f"{self.file.path}: '{self.member}' ended early (truncated)")
                     done += n
         except SourceError:
             raise
         except Exception as error:  # OSError, zlib.error, BadZipFile, ...
-            raise SourceError(f"{self.path}: cannot read '{self.member}' ({type(error).__name__}: {error})") from None
+            raise SourceError(
+                f"{self.file.path}: cannot read '{self.member}' ({type(error).__name__}: {error})"
+            ) from None
         if self.stride is None:
             return flat.view(self.shape)
         return flat.as_strided(self.shape, self.stride)

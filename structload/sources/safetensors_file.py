@@ -16,6 +16,7 @@ import torch
 
 from .._report import SourceError
 from ._files import FileHandle, FileTensor, refuse_duplicate_keys
+from ._paths import open_handle
 from .nesting import insert, numbered_in_order
 
 #: Headers larger than this are refused (the reference implementation allows 100 MB).
@@ -43,7 +44,7 @@ DTYPES = {
 
 def open_safetensors(path: str) -> dict:
     """The nested source tree of a safetensors file (tensor names split on dots)."""
-    file = FileHandle(path)
+    file = open_handle(path)
     header, data_start = _read_header(file)
     data_size = file.size - data_start
     tree: dict = {}

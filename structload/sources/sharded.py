@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from .._report import SourceError
+from . import _paths as paths
 from ._files import refuse_duplicate_keys
 from ._leaves import SourceTensor
 from .nesting import insert, numbered_in_order
@@ -31,14 +32,14 @@ DIRECTORY_FILES = (
 def find_in_directory(directory: str) -> str:
     """The checkpoint file a directory stands for (an index, or a single weights file)."""
     for name in DIRECTORY_FILES:
-        candidate = os.path.join(directory, name)
-        if os.path.isfile(candidate):
+        candidate = paths.join(directory, name)
+        if paths.isfile(candidate):
             return candidate
-    entries = sorted(os.listdir(directory))
+    entries = sorted(paths.listdir(directory))
     for suffix in (".index.json", ".safetensors"):
         matches = [e for e in entries if e.endswith(suffix)]
         if len(matches) == 1:
-            return os.path.join(directory, matches[0])
+            return paths.join(directory, matches[0])
     shown = ", ".join(entries[:8]) + (", ..." if len(entries) > 8 else "") or "nothing"
     raise SourceError(
         f"{directory}: a directory with no checkpoint structload can pick "
@@ -97,20 +98,24 @@ class ShardTensor(SourceTensor):
         return self.resolve().same_data(other)
 
     def __repr__(self) -> str:
-        return f"ShardTensor({self.name!r} in {os.path.basename(self.shard.path)})"
+        return f"ShardTensor({self.name!r} in {paths.basename(self.shard.path)})"
+
+
+#: Index files larger than this are refused (a 100k-tensor index is about 10 MB).
+MAX_INDEX_BYTES = 256 << 20
 
 
 def open_index(path: str) -> dict:
     """The nested source tree of a sharded checkpoint, from its index alone."""
     weight_map = _read_weight_map(path)
-    directory = os.path.dirname(path)
+    directory = paths.dirname(path)
     shards: dict[str, Shard] = {}
     tree: dict = {}
     for name, filename in weight_map.items():
         shard = shards.get(filename)
         if shard is None:
-            shard_path = os.path.join(directory, filename)
-            if not os.path.isfile(shard_path):
+            shard_path = paths.join(directory, filename)
+            if not paths.isfile(shard_path):
                 raise SourceError(f"{path}: shard '{filename}' (holding '{name}') does not exist")
             shard = shards[filename] = Shard(shard_path, path)
         insert(tree, name, ShardTensor(shard, name))
@@ -119,8 +124,8 @@ def open_index(path: str) -> dict:
 
 def _read_weight_map(path: str) -> dict[str, str]:
     try:
-        with open(path, "rb") as stream:
-            index = json.loads(stream.read().decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
+        raw = paths.read_small(path, MAX_INDEX_BYTES)
+        index = json.loads(raw.decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
     except OSError as error:
         raise SourceError(f"{path}: cannot read the index ({error.strerror})") from None
     except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError

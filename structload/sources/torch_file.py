@@ -38,6 +38,7 @@ import torch
 from .._report import SourceError
 from ._files import FileHandle, FileTensor
 from ._leaves import BadLeaf
+from ._paths import open_handle, zip_archive
 from ._zip import record_data_offset
 from .memory import tree_from_object
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
@@ -126,7 +127,7 @@ class _OrderedDict(collections.OrderedDict):
 
 def open_torch_file(path: str) -> dict:
     """The nested source tree of a ``torch.save`` file, reading only its pickle."""
-    file = FileHandle(path)
+    file = open_handle(path)
     archive = _open_archive(file)
     pickle_name = _pickle_record(path, archive)
     prefix = pickle_name[: -len("data.pkl")]
@@ -152,8 +153,7 @@ def open_torch_file(path: str) -> dict:
 
 def _open_archive(file: FileHandle) -> zipfile.ZipFile:
     path = file.path
-    with open(path, "rb") as stream:
-        magic = stream.read(4)
+    magic = file.read_bytes(0, min(4, file.size))
     if magic != b"PK\x03\x04":
         if file.size == 0:
             raise SourceError(f"{path}: the file is empty")
@@ -162,7 +162,7 @@ def _open_archive(file: FileHandle) -> zipfile.ZipFile:
             "Convert a trusted legacy file with: torch.save(torch.load(old, weights_only=True), new)"
         )
     try:
-        return zipfile.ZipFile(path)
+        return zip_archive(file)
     except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
         raise SourceError(
             f"{path}: the zip archive is corrupt or truncated ({type(error).__name__}: {error})"

@@ -1,0 +1,108 @@
+"""Paths that are local or fsspec URLs: the few file-system questions the format readers ask.
+
+Every function takes a local path or a URL (`structload.sources._remote.is_url`)
+and answers the same way for both, so the readers of sharded checkpoints,
+directories and zip archives never branch on where a file lives.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import zipfile
+
+from .._report import SourceError
+from ._files import FileHandle
+from ._remote import RemoteFile, filesystem, is_url, with_retries
+
+
+def open_handle(path: str) -> FileHandle:
+    """The handle tensors of `path` read through: a local file, or a remote one for a URL."""
+    return RemoteFile(path) if is_url(path) else FileHandle(path)
+
+
+def join(directory: str, name: str) -> str:
+    return posixpath.join(directory, name) if is_url(directory) else os.path.join(directory, name)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path) if is_url(path) else os.path.dirname(path)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
+
+
+def isdir(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isdir(path)
+    fs, inner = filesystem(path)
+    return bool(with_retries(path, "looking it up", lambda: fs.isdir(inner)))
+
+
+def isfile(path: str) -> bool:
+    if not is_url(path):
+        return os.path.isfile(path)
+    fs, inner = filesystem(path)
+    return bool(with_retries(path, "looking it up", lambda: fs.isfile(inner)))
+
+
+def exists(path: str) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, inner = filesystem(path)
+    return bool(with_retries(path, "looking it up", lambda: fs.exists(inner)))
+
+
+def listdir(directory: str) -> list[str]:
+    """The names in a directory (not their paths)."""
+    if not is_url(directory):
+        return os.listdir(directory)
+    fs, inner = filesystem(directory)
+    entries = with_retries(directory, "listing it", lambda: fs.ls(inner, detail=False))
+    return [posixpath.basename(str(e).rstrip("/")) for e in entries]
+
+
+def read_small(path: str, limit: int) -> bytes:
+    """A whole small file (an index), at most `limit` bytes; a `SourceError` when unreadable or larger."""
+    handle = open_handle(path)
+    if handle.size > limit:
+        raise SourceError(f"{path}: {handle.size} bytes, over the {limit}-byte limit for this file", path="")
+    return handle.read_bytes(0, handle.size)
+
+
+class _RangeReader(io.RawIOBase):
+    """A seekable read-only file over a handle's ranged reads (for ``zipfile`` on remote files)."""
+
+    def __init__(self, handle: RemoteFile):
+        self.handle, self.position = handle, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.position, io.SEEK_END: self.handle.size}[whence]
+        self.position = max(0, base + offset)
+        return self.position
+
+    def tell(self) -> int:
+        return self.position
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self.handle.size - self.position))
+        if count:
+            self.handle.read_into(memoryview(buffer).cast("B")[:count], self.position)
+            self.position += count
+        return count
+
+
+def zip_archive(handle: FileHandle) -> zipfile.ZipFile:
+    """The zip archive in a file; a remote one is read with buffered ranged reads.
+    Raises what ``zipfile`` raises: callers turn it into a `SourceError` with their own wording."""
+    if isinstance(handle, RemoteFile):
+        return zipfile.ZipFile(io.BufferedReader(_RangeReader(handle), buffer_size=64 << 10))
+    return zipfile.ZipFile(handle.path)

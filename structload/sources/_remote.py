@@ -1,0 +1,307 @@
+"""Remote files: any fsspec URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``memory://``) as a source.
+
+A `RemoteFile` stands where a local `FileHandle` does, so every format reader
+works on URLs unchanged: headers, pickles and zip directories come from small
+ranged reads, and each tensor from ranged reads of exactly its bytes. fsspec
+and its filesystem packages (``structload[remote]``) do the talking; this
+module adds what a load needs on top:
+
+- big reads are split into `PIECE_BYTES` pieces fetched by several threads at
+  once and copied straight into the destination tensor's memory;
+- before a load writes, `prefetch` hands each file the byte ranges it is about
+  to read, in order: ranges that touch in the file are fetched together (one
+  request for a run of small tensors), and up to `WINDOW_PIECES` pieces are in
+  flight ahead of the writes, so memory beyond the model stays bounded;
+- transient failures (a dropped connection, a 5xx or 429, a short read) are
+  retried with exponential backoff, `RETRIES` times;
+- a file whose size or ETag changes during the load is a `SourceError` (HTTP
+  reads send ``If-Match``; every failure and the end of a load check again).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from typing import Any
+
+from .._report import SourceError
+from .._runtime import ReaderPool
+from ._files import FileHandle
+
+#: Pieces big reads are split into, and the most bytes one coalesced request fetches.
+PIECE_BYTES = 4 << 20
+#: How many pieces a prefetching file keeps in flight ahead of the reads.
+WINDOW_PIECES = 4
+#: Attempts after the first for a transient failure, and the first backoff in seconds (doubled each time).
+RETRIES = 4
+BACKOFF_SECONDS = 0.05
+#: Ranges this close in a file are fetched by one request (a zip local header lies between torch records).
+COALESCE_GAP = 512
+
+#: Threads fetching remote pieces (network waits, not CPU).
+REMOTE_READERS = ReaderPool(workers=8)
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(path: str) -> bool:
+    """Whether `path` is a URL for fsspec rather than a local path.
+
+    >>> is_url("s3://bucket/model.safetensors"), is_url("/data/model.pt"), is_url("C:/model.pt")
+    (True, False, False)
+    """
+    return bool(_URL.match(path))
+
+
+def filesystem(url: str) -> tuple[Any, str]:
+    """The fsspec filesystem for `url` and the path on it; a clear error when fsspec is missing."""
+    try:
+        import fsspec
+    except ImportError:
+        raise SourceError(
+            f"{url}: reading URLs needs fsspec; install it with: pip install 'structload[remote]'"
+        ) from None
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as error:  # an unknown protocol, or its package is not installed
+        raise SourceError(f"{url}: no filesystem for this URL ({error})") from None
+
+
+def _transient(error: BaseException) -> bool:
+    """Worth another try: connection trouble, timeouts, 5xx and 429 answers."""
+    status = getattr(error, "status", None) or getattr(error, "code", None)
+    if isinstance(status, int):
+        return status >= 500 or status == 429
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError, OSError)):
+        return True
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return bool(names & {"ClientError", "ServerDisconnectedError", "ClientPayloadError", "EndpointConnectionError"})
+
+
+class _ShortRead(Exception):
+    pass
+
+
+def with_retries(url: str, what: str, action):
+    """Run `action()`, retrying transient failures; anything else is a `SourceError` naming `url`."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return action()
+        except SourceError:
+            raise
+        except Exception as error:  # fsspec and its backends raise many kinds
+            if attempt < RETRIES and (isinstance(error, _ShortRead) or _transient(error)):
+                time.sleep(BACKOFF_SECONDS * 2**attempt)
+                continue
+            tries = f" after {attempt + 1} attempts" if attempt else ""
+            raise SourceError(f"{url}: {what} failed{tries} ({_describe(error)})", path="") from None
+    raise AssertionError("unreachable")
+
+
+def _describe(error: BaseException) -> str:
+    status = getattr(error, "status", None)
+    text = str(error) or type(error).__name__
+    return f"HTTP {status}: {text}" if isinstance(status, int) and str(status) not in text else text
+
+
+class RemoteFile(FileHandle):
+    """A file behind an fsspec URL, read with ranged reads: a `FileHandle` with no descriptor."""
+
+    local = False
+
+    def __init__(self, url: str, readers: ReaderPool = REMOTE_READERS):  # no super().__init__: nothing to open
+        self.path = url
+        self.readers = readers
+        self.fs, self.fs_path = filesystem(url)
+        info = with_retries(url, "reading its size", lambda: self.fs.info(self.fs_path))
+        if info.get("type") == "directory":
+            raise SourceError(f"{url}: is a directory", path="")
+        self.size = int(info.get("size") or 0)
+        self.etag = info.get("ETag") or info.get("etag")
+        self.pickled_types: dict[str, str] = {}
+        self.fetched = 0  # bytes received, for tests, benchmarks and the progress bar
+        self._lock = threading.Lock()
+        self._prefetch: _Prefetch | None = None
+        self._http = type(self.fs).__name__ == "HTTPFileSystem"
+
+    # The FileHandle interface.
+
+    def read_into(self, buffer: memoryview, offset: int) -> None:
+        """Fill `buffer` with the bytes at `offset`: from prefetched pieces, else in parallel pieces."""
+        if self._prefetch is not None:
+            self._prefetch.read_into(buffer, offset)
+            return
+        self.fetch_into(buffer, offset)
+
+    def read_bytes(self, offset: int, length: int) -> bytes:
+        buffer = bytearray(length)
+        self.read_into(memoryview(buffer), offset)
+        return bytes(buffer)
+
+    def mapping(self) -> Any:
+        raise SourceError(f"{self.path}: a remote file cannot be memory mapped", path="")
+
+    # Fetching.
+
+    def fetch_into(self, buffer: memoryview, offset: int) -> None:
+        """Fetch ``len(buffer)`` bytes at `offset` into `buffer`, big ranges as parallel pieces."""
+        if len(buffer) <= PIECE_BYTES:
+            buffer[:] = self.fetch(offset, offset + len(buffer))
+            return
+        starts = range(0, len(buffer), PIECE_BYTES)
+        pieces = [
+            (a, self.readers.submit(self.fetch, offset + a, offset + min(a + PIECE_BYTES, len(buffer)))) for a in starts
+        ]
+        for a, piece in pieces:
+            data = piece.result()
+            buffer[a : a + len(data)] = data
+
+    def fetch(self, start: int, end: int) -> bytes:
+        """Bytes ``start .. end`` of the file, exactly, retried while failures are transient."""
+        if end > self.size:
+            raise SourceError(
+                f"{self.path}: bytes {start}..{end} lie past the end of the file ({self.size} bytes)", path=""
+            )
+
+        def attempt() -> bytes:
+            headers = {"headers": {"If-Match": self.etag}} if self._http and self.etag else {}
+            try:
+                data = self.fs.cat_file(self.fs_path, start=start, end=end, **headers)
+            except Exception as error:
+                if getattr(error, "status", None) == 412:  # If-Match failed: another file now
+                    raise self.changed("its ETag changed") from None
+                raise
+            if len(data) > end - start:
+                raise SourceError(
+                    f"{self.path}: the server ignored the byte range (sent {len(data)} bytes for {end - start}); "
+                    "structload needs ranged reads",
+                    path="",
+                )
+            if len(data) < end - start:
+                raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
+            return data
+
+        try:
+            data = with_retries(self.path, f"reading bytes {start}..{end}", attempt)
+        except SourceError as error:
+            self.check_unchanged()  # a file replaced under the load says so, rather than "short read"
+            raise error from None
+        with self._lock:
+            self.fetched += len(data)
+        return data
+
+    def check_unchanged(self) -> None:
+        """A `SourceError` if the file's size or ETag differs from when it was opened."""
+        try:
+            info = self.fs.info(self.fs_path)
+        except Exception:  # the failure being reported says more
+            return
+        if int(info.get("size") or 0) != self.size:
+            raise self.changed(f"its size went from {self.size} to {info.get('size')} bytes")
+        etag = info.get("ETag") or info.get("etag")
+        if self.etag and etag and etag != self.etag:
+            raise self.changed("its ETag changed")
+
+    def changed(self, how: str) -> SourceError:
+        return SourceError(f"{self.path}: the file changed during the load ({how})", path="")
+
+    # Prefetching.
+
+    @contextlib.contextmanager
+    def prefetching(self, ranges: Sequence[tuple[int, int]]) -> Iterator[None]:
+        """Within the block, reads of these ``(offset, length)`` ranges come from coalesced pieces
+        fetched ahead, in the order the ranges are given."""
+        self._prefetch = _Prefetch(self, ranges)
+        try:
+            yield
+        finally:
+            self._prefetch.cancel()
+            self._prefetch = None
+
+
+def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    """``(start, end, first use)`` pieces covering `ranges` (``(offset, length)``, in the order they
+    will be read): ranges at most `COALESCE_GAP` apart share a piece of at most `PIECE_BYTES`;
+    bigger ranges are split into pieces of that size. Pieces come back in order of first use.
+
+    >>> coalesce([(100, 10), (0, 100), (1000, 5)])
+    [(0, 110, 0), (1000, 1005, 2)]
+    """
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    pieces: list[list[int]] = []
+    for i in order:
+        start, length = ranges[i]
+        end = start + length
+        if length == 0:
+            continue
+        last = pieces[-1] if pieces else None
+        if last and start <= last[1] + COALESCE_GAP and max(end, last[1]) - last[0] <= PIECE_BYTES:
+            last[1], last[2] = max(end, last[1]), min(last[2], i)
+            continue
+        pieces.extend([a, min(a + PIECE_BYTES, end), i] for a in range(start, end, PIECE_BYTES))
+    return sorted((tuple(p) for p in pieces), key=lambda p: (p[2], p[0]))  # type: ignore[misc]
+
+
+class _Prefetch:
+    """Pieces of one file fetched ahead of the reads that need them; each is dropped once read."""
+
+    def __init__(self, file: RemoteFile, ranges: Sequence[tuple[int, int]]):
+        self.file = file
+        self.pieces = coalesce(ranges)
+        self.by_start = sorted(range(len(self.pieces)), key=lambda k: self.pieces[k][0])
+        self.starts = [self.pieces[k][0] for k in self.by_start]
+        self.futures: dict[int, Future] = {}
+        self.left = {k: end - start for k, (start, end, _) in enumerate(self.pieces)}  # bytes not yet read
+        self.submitted = 0
+        self.cursor = 0  # the first piece not yet read in full
+
+    def read_into(self, buffer: memoryview, offset: int) -> None:
+        end = offset + len(buffer)
+        at = offset
+        while at < end:
+            k = self._piece_at(at)
+            if k is None:  # not announced: read directly
+                self.file.fetch_into(buffer[at - offset :], at)
+                return
+            start, stop, _ = self.pieces[k]
+            self._submit_through(k)
+            data = self.futures[k].result()
+            upto = min(stop, end)
+            buffer[at - offset : upto - offset] = data[at - start : upto - start]
+            self.left[k] -= upto - at
+            if self.left[k] <= 0:
+                del self.futures[k]  # read in full: freed
+            at = upto
+
+    def _piece_at(self, at: int) -> int | None:
+        i = bisect.bisect_right(self.starts, at) - 1
+        if i < 0:
+            return None
+        k = self.by_start[i]
+        start, stop, _ = self.pieces[k]
+        return k if start <= at < stop and self.left.get(k, 0) > 0 else None
+
+    def _submit_through(self, k: int) -> None:
+        """Pieces up to `k` and `WINDOW_PIECES` beyond it are in flight."""
+        last = min(len(self.pieces), max(k + 1, self._next_unread() + WINDOW_PIECES))
+        while self.submitted < last:
+            start, stop, _ = self.pieces[self.submitted]
+            self.futures[self.submitted] = self.file.readers.submit(self.file.fetch, start, stop)
+            self.submitted += 1
+
+    def _next_unread(self) -> int:
+        while self.cursor < len(self.pieces) and self.left[self.cursor] <= 0:
+            self.cursor += 1
+        return self.cursor
+
+    def cancel(self) -> None:
+        for future in self.futures.values():
+            future.cancel()
+        self.futures.clear()
