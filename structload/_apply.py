@@ -10,6 +10,7 @@ keeps its identity.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ from ._report import LoadError, Problem, ProblemKind, SourceError
 from ._rules import Entry, Status
 from .sources import ExtraState, SourceTensor
 from .sources._files import file_tensor
+from .sources._remote import RemoteFile
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
@@ -31,7 +33,13 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     total = sum(sizes)
     shared = {id(group[0].slot.tensor): [e.slot for e in group] for group in plan.groups}
     done: list[Entry] = []
-    with torch.no_grad(), progress_bar(wants_progress(progress, total), total, f"loading {plan.target}") as advance:
+    remote = _remote_reads(plan, writes)
+    verb = "fetching" if remote else "loading"
+    bar = progress_bar(wants_progress(progress, total), total, f"{verb} {plan.target}")
+    with torch.no_grad(), bar as advance, contextlib.ExitStack() as prefetching:
+        for file, ranges in remote.items():
+            prefetching.enter_context(file.prefetching(ranges))
+        advance = _advance_by_bytes_fetched(advance, list(remote)) if remote else advance
         for entry, size in zip(writes, sizes):
             try:
                 sharing = shared.get(id(entry.slot.tensor), (entry.slot,))
@@ -48,6 +56,43 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
                 raise
             done.append(entry)
             advance(size)
+    for file in remote:
+        try:
+            file.check_unchanged()
+        except SourceError as error:
+            report = plan.report(applied=True)
+            message = f"{error}; every tensor was written, from a file that changed: load again"
+            raise SourceError(message, path="", report=report) from None
+
+
+def _remote_reads(plan: Plan, writes: list[Entry]) -> dict[RemoteFile, list[tuple[int, int]]]:
+    """Per remote file, the byte ranges the writes will read, in write order (for prefetching)."""
+    reads: dict[RemoteFile, list[tuple[int, int]]] = {}
+    for entry in writes:
+        if entry.path in plan.mapped or entry.status == Status.ZEROED or not isinstance(entry.leaf, SourceTensor):
+            continue
+        base = file_tensor(entry.leaf)
+        file = base.file if base is not None else None
+        if base is None or not isinstance(file, RemoteFile):
+            continue
+        if entry.slot.kind == SlotKind.SHARDED:
+            base = base.block(*local_block(entry.slot.tensor))
+        if base.stride is None:
+            reads.setdefault(file, []).append((base.offset, base.nbytes))
+    return reads
+
+
+def _advance_by_bytes_fetched(advance, files: list[RemoteFile]):
+    """For remote loads the bar counts bytes received (from here on: not the headers), not bytes written."""
+    seen = sum(f.fetched for f in files)
+
+    def advance_fetched(_written: int) -> None:
+        nonlocal seen
+        fetched = sum(f.fetched for f in files)
+        advance(fetched - seen)
+        seen = fetched
+
+    return advance_fetched
 
 
 def _interrupted_note(done: list[Entry], total: int) -> str:

@@ -215,9 +215,13 @@ class FileTensor(SourceTensor):
     def read_slice_into(self, target: torch.Tensor, starts, sizes) -> None:
         """Read only the block ``starts .. starts + sizes``: a row block of a contiguous tensor
         (a dim-0 shard) is one positioned read straight into `target`."""
+        self.block(starts, sizes).read_into(target)
+
+    def block(self, starts, sizes) -> FileTensor:
+        """The block ``starts .. starts + sizes`` as a view of the same bytes."""
         strides = self.strides()
         first = sum(a * step for a, step in zip(starts, strides))
-        self.view(tuple(sizes), strides, first).read_into(target)
+        return self.view(tuple(sizes), strides, first)
 
     def _fill(self, out: torch.Tensor) -> None:
         """Read this (possibly strided) view into the contiguous CPU tensor `out`, reading

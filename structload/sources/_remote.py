@@ -96,6 +96,8 @@ def with_retries(url: str, what: str, action):
             return action()
         except SourceError:
             raise
+        except FileNotFoundError:
+            raise SourceError(f"{url}: no such file or directory", path="") from None
         except Exception as error:  # fsspec and its backends raise many kinds
             if attempt < RETRIES and (isinstance(error, _ShortRead) or _transient(error)):
                 time.sleep(BACKOFF_SECONDS * 2**attempt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from .._report import SourceError
 from . import _paths as paths
 from ._files import FileHandle
+from ._remote import is_url
 from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
@@ -17,7 +18,9 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 def open_file(path: str) -> dict:
     """Open a checkpoint file, index or directory (local, or an fsspec URL) as a lazy source tree;
     reads metadata only."""
-    if paths.isdir(path):
+    if is_url(path) and path.endswith((*TORCH_SUFFIXES, ".safetensors", ".index.json", ".npz")):
+        pass  # a file by its name: no directory listing (over HTTP, that would fetch the whole file)
+    elif paths.isdir(path):
         if is_dcp_directory(path):
             return open_dcp(path)
         path = find_in_directory(path)
