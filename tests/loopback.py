@@ -28,6 +28,7 @@ class LoopbackServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else headers and body in two sends wait 40 ms for a delayed ACK
 
             def log_message(self, *args):
                 pass
