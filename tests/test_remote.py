@@ -313,3 +313,14 @@ def test_s3_compatible_server(tmp_path, monkeypatch):
             sl.open("s3://checkpoints/run/missing.safetensors")
     finally:
         server.stop()
+
+
+def test_dcp_directory_behind_a_url(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    state = randomized(Net(n=1), 1).state_dict()
+    dcp.save({"model": state, "step": 5}, checkpoint_id=str(tmp_path / "dcp"))
+    url = (tmp_path / "dcp").as_uri()  # file://..., read through fsspec and torch's FsspecReader
+    model = randomized(Net(n=1), 2)
+    assert sl.load(model, sl.open(url)["model"]).ok
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
