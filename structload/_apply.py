@@ -18,10 +18,10 @@ import torch
 from ._dest import Slot, SlotKind, materialized_dtype
 from ._distributed import local_block
 from ._plan import Plan
-from ._progress import progress_bar, wants_progress
+from ._progress import could_show, progress_bar, wants_progress
 from ._report import LoadError, Problem, ProblemKind, SourceError
 from ._rules import Entry, Status
-from .sources import ExtraState, SourceTensor
+from .sources import ExtraState, MemoryTensor, SourceTensor
 from .sources._files import file_tensor
 from .sources._remote import RemoteFile
 
@@ -29,11 +29,11 @@ from .sources._remote import RemoteFile
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     """Carry out every write of `plan`; if a source fails mid-way, say exactly what was written."""
     writes = plan.writes()
-    sizes = [_nbytes(entry) for entry in writes]
+    sizes = [_nbytes(entry) for entry in writes] if could_show(progress) else [0] * len(writes)
     total = sum(sizes)
     shared = {id(group[0].slot.tensor): [e.slot for e in group] for group in plan.groups}
     done: list[Entry] = []
-    remote = _remote_reads(plan, writes)
+    remote = _remote_reads(plan, writes) if RemoteFile.opened else {}
     verb = "fetching" if remote else "loading"
     bar = progress_bar(wants_progress(progress, total), total, f"{verb} {plan.target}")
     with torch.no_grad(), bar as advance, contextlib.ExitStack() as prefetching:
@@ -42,11 +42,13 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
         advance = _advance_by_bytes_fetched(advance, list(remote)) if remote else advance
         for entry, size in zip(writes, sizes):
             try:
-                sharing = shared.get(id(entry.slot.tensor), (entry.slot,))
-                if entry.path in plan.mapped:
-                    install_mapped(entry, sharing)
+                slot, leaf = entry.slot, entry.leaf
+                if slot.kind is SlotKind.TENSOR and type(leaf) is MemoryTensor and _in_place(entry):
+                    slot.tensor.copy_(leaf.tensor)  # the common case: one copy into a real tensor, nothing to decide
+                elif entry.path in plan.mapped:
+                    install_mapped(entry, shared.get(id(slot.tensor), (slot,)))
                 else:
-                    write_entry(entry, device, plan.dtype, sharing)
+                    write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)))
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 raise _partial_failure(plan, done, entry, error) from (
                     None if isinstance(error, SourceError) else error
@@ -93,6 +95,11 @@ def _advance_by_bytes_fetched(advance, files: list[RemoteFile]):
         seen = fetched
 
     return advance_fetched
+
+
+def _in_place(entry: Entry) -> bool:
+    """A write that is just ``copy_`` into a real destination tensor."""
+    return entry.status is Status.LOADED and not entry.slot.tensor.is_meta
 
 
 def _interrupted_note(done: list[Entry], total: int) -> str:

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 import torch
+from torch.nn import Parameter
 from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
@@ -131,14 +132,21 @@ def as_dest(value):
 def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     out: list[tuple[str, Any]] = []
     dtensor = dtensor_class()  # looked up once per module: this runs for every module of a model
+    bias = None
     for name, param in module._parameters.items():
-        out.append((name, Slot(_kind(param, dtensor), param, module, "_parameters", name)))
+        kind = SlotKind.TENSOR if type(param) is Parameter else _kind(param, dtensor)  # the common case first
+        slot = Slot(kind, param, module, "_parameters", name)
+        out.append((name, slot))
+        if name == "bias":
+            bias = slot
     non_persistent = module._non_persistent_buffers_set
     for name, buffer in module._buffers.items():
         kind = SlotKind.IGNORED if name in non_persistent else _kind(buffer, dtensor)
-        out.append((name, Slot(kind, buffer, module, "_buffers", name)))
-    if "bias" in module._parameters or "bias" in module._buffers:
-        bias = next(slot for name, slot in out if name == "bias")
+        slot = Slot(kind, buffer, module, "_buffers", name)
+        out.append((name, slot))
+        if name == "bias":
+            bias = slot
+    if bias is not None:
         weight = module._parameters.get("weight", module._buffers.get("weight"))
         bias.additive = offsets(bias.tensor, weight)
     if has_extra_state(module):

@@ -23,7 +23,7 @@ import torch
 from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
-from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta
+from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
 from ._text import option_text
 from ._ties import settle_ties
@@ -127,14 +127,21 @@ def make_plan(
     entries, positions = judge(found.pairs, left_out)
     entries, groups = settle_ties(entries)
     if meta_is_final:
-        entries = [left_on_meta(e) for e in entries]
+        entries = [left_on_meta(e) if e.status in _UNWRITTEN else e for e in entries]
     unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
     problems, hints = compose_problems(entries, unexpected, found.lengths)
     problems = (
         list(earlier_problems) + selection.unmatched_patterns() + customised(found, selection, left_out) + problems
     )
-    mapped = frozenset(e.path for e in entries if mmap and can_map(e, dtype))
+    mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
     return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped)
+
+
+_new_entry = tuple.__new__
+_NO_MORE = (None,) * (len(Entry._fields) - 4)  # an Entry's fields after `status`, all unset
+
+#: Statuses that leave a destination tensor as it was (and a meta one on meta).
+_UNWRITTEN = (Status.EXCLUDED, Status.SKIPPED)
 
 
 def can_map(entry: Entry, dtype) -> bool:
@@ -180,6 +187,10 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
         if excluded and path in excluded:
             if holds_tensor:  # still part of any tied group it belongs to
                 entries.append(Entry(path, slot, None, Status.EXCLUDED))
+            continue
+        if slot.kind is SlotKind.TENSOR and type(leaf) is MemoryTensor and plain_load(slot, leaf):
+            # the common case, R1 without a problem; built as NamedTuple's own constructor would, faster
+            entries.append(_new_entry(Entry, (path, slot, leaf, Status.LOADED, *_NO_MORE)))
             continue
         status, kind, message, src_shape = decide(slot, leaf)
         if kind is None and not holds_tensor and status == Status.NOTHING:

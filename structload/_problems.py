@@ -36,6 +36,8 @@ def compose_problems(
     entries: list[Entry], unexpected: list[Unexpected], lengths: dict[str, int]
 ) -> tuple[list[Problem], list[str]]:
     """Every problem in walk order, and the hints that apply to the whole load."""
+    if not unexpected and not any(_may_be_a_problem(e) for e in entries):  # a clean load: nothing to compose
+        return [], []
     roots = _root_counts(entries)
     suggestions = _suggest_by_sibling(unexpected)
     meant = {dst: src for src, dst in suggestions.values()}  # missing path -> the source path like it
@@ -90,6 +92,11 @@ def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
             pair[0] += 1
             pair[1] += entry.status in (Status.MISSING, Status.MISMATCHED)
     return counts
+
+
+def _may_be_a_problem(entry: Entry) -> bool:
+    """Whether `_entry_problem` can find a problem in the entry."""
+    return entry.problem is not None or entry.status is Status.MISSING or entry.status is Status.MISMATCHED
 
 
 def _entry_problem(

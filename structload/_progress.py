@@ -20,6 +20,11 @@ def wants_progress(progress: bool | None, total_bytes: int) -> bool:
     return bool(progress)
 
 
+def could_show(progress: bool | None) -> bool:
+    """Whether a bar might be drawn, before knowing the load's size (sizes cost a pass over the plan)."""
+    return bool(progress) or (progress is None and sys.stderr.isatty())
+
+
 @contextlib.contextmanager
 def progress_bar(enabled: bool, total_bytes: int, description: str) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(nbytes)``; draws on stderr only when `enabled`."""

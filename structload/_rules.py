@@ -144,8 +144,22 @@ def source_kind(leaf) -> SourceKind:
 # --- tensor destinations ---------------------------------------------------------------
 
 
+def plain_load(slot: Slot, leaf: SourceTensor) -> bool:
+    """Whether R1 loads this pair with nothing to say (the common case, which `judge` takes
+    without building a verdict): equal shapes, no imaginary part lost, a destination that can
+    be written where it is."""
+    dst = slot.tensor
+    return (
+        dst.shape == leaf.shape
+        and not (leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex)
+        and not (dst.is_meta and slot.owner is None)
+    )
+
+
 def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
     """R1: equal shapes; the dtype may differ (a cast)."""
+    if plain_load(slot, leaf):
+        return Verdict(Status.LOADED)
     dst = slot.tensor
     if tuple(dst.shape) != tuple(leaf.shape):
         message = f"shape {shape_text(dst.shape)} in destination, {shape_text(leaf.shape)} in source"

@@ -113,7 +113,7 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
     if type(src) is not dict:  # no source subtree here: every slot below shares one marker
         _pair_all(found, kids, src if src is SKIP or isinstance(src, (Missing, Clash)) else Clash(path, src), path)
         return
-    beside = any(name in src for name, _ in kids)
+    beside: bool | None = None  # whether the source fills any name here: worked out at the first gap
     unfilled = []
     prefix = f"{path}." if path else ""
     pairs = found.pairs
@@ -122,12 +122,16 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
         child_src = src.get(name, _NOTHING)
         is_slot = type(child) is Slot
         if child_src is _NOTHING:
+            if beside is None:
+                beside = any(name in src for name, _ in kids)
             child_src = Missing(child_path, beside and is_slot)
             unfilled.append(name)
         if is_slot:
-            pairs.append(Pair(child_path, child, child_src))
+            pairs.append(_new_pair(Pair, (child_path, child, child_src)))
         else:
             _pair_container(found, child, child_src, child_path)
+    if not unfilled and len(src) == len(kids):  # every name paired both ways: no other length, nothing left over
+        return
     known = {name for name, _ in kids}
     if _is_other_length_list(known, src):
         found.lengths[path] = len(src)
@@ -147,6 +151,7 @@ def _pair_all(found: Walk, kids, marker, path: str) -> None:
 
 
 _NOTHING = object()
+_new_pair = tuple.__new__  # `Pair(...)` without the NamedTuple's Python-level constructor (once per tensor)
 
 
 def _is_other_length_list(known: set[str], src: dict) -> bool:

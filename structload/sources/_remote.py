@@ -25,9 +25,10 @@ import contextlib
 import re
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, ClassVar
 
 from .._report import SourceError
 from .._runtime import ReaderPool
@@ -117,6 +118,8 @@ class RemoteFile(FileHandle):
     """A file behind an fsspec URL, read with ranged reads: a `FileHandle` with no descriptor."""
 
     local = False
+    #: Every remote file alive (weakly held): a load with none skips the remote-only steps.
+    opened: ClassVar[weakref.WeakSet[RemoteFile]] = weakref.WeakSet()
 
     def __init__(self, url: str, readers: ReaderPool = REMOTE_READERS):  # no super().__init__: nothing to open
         self.path = url
@@ -132,6 +135,7 @@ class RemoteFile(FileHandle):
         self._lock = threading.Lock()
         self._prefetch: _Prefetch | None = None
         self._http = type(self.fs).__name__ == "HTTPFileSystem"
+        RemoteFile.opened.add(self)
 
     # The FileHandle interface.
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 import torch
@@ -80,29 +82,54 @@ def tree_from_object(obj):
     >>> tree
     {'fc': {'weight': MemoryTensor(shape=(2,), dtype=torch.float32), 'bias': SKIP}, 'head': {'0': ABSENT}}
     """
-    from .module import tree_from_module
-
     if type(obj) is torch.Tensor or type(obj) is torch.nn.Parameter:  # the common case, first
         return tensor_leaf(obj)
     if isinstance(obj, torch.nn.Module):
+        from .module import tree_from_module  # module sources build on this module
+
         return tree_from_module(obj)
     if isinstance(obj, Pickled):
         return _tree_from_pickled(obj)
     leaf = leaf_from_value(obj)
     if leaf is not None:
         return leaf
-    items = children(obj)
+    items = list(obj.items()) if type(obj) is dict or type(obj) is OrderedDict else children(obj)
+    if items is not None and not all(type(k) is str for k, _ in items):
+        items = [(str(k), v) for k, v in items]
     if items is None:
         return Value(obj, f"a value of type {type(obj).__name__} is not a tensor or a tree of tensors")
     return _tree_from_items(items)
 
 
 def _tree_from_items(items) -> dict:
+    """The tree of named children. Consecutive names with the same parent (``fc.weight``,
+    ``fc.bias``) go straight into the parent found for the first of them."""
     tree: dict = {}
+    parent_name, parent = None, None  # the last parent a name was inserted under, while it holds
     for name, child in items:
-        value = ExtraState(child) if name.rsplit(".", 1)[-1] == EXTRA_STATE else tree_from_object(child)
+        if type(child) is torch.Tensor or type(child) is torch.nn.Parameter:
+            value = tensor_leaf(child)
+        elif name.endswith(EXTRA_STATE) and name.rsplit(".", 1)[-1] == EXTRA_STATE:
+            value = ExtraState(child)
+        else:
+            value = tree_from_object(child)
+        head, _, last = name.rpartition(".")
+        if head and head == parent_name and parent is not None and last not in parent and type(value) is not dict:
+            parent[last] = value
+            continue
         insert(tree, name, value)
+        parent_name, parent = head, _dict_at(tree, head) if head else None
     return tree
+
+
+def _dict_at(tree: dict, dotted: str) -> dict | None:
+    """The subtree at a dotted path, if every step is a plain subtree."""
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node.get(part)
+        if type(node) is not dict:
+            return None
+    return node
 
 
 def _tree_from_pickled(obj: Pickled):
