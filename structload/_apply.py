@@ -43,7 +43,12 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
         for entry, size in zip(writes, sizes):
             try:
                 slot, leaf = entry.slot, entry.leaf
-                if slot.kind is SlotKind.TENSOR and type(leaf) is MemoryTensor and _in_place(entry):
+                if (
+                    slot.kind is SlotKind.TENSOR
+                    and type(leaf) is MemoryTensor
+                    and entry.status is Status.LOADED
+                    and not slot.tensor.is_meta
+                ):
                     slot.tensor.copy_(leaf.tensor)  # the common case: one copy into a real tensor, nothing to decide
                 elif entry.path in plan.mapped:
                     install_mapped(entry, shared.get(id(slot.tensor), (slot,)))
@@ -95,11 +100,6 @@ def _advance_by_bytes_fetched(advance, files: list[RemoteFile]):
         seen = fetched
 
     return advance_fetched
-
-
-def _in_place(entry: Entry) -> bool:
-    """A write that is just ``copy_`` into a real destination tensor."""
-    return entry.status is Status.LOADED and not entry.slot.tensor.is_meta
 
 
 def _interrupted_note(done: list[Entry], total: int) -> str:

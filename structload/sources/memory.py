@@ -106,9 +106,12 @@ def _tree_from_items(items) -> dict:
     ``fc.bias``) go straight into the parent found for the first of them."""
     tree: dict = {}
     parent_name, parent = None, None  # the last parent a name was inserted under, while it holds
+    value: Any
     for name, child in items:
-        if type(child) is torch.Tensor or type(child) is torch.nn.Parameter:
-            value = tensor_leaf(child)
+        if (type(child) is torch.Tensor or type(child) is torch.nn.Parameter) and not (
+            child.is_meta or child.is_quantized
+        ):
+            value = MemoryTensor(child)  # the common case of `tensor_leaf`, without the call
         elif name.endswith(EXTRA_STATE) and name.rsplit(".", 1)[-1] == EXTRA_STATE:
             value = ExtraState(child)
         else:
