@@ -10,13 +10,18 @@ Two models:
   embedding), where the time is mostly the copy itself.
 
 Prints the median of each, and the ratio sl.load / load_state_dict measured
-in the same run. Targets: flat <= 0.1x, gpt2 <= 1.2x (checked; results as JSON
-in bench/results/overhead.json or --json PATH; exit status 1 if one is missed).
+in the same run, then the flat model's load phase by phase (microseconds per
+tensor: the source tree, the plan (walk and rules), the writes, the report) and
+its time per tensor at 5k, 20k and 80k tensors (linear growth). Targets:
+flat <= 0.1x, gpt2 <= 1.2x, flat at most 5 us per tensor (checked; results as
+JSON in bench/results/overhead.json or --json PATH; exit status 1 if one is missed).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import statistics
 import time
 
@@ -91,6 +96,42 @@ def compare(name: str, make, repeat: int) -> dict:
     return {"model": name, "tensors": tensors, "sl_load_s": structload, "load_state_dict_s": baseline, "ratio": ratio}
 
 
+def phases(make, repeat: int) -> dict[str, float]:
+    """Microseconds per tensor of each phase of `sl.load` (what `run_load` does, step by step)."""
+    import gc
+
+    from structload._apply import apply_plan
+    from structload._plan import make_plan
+    from structload._select import Selection
+    from structload.sources import to_source_tree
+
+    torch.manual_seed(0)
+    state, model = make().state_dict(), make()
+    names = ("source tree", "plan: walk and rules", "apply: writes", "report")
+
+    def once() -> list[float]:
+        gc.disable()
+        marks = [time.perf_counter()]
+        tree = to_source_tree(state)
+        marks.append(time.perf_counter())
+        plan = make_plan(model, tree, Selection(None, None, None))
+        marks.append(time.perf_counter())
+        apply_plan(plan, torch.device("cpu"), False)
+        marks.append(time.perf_counter())
+        plan.report(applied=True)
+        marks.append(time.perf_counter())
+        gc.enable()
+        return [b - a for a, b in itertools.pairwise(marks)]
+
+    once()
+    runs = [once() for _ in range(repeat)]
+    return {name: statistics.median(r[i] for r in runs) / len(state) * 1e6 for i, name in enumerate(names)}
+
+
+def flat_of(blocks: int):
+    return lambda: nn.ModuleList(SmallBlock() for _ in range(blocks))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5)
@@ -107,6 +148,20 @@ def main() -> None:
             result = compare(name, make, args.repeat)
             targets.at_most(f"{name}: sl.load / load_state_dict", result["ratio"], limit)
             results.append(result)
+    if args.only in (None, "flat"):
+        split = phases(flat_model, args.repeat)
+        print("flat, phase by phase: " + ", ".join(f"{name} {us:.2f} us" for name, us in split.items()))
+        scaling = {}
+        for blocks in (416, 1666, 6666):  # about 5k, 20k and 80k tensors
+            torch.manual_seed(0)
+            state, model = flat_of(blocks)().state_dict(), flat_of(blocks)()
+            seconds = median_seconds(functools.partial(sl.load, model, state), args.repeat)
+            scaling[len(state)] = seconds / len(state) * 1e6
+        print("flat, per tensor: " + ", ".join(f"{n} tensors {us:.2f} us" for n, us in scaling.items()))
+        per_tensor = results[0]["sl_load_s"] / results[0]["tensors"] * 1e6
+        targets.at_most("flat: microseconds per tensor", per_tensor, 5.0)
+        results.append({"model": "flat phases (us per tensor)", **split})
+        results.append({"model": "flat scaling (us per tensor)", **{str(n): us for n, us in scaling.items()}})
     targets.finish(results, args.json)
 
 

@@ -10,10 +10,12 @@ resident memory.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -50,6 +52,8 @@ class FileHandle:
         self.size = os.fstat(self.fd).st_size
         self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
         self._mapping: Any = None
+        self._cast_buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._buffer_lock = threading.Lock()
         #: Dotted path -> type name of the objects a torch file's pickle holds that were not imported.
         self.pickled_types: dict[str, str] = {}
         weakref.finalize(self, os.close, self.fd)
@@ -99,6 +103,23 @@ class FileHandle:
             except (RuntimeError, OSError) as error:
                 raise SourceError(f"{self.path}: cannot map the file ({error})") from None
         return self._mapping
+
+    @contextlib.contextmanager
+    def cast_buffers(self, dtype: torch.dtype, numel: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Two buffers of `numel` elements for casting reads, kept for the next tensor: buffers
+        allocated afresh per tensor come from the system each time (big allocations are mapped
+        anew), and faulting their pages in cost as much as the reads (GPT-2-medium, bf16 into
+        fp32: 0.96 s against 0.35 s in a process that had the memory already)."""
+        if not self._buffer_lock.acquire(blocking=False):  # another thread casts from this file: its own
+            yield (torch.empty(numel, dtype=dtype), torch.empty(numel, dtype=dtype))
+            return
+        try:
+            kept = self._cast_buffers
+            if kept is None or kept[0].dtype != dtype or kept[0].numel() < numel:
+                kept = self._cast_buffers = (torch.empty(numel, dtype=dtype), torch.empty(numel, dtype=dtype))
+            yield (kept[0][:numel], kept[1][:numel])
+        finally:
+            self._buffer_lock.release()
 
     def read_bytes(self, offset: int, length: int) -> bytes:
         buffer = bytearray(length)
@@ -260,13 +281,35 @@ class FileTensor(SourceTensor):
         return span * self.dtype.itemsize
 
     def _read_in_chunks(self, target: torch.Tensor) -> None:
-        """Cast or move through a bounded buffer instead of a full temporary copy."""
+        """Cast or move through bounded buffers (kept by the file for the next tensor) instead of
+        a full temporary copy. A big tensor of a local file uses two half-size buffers: a reader
+        thread fills the next chunk while this thread casts the last one into `target`."""
         flat = target.detach().view(-1)
-        itemsize = self.dtype.itemsize
-        per_chunk = max(1, CHUNK_BYTES // itemsize)
-        buffer = torch.empty(min(per_chunk, flat.numel()), dtype=self.dtype)
-        for start in range(0, flat.numel(), per_chunk):
-            count = min(per_chunk, flat.numel() - start)
-            chunk = buffer[:count]
-            self.file.read_into(writable_bytes(chunk), self.offset + start * itemsize)
-            flat[start : start + count].copy_(chunk)
+        per_chunk = max(1, CHUNK_BYTES // self.dtype.itemsize)
+        overlapped = flat.numel() > per_chunk and self.file.local and self.file.readers.workers > 1
+        size = max(1, per_chunk // 2) if overlapped else min(per_chunk, flat.numel())
+        with self.file.cast_buffers(self.dtype, size) as buffers:
+            if overlapped:
+                self._read_overlapped(flat, size, buffers)
+                return
+            for start in range(0, flat.numel(), size):
+                chunk = buffers[0][: min(size, flat.numel() - start)]
+                self.file.read_into(writable_bytes(chunk), self.offset + start * self.dtype.itemsize)
+                flat[start : start + chunk.numel()].copy_(chunk)
+
+    def _read_overlapped(self, flat: torch.Tensor, size: int, buffers) -> None:
+        starts = range(0, flat.numel(), size)
+
+        def fetch(index: int):
+            start = starts[index]
+            chunk = buffers[index % 2][: min(size, flat.numel() - start)]
+            offset = self.offset + start * self.dtype.itemsize
+            return chunk, self.file.readers.submit(self.file._read_range, writable_bytes(chunk), offset)
+
+        pending = fetch(0)
+        for index, start in enumerate(starts):
+            chunk, reading = pending
+            reading.result()  # the read's SourceError, if any
+            if index + 1 < len(starts):
+                pending = fetch(index + 1)  # into the other buffer, while this one is cast
+            flat[start : start + chunk.numel()].copy_(chunk)

@@ -133,6 +133,8 @@ class RemoteFile(FileHandle):
         self.pickled_types: dict[str, str] = {}
         self.fetched = 0  # bytes received, for tests, benchmarks and the progress bar
         self._lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
+        self._cast_buffers = None
         self._prefetch: _Prefetch | None = None
         self._http = type(self.fs).__name__ == "HTTPFileSystem"
         RemoteFile.opened.add(self)
