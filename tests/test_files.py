@@ -513,3 +513,34 @@ def test_numbered_entries_come_in_numeric_order(tmp_path):
     path = save_safetensors(tmp_path / "h.safetensors", state)
     assert list(sl.open(path)["h"]) == [str(i) for i in range(12)]
     assert list(sl.inspect(path)) == [f"h.{i}.w" for i in range(12)]
+
+
+def test_casting_reads_in_overlapped_chunks_give_the_cast_values(tmp_path, monkeypatch):
+    from structload.sources import _files
+
+    monkeypatch.setattr(_files, "CHUNK_BYTES", 64)  # 32 bf16 elements a chunk: every tensor takes many
+    state = {"a": torch.randn(37, 11).bfloat16(), "b": torch.randn(5).bfloat16(), "c": torch.randn(300).bfloat16()}
+    path = tmp_path / "bf16.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    dst = {k: torch.zeros(v.shape) for k, v in state.items()}
+    report = sl.load(dst, str(path))
+    assert [c.path for c in report.cast] == ["a", "b", "c"]
+    assert all(torch.equal(dst[k], v.float()) for k, v in state.items())
+    with torch.device("meta"):
+        model = nn.Linear(11, 37)
+    sl.load(model, {"weight": sl.open(str(path))["a"], "bias": torch.zeros(37)})
+    assert torch.equal(model.weight, state["a"].float())
+
+
+def test_a_file_cut_during_an_overlapped_casting_read_is_a_source_error(tmp_path, monkeypatch):
+    from structload.sources import _files
+
+    monkeypatch.setattr(_files, "CHUNK_BYTES", 64)
+    path = tmp_path / "bf16.safetensors"
+    safetensors.torch.save_file({"w": torch.randn(1000).bfloat16()}, str(path))
+    tree = sl.open(str(path))
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 500)
+    dst = {"w": torch.zeros(1000)}
+    with pytest.raises(sl.SourceError, match="truncated, or changed since it was opened"):
+        sl.load(dst, tree)
