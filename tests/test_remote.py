@@ -209,6 +209,17 @@ def test_without_fsspec_a_url_says_which_extra_to_install(monkeypatch):
         sl.open("https://example.invalid/model.safetensors")
 
 
+def test_a_missing_filesystem_package_says_what_to_install(monkeypatch):
+    import fsspec
+
+    def missing(url):
+        raise ImportError('HTTPFileSystem requires "requests" and "aiohttp" to be installed')
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    with pytest.raises(sl.SourceError, match=r"aiohttp.*install 'structload\[remote\]' for http"):
+        sl.open("https://example.invalid/model.safetensors")
+
+
 def test_memory_urls(tmp_path):
     import fsspec
 

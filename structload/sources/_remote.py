@@ -69,7 +69,12 @@ def filesystem(url: str) -> tuple[Any, str]:
         ) from None
     try:
         return fsspec.core.url_to_fs(url)
-    except (ImportError, ValueError) as error:  # an unknown protocol, or its package is not installed
+    except ImportError as error:  # fsspec knows the protocol; its package is not installed
+        raise SourceError(
+            f"{url}: reading this URL needs a package that is not installed ({error}); install "
+            "'structload[remote]' for http(s), or the protocol's fsspec package (s3fs, gcsfs, ...)"
+        ) from None
+    except ValueError as error:  # a protocol fsspec does not know
         raise SourceError(f"{url}: no filesystem for this URL ({error})") from None
 
 
