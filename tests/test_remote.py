@@ -335,3 +335,26 @@ def test_dcp_directory_behind_a_url(tmp_path):
     model = randomized(Net(n=1), 2)
     assert sl.load(model, sl.open(url)["model"]).ok
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_a_file_changed_under_a_load_without_etags_is_caught_after_the_writes(monkeypatch):
+    import fsspec
+
+    url = "memory://structload/changing.safetensors"
+    state = {"a": torch.ones(4), "b": torch.zeros(4)}
+    with fsspec.open(url, "wb") as f:
+        f.write(safetensors.torch.save(state))
+    tree = sl.open(url)
+    original = _remote.RemoteFile.fetch
+
+    def fetch_then_change(self, start, end):
+        data = original(self, start, end)
+        with fsspec.open(url, "wb") as f:  # rewritten, longer, while the load runs
+            f.write(safetensors.torch.save({**state, "c": torch.ones(100)}))
+        return data
+
+    monkeypatch.setattr(_remote.RemoteFile, "fetch", fetch_then_change)
+    dst = {"a": torch.zeros(4), "b": torch.ones(4)}
+    with pytest.raises(sl.SourceError, match="changed during the load.*every tensor was written") as info:
+        sl.load(dst, tree)
+    assert info.value.report.loaded == ["a", "b"]

@@ -184,7 +184,7 @@ class RemoteFile(FileHandle):
             )
 
         def attempt() -> bytes:
-            headers = {"headers": {"If-Match": self.etag}} if self._http and self.etag else {}
+            headers = {"headers": {"If-Match": self.etag}} if self.conditional_reads else {}
             try:
                 data = self.fs.cat_file(self.fs_path, start=start, end=end, **headers)
             except Exception as error:
@@ -209,6 +209,12 @@ class RemoteFile(FileHandle):
         with self._lock:
             self.fetched += len(data)
         return data
+
+    @property
+    def conditional_reads(self) -> bool:
+        """Whether every read sends ``If-Match`` with the ETag seen at open (HTTP with an ETag):
+        a changed file then fails the read itself, and no check after the load is needed."""
+        return bool(self._http and self.etag)
 
     def check_unchanged(self) -> None:
         """A `SourceError` if the file's size or ETag differs from when it was opened."""
