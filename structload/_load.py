@@ -229,7 +229,7 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
         earlier += converter_problems
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
     if isinstance(src, (str, os.PathLike, SourceTree)):
-        plan.pickled = open_source(src).types if isinstance(src, SourceTree) else SourceTree(tree).types
+        plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan

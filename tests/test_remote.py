@@ -358,3 +358,13 @@ def test_a_file_changed_under_a_load_without_etags_is_caught_after_the_writes(mo
     with pytest.raises(sl.SourceError, match="changed during the load.*every tensor was written") as info:
         sl.load(dst, tree)
     assert info.value.report.loaded == ["a", "b"]
+
+
+def test_a_url_without_a_known_suffix_is_read_by_content_without_fetching_it_whole(served):
+    state = randomized(Net(n=2), 1).state_dict()
+    safetensors.torch.save_file(state, str(served.root / "weights.data"))
+    model = randomized(Net(n=2), 2)
+    assert sl.load(model, f"{served.url}/weights.data").ok
+    tensors = sum(v.numel() * v.element_size() for v in state.values())
+    assert served.served <= tensors + header_bytes(served.root / "weights.data") + SMALL_BOUND
+    assert not [r for r in served.requests if r[0] == "GET" and not r[2]]  # no GET without a range

@@ -16,7 +16,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -41,6 +41,9 @@ class FileHandle:
     """
 
     local = True
+    #: Every open file whose pickle held objects that were not imported (weakly held): while there
+    #: is none, asking a source tree for its pickled types costs nothing, not a pass over its leaves.
+    holding_pickled_types: ClassVar[weakref.WeakSet[FileHandle]] = weakref.WeakSet()
 
     def __init__(self, path: str, readers: ReaderPool = READERS):
         self.path = path
@@ -57,6 +60,12 @@ class FileHandle:
         #: Dotted path -> type name of the objects a torch file's pickle holds that were not imported.
         self.pickled_types: dict[str, str] = {}
         weakref.finalize(self, os.close, self.fd)
+
+    def hold_pickled_types(self, types: dict[str, str]) -> None:
+        """Record the pickled types of this file (`structload.sources.pickled`)."""
+        self.pickled_types = types
+        if types:
+            FileHandle.holding_pickled_types.add(self)
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
         """Fill `buffer` with the bytes at `offset`, or raise `SourceError` naming the file.

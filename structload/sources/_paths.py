@@ -34,11 +34,20 @@ def basename(path: str) -> str:
     return posixpath.basename(path.rstrip("/")) if is_url(path) else os.path.basename(path)
 
 
-def isdir(path: str) -> bool:
+def kind(path: str) -> str | None:
+    """``"directory"``, ``"file"``, or ``None`` when nothing is there. For a URL, one metadata
+    request (fsspec's ``info``; over HTTP a ``HEAD``, where ``isdir`` would fetch the whole URL
+    to look for links in it)."""
     if not is_url(path):
-        return os.path.isdir(path)
+        return "directory" if os.path.isdir(path) else "file" if os.path.exists(path) else None
     fs, inner = filesystem(path)
-    return bool(with_retries(path, "looking it up", lambda: fs.isdir(inner)))
+    try:
+        info = fs.info(inner)
+    except FileNotFoundError:
+        return None
+    except Exception:  # anything else: the reader's own request says what is wrong, retried
+        return "file"
+    return "directory" if info.get("type") == "directory" else "file"
 
 
 def isfile(path: str) -> bool:
@@ -46,13 +55,6 @@ def isfile(path: str) -> bool:
         return os.path.isfile(path)
     fs, inner = filesystem(path)
     return bool(with_retries(path, "looking it up", lambda: fs.isfile(inner)))
-
-
-def exists(path: str) -> bool:
-    if not is_url(path):
-        return os.path.exists(path)
-    fs, inner = filesystem(path)
-    return bool(with_retries(path, "looking it up", lambda: fs.exists(inner)))
 
 
 def listdir(directory: str) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from .._report import SourceError
 from . import _paths as paths
 from ._files import FileHandle
-from ._remote import is_url
 from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
@@ -18,14 +17,13 @@ TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 def open_file(path: str) -> dict:
     """Open a checkpoint file, index or directory (local, or an fsspec URL) as a lazy source tree;
     reads metadata only."""
-    if is_url(path) and path.endswith((*TORCH_SUFFIXES, ".safetensors", ".index.json", ".npz")):
-        pass  # a file by its name: no directory listing (over HTTP, that would fetch the whole file)
-    elif paths.isdir(path):
+    found = paths.kind(path)
+    if found is None:
+        raise SourceError(f"{path}: no such file or directory")
+    if found == "directory":
         if is_dcp_directory(path):
             return open_dcp(path)
         path = find_in_directory(path)
-    elif not paths.exists(path):
-        raise SourceError(f"{path}: no such file or directory")
     if path.endswith(".index.json"):
         return open_index(path)
     if path.endswith(".safetensors"):
@@ -41,9 +39,9 @@ def _open_by_content(path: str) -> dict:
     handle = paths.open_handle(path)
     head = handle.read_bytes(0, min(9, handle.size))
     if head.startswith(b"PK\x03\x04"):
-        return open_npz(path) if _holds_npy_arrays(handle) else open_torch_file(path)
+        return open_npz(path, handle) if _holds_npy_arrays(handle) else open_torch_file(path, handle)
     if len(head) == 9 and head[8:9] == b"{":
-        return open_safetensors(path)
+        return open_safetensors(path, handle)
     raise SourceError(
         f"{path}: unknown checkpoint format (expected .safetensors, a torch.save file "
         f"({', '.join(TORCH_SUFFIXES)}), a numpy .npz file, a *.index.json or a directory holding one)"

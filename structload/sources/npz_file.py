@@ -42,9 +42,10 @@ _PLAIN_HEADER = re.compile(
 )
 
 
-def open_npz(path: str) -> dict:
-    """The nested source tree of an ``.npz`` file, reading only the ``.npy`` headers."""
-    file = open_handle(path)
+def open_npz(path: str, file: FileHandle | None = None) -> dict:
+    """The nested source tree of an ``.npz`` file, reading only the ``.npy`` headers; `file` is
+    its handle when the caller has opened it already."""
+    file = file or open_handle(path)
     archive = open_zip(file, "numpy .npz file")
     tree: dict = {}
     for info in archive.infolist():

@@ -42,9 +42,10 @@ DTYPES = {
 }
 
 
-def open_safetensors(path: str) -> dict:
-    """The nested source tree of a safetensors file (tensor names split on dots)."""
-    file = open_handle(path)
+def open_safetensors(path: str, file: FileHandle | None = None) -> dict:
+    """The nested source tree of a safetensors file (tensor names split on dots); `file` is
+    its handle when the caller has opened it already."""
+    file = file or open_handle(path)
     header, data_start = _read_header(file)
     data_size = file.size - data_start
     tree: dict = {}

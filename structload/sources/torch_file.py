@@ -38,8 +38,8 @@ import torch
 from .._report import SourceError
 from ._files import FileHandle, FileTensor
 from ._leaves import BadLeaf
-from ._paths import open_handle, zip_archive
-from ._zip import record_data_offset
+from ._paths import open_handle
+from ._zip import open_zip, record_data_offset
 from .memory import tree_from_object
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
 
@@ -125,9 +125,10 @@ class _OrderedDict(collections.OrderedDict):
         pass
 
 
-def open_torch_file(path: str) -> dict:
-    """The nested source tree of a ``torch.save`` file, reading only its pickle."""
-    file = open_handle(path)
+def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
+    """The nested source tree of a ``torch.save`` file, reading only its pickle; `file` is its
+    handle when the caller has opened it already."""
+    file = file or open_handle(path)
     archive = _open_archive(file)
     pickle_name = _pickle_record(path, archive)
     prefix = pickle_name[: -len("data.pkl")]
@@ -138,7 +139,8 @@ def open_torch_file(path: str) -> dict:
     unpickler = _WeightsUnpickler(file, archive, prefix)
     try:
         unpickled = unpickler.load_from(data)
-        file.pickled_types = types_in(unpickled) if unpickler.placeholders else {}
+        if unpickler.placeholders:
+            file.hold_pickled_types(types_in(unpickled))
         tree = tree_from_object(unpickled)
     except _Refused as refused:
         raise SourceError(f"{path}: {refused}") from None
@@ -161,12 +163,7 @@ def _open_archive(file: FileHandle) -> zipfile.ZipFile:
             f"{path}: not a zip-format torch file (a legacy torch.save file, or not a checkpoint at all). "
             "Convert a trusted legacy file with: torch.save(torch.load(old, weights_only=True), new)"
         )
-    try:
-        return zip_archive(file)
-    except Exception as error:  # zipfile raises many kinds (BadZipFile, NotImplementedError, struct.error, ...)
-        raise SourceError(
-            f"{path}: the zip archive is corrupt or truncated ({type(error).__name__}: {error})"
-        ) from None
+    return open_zip(file, "torch.save file")
 
 
 def _pickle_record(path: str, archive: zipfile.ZipFile) -> str:

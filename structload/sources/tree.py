@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterator, Mapping
 
 from .._report import SourceError
-from ._files import file_handles
+from ._files import FileHandle, file_handles
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value, iter_leaves
 
 
@@ -66,6 +66,8 @@ class SourceTree(Mapping):
         {}
         """
         found: dict[str, str] = {}
+        if not FileHandle.holding_pickled_types:  # no file open has any: no pass over the leaves
+            return found
         for handle in file_handles(self.node):
             found.update(handle.pickled_types)
         if not self.path:
