@@ -82,6 +82,13 @@ def assert_same_state(a: nn.Module, b: nn.Module) -> None:
         assert torch.equal(sa[key], sb[key]), key
 
 
+def destination_outcomes(report) -> list[str]:
+    """Every destination path the report places, one entry per list it appears in: the lists a
+    destination path lands in exactly one of (loaded, missing, skipped, excluded, zeroed, mismatched)."""
+    lists = [report.loaded, report.missing, report.skipped, report.excluded, report.zeroed]
+    return [path for paths in lists for path in paths] + [m.path for m in report.mismatched]
+
+
 def attempt(fn):
     """``(result, None)`` when ``fn()`` returns, ``(None, error)`` when it raises `structload.LoadError`:
     for tests whose cases may go either way (property tests, ranks reporting back)."""

@@ -266,12 +266,13 @@ def test_one_ranks_unreadable_source_fails_every_rank(tmp_path):
 # --- DCP checkpoints ------------------------------------------------------------------------------
 
 
-def _fsdp_model(world):
+def fsdp_model(world: int, seed: int = 3):
+    """`Net`, initialised from `seed`, with every block and then the root sharded by FSDP2."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (world,))
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     model = Net()
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
@@ -282,7 +283,7 @@ def _fsdp_model(world):
 def _save_dcp(rank, world, directory, folder):
     import torch.distributed.checkpoint as dcp
 
-    model = _fsdp_model(world)
+    model = fsdp_model(world)
     dcp.save({"model": model.state_dict(), "step": 10}, checkpoint_id=directory)
     full = {k: v.full_tensor() for k, v in model.state_dict().items()}
     if rank == 0:
@@ -290,14 +291,7 @@ def _save_dcp(rank, world, directory, folder):
 
 
 def _load_dcp(rank, world, directory, folder):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh("cpu", (world,))
-    model = Net()
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fsdp_model(world, seed=4)  # other values than the saved model's
     report = sl.load(model, sl.open(directory)["model"])
     full = torch.load(Path(folder) / "full.pt", weights_only=True)
     same = all(torch.equal(v.full_tensor(), full[k]) for k, v in model.state_dict().items())

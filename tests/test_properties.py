@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import structload as sl
-from helpers import assert_unchanged, attempt, snapshot
+from helpers import assert_unchanged, attempt, destination_outcomes, snapshot
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -211,15 +211,7 @@ def test_non_strict_report_partitions_the_destination_paths(data):
     dst, src = draw_load_case(data)
     exclude = data.draw(st.sampled_from([None, "*.bias", "0", "enc.*"]))
     report = sl.load(dst, src, strict=False, exclude=exclude)
-    lists = [
-        report.loaded,
-        report.missing,
-        report.skipped,
-        report.excluded,
-        report.zeroed,
-        [m.path for m in report.mismatched],
-    ]
-    every = [path for paths in lists for path in paths]
+    every = destination_outcomes(report)
     assert sorted(every) == sorted(state_paths(dst))  # tied paths: each listed, once
     assert len(every) == len(set(every))
     assert not set(report.unexpected) & set(report.loaded)

@@ -17,8 +17,7 @@ import torch
 import torch.nn as nn
 from loopback import LoopbackServer
 from test_cli import run
-from test_distributed import Net as DistributedNet
-from test_distributed import reference_state, results, run_ranks, save_result
+from test_distributed import fsdp_model, reference_state, results, run_ranks, save_result
 
 import structload as sl
 from helpers import Net, randomized
@@ -259,24 +258,17 @@ def test_progress_bar_counts_bytes_fetched(served, monkeypatch):
 
 
 def test_mmap_falls_back_to_reading_for_urls(served):
-    state = {"w": torch.arange(6.0)}
+    state = {"weight": torch.arange(6.0).view(1, 6)}
     url, _ = publish(served, "w.safetensors", state)
     with torch.device("meta"):
-        dst = nn.Linear(1, 1)
-    dst.weight = nn.Parameter(torch.empty(6, device="meta"))
-    report = sl.load({"w": dst.weight}, url, mmap=True, strict=False)
-    assert report.mapped == []
+        dst = nn.Linear(6, 1, bias=False)
+    report = sl.load(dst, url, mmap=True)  # strict: the meta weight must be written
+    assert report.ok and report.loaded == ["weight"] and report.mapped == []
+    assert not dst.weight.is_meta and torch.equal(dst.weight, state["weight"])
 
 
 def _fsdp_from_url(rank, world, url, folder):
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
-
-    mesh = init_device_mesh("cpu", (world,))
-    model = DistributedNet()
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+    model = fsdp_model(world, seed=4)  # other values than reference_state's
     tree = sl.open(url)
     report = sl.load(model, tree)
     file = next(iter(tree.tensors().values())).file

@@ -10,7 +10,7 @@ import torch.nn as nn
 from rich.console import Console
 
 import structload as sl
-from helpers import Net, TiedLM, randomized
+from helpers import Net, TiedLM, destination_outcomes, randomized
 
 
 def render(renderable, width: int = 120) -> str:
@@ -33,15 +33,7 @@ def messy_load(n_dst: int = 4, n_src: int = 3):
 
 def test_each_destination_path_lands_in_exactly_one_list():
     report, dst = messy_load()
-    lists = [
-        report.loaded,
-        report.missing,
-        report.skipped,
-        report.excluded,
-        report.zeroed,
-        [m.path for m in report.mismatched],
-    ]
-    every = [path for paths in lists for path in paths]
+    every = destination_outcomes(report)
     assert sorted(every) == sorted(dst.state_dict())
     assert len(every) == len(set(every))
     assert report.unexpected == ["extra.w", "extra.b"]
