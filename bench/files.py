@@ -31,12 +31,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from targets import Targets
+from targets import Targets, run_child, warm
 
 HERE = Path(__file__).resolve().parent
 
@@ -152,10 +151,7 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
         extra = {"loss": np.float32(3.25), "step": np.int64(600_000), "epoch": 4}
         torch.save({"state_dict": state, "hyper_parameters": hparams, **extra}, paths["lightning"])
         np.savez(paths["npz"], **{k: v.numpy() for k, v in state.items()})
-    for path in paths.values():  # into the page cache
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
+    warm(paths.values())
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -176,12 +172,7 @@ def main() -> None:
     )
     results = {}
     for case, (fmt, _) in CASES.items():
-        runs = []
-        for _ in range(args.repeat):
-            out = subprocess.run(
-                [sys.executable, __file__, "--child", case, paths[fmt]], capture_output=True, text=True, check=True
-            )
-            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs = [run_child(__file__, case, paths[fmt]) for _ in range(args.repeat)]
         seconds = statistics.median(r["seconds"] for r in runs)
         added = statistics.median(r["added_rss"] for r in runs)
         results[case] = (seconds, added, runs[0]["file_bytes"])

@@ -29,13 +29,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from files import peak_rss_bytes, reset_peak, rss_bytes
-from targets import Targets
+from targets import Targets, run_child, warm
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {
@@ -104,13 +102,6 @@ def write(folder: Path, shape: str, dtype: str) -> None:
     model.save_pretrained(folder, max_shard_size="500MB")
 
 
-def warm(folder: Path) -> None:
-    for path in folder.glob("*.safetensors"):
-        with open(path, "rb") as f:
-            while f.read(1 << 24):
-                pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -126,17 +117,11 @@ def main() -> None:
         for dtype in ("float32", "bfloat16"):
             folder = Path(args.dir) / f"{shape}-{dtype}"
             write(folder, shape, dtype)
-            warm(folder)
+            warm(folder.glob("*.safetensors"))
             runs: dict[str, list[dict]] = {c: [] for c in CASES}
             for _ in range(args.repeat):  # interleaved
                 for case in CASES:
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--child", case, str(folder)],
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    runs[case].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                    runs[case].append(run_child(__file__, case, str(folder)))
             keys = ("seconds", "load_seconds", "added_rss")
             table = {c: {key: statistics.median(r[key] for r in rs) for key in keys} for c, rs in runs.items()}
             results[f"{shape}-{dtype}"] = table

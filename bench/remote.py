@@ -21,13 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from targets import Targets
+from targets import Targets, run_child
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -84,10 +83,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for case in CASES:  # interleaved
                 before = server.served
-                out = subprocess.run(
-                    [sys.executable, __file__, "--child", case, url], capture_output=True, text=True, check=True
-                )
-                result = json.loads(out.stdout.strip().splitlines()[-1])
+                result = run_child(__file__, case, url)
                 if not result["ok"]:
                     raise SystemExit(f"{case}: the load reported problems")
                 runs[case].append((result["seconds"], server.served - before))

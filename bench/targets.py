@@ -1,14 +1,17 @@
-"""What every benchmark shares: its stated targets checked when it runs, and its results as JSON.
+"""What every benchmark shares: its stated targets checked when it runs, its results as JSON,
+fresh processes for its cases, and files in the page cache.
 
 targets = Targets("overhead")
 targets.at_most("flat: sl.load / load_state_dict", ratio, 0.1)
 targets.finish(results, json_path)   # writes JSON, prints the verdicts, exit status 1 if one is missed
+result = run_child(__file__, case, path)   # `script --child case path` in a fresh process: its JSON line
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,3 +48,17 @@ class Targets:
         print(f"results written to {path}")
         if not all(check["met"] for check in self.checks):
             sys.exit(1)
+
+
+def run_child(script: str, *args: str) -> dict:
+    """Run ``python script --child *args`` in a fresh process; the JSON object it prints last."""
+    out = subprocess.run([sys.executable, script, "--child", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def warm(paths) -> None:
+    """Read every file once, so that it sits in the page cache."""
+    for path in paths:
+        with open(path, "rb") as f:
+            while f.read(1 << 24):
+                pass
