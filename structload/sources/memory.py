@@ -120,19 +120,8 @@ def _tree_from_items(items) -> dict:
         if head and head == parent_name and parent is not None and last not in parent and type(value) is not dict:
             parent[last] = value
             continue
-        insert(tree, name, value)
-        parent_name, parent = head, _dict_at(tree, head) if head else None
+        parent_name, parent = head, insert(tree, name, value)
     return tree
-
-
-def _dict_at(tree: dict, dotted: str) -> dict | None:
-    """The subtree at a dotted path, if every step is a plain subtree."""
-    node: Any = tree
-    for part in dotted.split("."):
-        node = node.get(part)
-        if type(node) is not dict:
-            return None
-    return node
 
 
 def _tree_from_pickled(obj: Pickled):

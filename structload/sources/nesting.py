@@ -11,8 +11,9 @@ from __future__ import annotations
 from ._leaves import BadLeaf
 
 
-def insert(root: dict, dotted: str, value, *, origin: str = "") -> None:
-    """Put `value` at the dotted path `dotted` under `root`, merging subtrees.
+def insert(root: dict, dotted: str, value, *, origin: str = "") -> dict | None:
+    """Put `value` at the dotted path `dotted` under `root`, merging subtrees. Returns the subtree
+    that holds its last name, or ``None`` when a leaf on the way made it go elsewhere.
 
     >>> tree = {}
     >>> insert(tree, "fc.weight", 1); insert(tree, "fc", {"bias": 2})
@@ -40,9 +41,10 @@ def insert(root: dict, dotted: str, value, *, origin: str = "") -> None:
         elif type(child) is not dict:  # a leaf where this key needs a subtree: keep the leaf
             rest = ".".join([*parents[depth + 1 :], name])
             merge_into(node, f"{part}.{rest}", value, dotted, origin)
-            return
+            return None
         node = child
     merge_into(node, name, value, dotted, origin)
+    return node
 
 
 def merge_into(node: dict, name: str, value, dotted: str, origin: str = "") -> None:
