@@ -16,10 +16,11 @@ def insert(root: dict, dotted: str, value, *, origin: str = "") -> dict | None:
     that holds its last name, or ``None`` when a leaf on the way made it go elsewhere.
 
     >>> tree = {}
-    >>> insert(tree, "fc.weight", 1); insert(tree, "fc", {"bias": 2})
-    >>> tree
+    >>> insert(tree, "fc.weight", 1) is tree["fc"]
+    True
+    >>> _ = insert(tree, "fc", {"bias": 2}); tree
     {'fc': {'weight': 1, 'bias': 2}}
-    >>> insert(tree, "fc.bias", 3); tree["fc"]["bias"]
+    >>> _ = insert(tree, "fc.bias", 3); tree["fc"]["bias"]
     BadLeaf("given twice in the source (as 'fc.bias')")
 
     A key that is also the prefix of other keys (``fc.weight`` and
@@ -28,7 +29,8 @@ def insert(root: dict, dotted: str, value, *, origin: str = "") -> dict | None:
     so they are unexpected (as with ``load_state_dict``):
 
     >>> tree = {}
-    >>> insert(tree, "fc.weight", 1); insert(tree, "fc.weight.extra", 2)
+    >>> insert(tree, "fc.weight", 1) is tree["fc"], insert(tree, "fc.weight.extra", 2)
+    (True, None)
     >>> tree
     {'fc': {'weight': 1, 'weight.extra': 2}}
     """
