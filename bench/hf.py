@@ -16,11 +16,12 @@ VmHWM over the process's RSS after imports. Cases, for an fp32 model:
   sl.load(meta model, dir, mmap=True)      -- views of the mapped files
   sl.load(real model, dir)                 -- into an already-built model (build not timed)
   floor: read the files into freshly allocated memory
+  cast floor (bf16 files): map the files and cast every tensor into fresh fp32 memory
 
 Targets (API issue 13), medians, ratios in the same run: fp32 with mmap=True at most
 1.0x from_pretrained's time and 1.05x its peak RSS; a bf16 file into an fp32 model
 at most 0.8x its time and 0.75x its peak RSS; the copying meta load within 1.1x of
-the floor. Results and verdicts in bench/results/hf.json.
+the floor (for bf16 files, of the cast floor). Results and verdicts in bench/results/hf.json.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ SHAPES = {
     "large": {"n_embd": 1280, "n_layer": 36, "n_head": 20},
 }
 CASES = ("from_pretrained", "sl.load meta", "sl.load meta mmap", "sl.load real", "floor")
+CAST_FLOOR = "cast floor"  # bf16 files only
 
 
 def child(case: str, folder: str) -> None:
@@ -69,6 +71,8 @@ def child(case: str, folder: str) -> None:
                     view = view[f.readinto(view) :]
             buffers.append(buffer)
         model = torch.nn.ParameterList(buffers)
+    elif case == CAST_FLOOR:  # every tensor a view of the mapped files, cast into fresh fp32 memory
+        model = torch.nn.ParameterList(t for path in files for t in cast_mapped(path))
     else:
         if real is not None:
             model = real
@@ -88,6 +92,23 @@ def child(case: str, folder: str) -> None:
     load_seconds = end - (loading if case.startswith("sl.load") else start)  # without building the model
     result = {"seconds": end - start, "load_seconds": load_seconds, "added_rss": peak - base, "checksum": checksum}
     print(json.dumps(result))
+
+
+def cast_mapped(path: str):
+    """Each tensor of a safetensors file, viewed in a mapping of the file and cast to fp32."""
+    import torch
+
+    with open(path, "rb") as f:
+        length = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(length))
+    size = os.path.getsize(path)
+    mapped = torch.empty(0, dtype=torch.uint8).set_(torch.UntypedStorage.from_file(path, shared=False, nbytes=size))
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = info["data_offsets"]
+        data = mapped[8 + length + start : 8 + length + end].view(torch.bfloat16).view(info["shape"])
+        yield data.to(torch.float32)
 
 
 def write(folder: Path, shape: str, dtype: str) -> None:
@@ -118,9 +139,10 @@ def main() -> None:
             folder = Path(args.dir) / f"{shape}-{dtype}"
             write(folder, shape, dtype)
             warm(folder.glob("*.safetensors"))
-            runs: dict[str, list[dict]] = {c: [] for c in CASES}
+            cases = CASES + ((CAST_FLOOR,) if dtype == "bfloat16" else ())
+            runs: dict[str, list[dict]] = {c: [] for c in cases}
             for _ in range(args.repeat):  # interleaved
-                for case in CASES:
+                for case in cases:
                     runs[case].append(run_child(__file__, case, str(folder)))
             keys = ("seconds", "load_seconds", "added_rss")
             table = {c: {key: statistics.median(r[key] for r in rs) for key in keys} for c, rs in runs.items()}
@@ -147,6 +169,8 @@ def main() -> None:
                 targets.at_most(
                     f"{shape} bf16->fp32 / from_pretrained peak RSS", copy["added_rss"] / hf["added_rss"], 0.75
                 )
+                floor = table[CAST_FLOOR]["seconds"]
+                targets.at_most(f"{shape} bf16->fp32 meta copy (load) / cast floor", copy["load_seconds"] / floor, 1.1)
     targets.finish(results, args.json)
 
 

@@ -421,6 +421,37 @@ def test_init_empty_weights_keeps_computed_buffers_real_and_the_load_completes()
     assert torch.equal(dst(x), src(x))
 
 
+def normal_(tensor: torch.Tensor, calls: list) -> torch.Tensor:
+    """An initializer as libraries write them (transformers wraps torch's): dispatches torch functions."""
+    if torch.overrides.has_torch_function_unary(tensor):
+        return torch.overrides.handle_torch_function(normal_, (tensor,), tensor, calls)
+    calls.append(tuple(tensor.shape))
+    with torch.no_grad():
+        return tensor.normal_()
+
+
+class Initialized(nn.Module):
+    def __init__(self, calls: list):
+        super().__init__()
+        self.proj = nn.Linear(4, 3)
+        normal_(self.proj.weight, calls)
+        self.register_buffer("mask", normal_(torch.empty(2), calls).fill_(1.0), persistent=False)
+
+
+def test_init_empty_weights_skips_initializers_on_meta_tensors_and_runs_them_on_real_ones():
+    calls: list = []
+    Initialized(calls)
+    assert calls == [(3, 4), (2,)]
+    calls.clear()
+    with sl.init_empty_weights():
+        model = Initialized(calls)
+    assert calls == [(2,)]  # the real buffer was initialized, the meta weight was not
+    assert model.proj.weight.is_meta and torch.equal(model.mask, torch.ones(2))
+    calls.clear()
+    Initialized(calls)  # the block is over: initializers run again
+    assert calls == [(3, 4), (2,)]
+
+
 def test_an_excluded_tensor_left_on_meta_is_a_problem():
     with sl.init_empty_weights():
         dst = Rotary()
