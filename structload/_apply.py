@@ -53,7 +53,7 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
                 elif entry.path in plan.mapped:
                     install_mapped(entry, shared.get(id(slot.tensor), (slot,)))
                 else:
-                    write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)))
+                    write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)), plan.mmap)
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 raise _partial_failure(plan, done, entry, error) from (
                     None if isinstance(error, SourceError) else error
@@ -133,9 +133,10 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     return LoadError(report.problems[-1:], report, message=f"writing '{failed.path}' failed: {message}")
 
 
-def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slot]) -> None:
+def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slot], mmap: bool = False) -> None:
     """Write one planned entry into the destination; `sharing` lists every slot holding its tensor,
-    `dtype` is the ``load(dtype=)`` option for meta tensors."""
+    `dtype` is the ``load(dtype=)`` option for meta tensors; with `mmap` (``load(mmap=True)``, whose
+    caller accepts a mapped file) a tensor of a local file is cast from mappings of its bytes."""
     slot = entry.slot
     if slot.kind == SlotKind.EXTRA:
         slot.owner.set_extra_state(extra_state_value(entry.leaf))
@@ -156,6 +157,8 @@ def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slo
         )
     if entry.status == Status.ZEROED:
         target.zero_()
+    elif mmap and (file := file_tensor(entry.leaf)) is not None:
+        file.read_into(target, map_casts=True)
     else:
         entry.leaf.read_into(target)
 

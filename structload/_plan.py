@@ -55,6 +55,7 @@ class Plan:
     hints: list[str]
     dtype: torch.dtype | str | None = None  # what meta tensors are materialized in (`load(dtype=...)`)
     mapped: frozenset[str] = frozenset()  # paths `load(mmap=True)` makes views of the mapped file
+    mmap: bool = False  # `load(mmap=True)`: casting reads of local files go through short-lived mappings too
     pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
 
     def writes(self) -> list[Entry]:
@@ -145,7 +146,7 @@ def make_plan(
         list(earlier_problems) + selection.unmatched_patterns() + customised(found, selection, left_out) + problems
     )
     mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
-    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped)
+    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
 
 
 _new_entry = tuple.__new__

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+import pytest
 import safetensors.torch
 import torch
 import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, randomized
+from structload.sources._files import FileHandle
 
 
 def storage_of(tensor: torch.Tensor) -> int:
@@ -44,6 +49,45 @@ def test_casts_fall_back_to_reading_unless_dtype_auto_keeps_the_files(tmp_path):
     dst = on_meta(lambda: Net(n=1))
     kept = sl.load(dst, path, mmap=True, dtype="auto")
     assert kept.ok and kept.mapped == list(src.state_dict()) and dst.head.weight.dtype == torch.bfloat16
+
+
+def test_casts_under_mmap_read_from_mappings_that_are_gone_after_the_load(tmp_path, monkeypatch):
+    src = randomized(Net(n=1))
+    path = str(tmp_path / "bf16.safetensors")
+    bf16 = {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}
+    safetensors.torch.save_file(bf16, path)
+    read: list[int] = []
+    original = FileHandle._read_range
+
+    def counted(self, buffer, offset):
+        read.append(len(buffer))
+        return original(self, buffer, offset)
+
+    monkeypatch.setattr(FileHandle, "_read_range", counted)
+    dst = on_meta(lambda: Net(n=1))
+    report = sl.load(dst, path, mmap=True)
+    assert report.ok and report.mapped == [] and len(report.cast) == len(bf16)
+    for name, tensor in dst.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, bf16[name].float()), name
+    data = sum(t.numel() * t.element_size() for t in bf16.values())
+    assert sum(read) <= os.path.getsize(path) - data  # the header only: no tensor went through a read
+    if sys.platform == "linux":  # every mapping was released: the file's pages are not the process's
+        with open("/proc/self/maps") as maps:
+            assert path not in maps.read()
+    read.clear()
+    sl.load(on_meta(lambda: Net(n=1)), path)  # without mmap=True: read through a buffer, never mapped
+    assert sum(read) >= data
+
+
+def test_a_file_cut_short_before_a_mapped_cast_is_a_source_error(tmp_path):
+    src = randomized(Net(n=1))
+    path = str(tmp_path / "bf16.safetensors")
+    safetensors.torch.save_file({k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}, path)
+    tree = sl.open(path)  # the header is read now
+    os.truncate(path, os.path.getsize(path) // 2)
+    with pytest.raises(sl.SourceError) as info:
+        sl.load(on_meta(lambda: Net(n=1)), tree, mmap=True)
+    assert "bf16.safetensors" in str(info.value) and info.value.report.loaded != list(src.state_dict())
 
 
 def test_real_destinations_are_copied_into_and_keep_their_parameters(tmp_path):

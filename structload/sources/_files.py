@@ -5,13 +5,17 @@ positioned reads (``os.preadv``) into the destination's own storage when
 dtype and layout allow (one copy, from the page cache into the model), or
 through a small bounded buffer when a cast is needed. Nothing is memory
 mapped, so reading a checkpoint never adds its mapped pages to the process's
-resident memory.
+resident memory, and a file cut short is an error, never ``SIGBUS``; except
+with ``load(mmap=True)``, whose caller accepts a mapped file: matching tensors
+become views of one mapping of the file, and casts read from short-lived
+mappings of one chunk each.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import mmap
 import os
 import threading
 import weakref
@@ -130,6 +134,24 @@ class FileHandle:
         finally:
             self._buffer_lock.release()
 
+    def cast_mapped(self, target: torch.Tensor, offset: int, dtype: torch.dtype) -> None:
+        """Copy the `dtype` values at `offset` into `target` (casting) from a private mapping of
+        just those bytes, unmapped before returning."""
+        start = offset - offset % mmap.ALLOCATIONGRANULARITY
+        length = target.numel() * dtype.itemsize
+        size = os.fstat(self.fd).st_size
+        if offset + length > size:  # mapping past the end would raise SIGBUS on access
+            raise SourceError(
+                f"{self.path}: file ended at byte {size} while reading bytes {offset}..{offset + length} "
+                "(truncated, or changed since it was opened)"
+            )
+        try:
+            mapping = mmap.mmap(self.fd, offset + length - start, access=mmap.ACCESS_COPY, offset=start)
+        except (OSError, ValueError) as error:
+            raise SourceError(f"{self.path}: cannot map bytes {offset}..{offset + length} ({error})") from None
+        with mapping:
+            target.copy_(torch.frombuffer(mapping, dtype=dtype, count=target.numel(), offset=offset - start))
+
     def read_bytes(self, offset: int, length: int) -> bytes:
         buffer = bytearray(length)
         self.read_into(memoryview(buffer), offset)
@@ -233,12 +255,19 @@ class FileTensor(SourceTensor):
         self._fill(out)
         return out
 
-    def read_into(self, target: torch.Tensor) -> None:
-        """Write the values into `target` with as few copies and as little memory as possible."""
+    def read_into(self, target: torch.Tensor, map_casts: bool = False) -> None:
+        """Write the values into `target` with as few copies and as little memory as possible.
+
+        With `map_casts` (``load(mmap=True)``: the caller accepts that a file cut short
+        while mapped ends the process with ``SIGBUS``), a cast reads from short-lived
+        mappings of the bytes instead of through a buffer: one copy less.
+        """
         if self.stride is not None or not target.is_contiguous():
             target.copy_(self.read())
         elif target.device.type == "cpu" and target.dtype == self.dtype:
             self.file.read_into(writable_bytes(target), self.offset)  # one copy: file -> model
+        elif map_casts and self.mappable():
+            self._cast_from_mappings(target)
         else:
             self._read_in_chunks(target)
 
@@ -305,6 +334,16 @@ class FileTensor(SourceTensor):
                 chunk = buffers[0][: min(size, flat.numel() - start)]
                 self.file.read_into(writable_bytes(chunk), self.offset + start * self.dtype.itemsize)
                 flat[start : start + chunk.numel()].copy_(chunk)
+
+    def _cast_from_mappings(self, target: torch.Tensor) -> None:
+        """Cast chunk by chunk, each from a mapping of its bytes that is unmapped once cast, so the
+        file's pages never stay in the process's resident memory."""
+        flat = target.detach().view(-1)
+        itemsize = self.dtype.itemsize
+        per_chunk = max(1, CHUNK_BYTES // itemsize)
+        for start in range(0, flat.numel(), per_chunk):
+            count = min(per_chunk, flat.numel() - start)
+            self.file.cast_mapped(flat[start : start + count], self.offset + start * itemsize, self.dtype)
 
     def _read_overlapped(self, flat: torch.Tensor, size: int, buffers) -> None:
         starts = range(0, flat.numel(), size)
