@@ -40,9 +40,12 @@ FILLED_SLOTS = (SlotKind.TENSOR, SlotKind.SHARDED, SlotKind.LAZY)
 EXTRA_STATE = "_extra_state"
 
 
+_MODULE_GET_EXTRA_STATE = torch.nn.Module.get_extra_state
+
+
 def has_extra_state(module: torch.nn.Module) -> bool:
     """``True`` when the module's class defines its own ``get_extra_state``."""
-    return type(module).get_extra_state is not torch.nn.Module.get_extra_state
+    return type(module).get_extra_state is not _MODULE_GET_EXTRA_STATE
 
 
 class Slot:
@@ -130,26 +133,34 @@ def as_dest(value):
 
 
 def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
+    # This runs for every module of a model: the common cases come first, without calls.
     out: list[tuple[str, Any]] = []
-    dtensor = dtensor_class()  # looked up once per module: this runs for every module of a model
     bias = None
     for name, param in module._parameters.items():
-        kind = SlotKind.TENSOR if type(param) is Parameter else _kind(param, dtensor)  # the common case first
+        kind = SlotKind.TENSOR if type(param) is Parameter else _kind(param)
         slot = Slot(kind, param, module, "_parameters", name)
         out.append((name, slot))
         if name == "bias":
             bias = slot
-    non_persistent = module._non_persistent_buffers_set
-    for name, buffer in module._buffers.items():
-        kind = SlotKind.IGNORED if name in non_persistent else _kind(buffer, dtensor)
-        slot = Slot(kind, buffer, module, "_buffers", name)
-        out.append((name, slot))
-        if name == "bias":
-            bias = slot
+    if module._buffers:
+        non_persistent = module._non_persistent_buffers_set
+        for name, buffer in module._buffers.items():
+            if name in non_persistent:
+                kind = SlotKind.IGNORED
+            else:
+                kind = SlotKind.TENSOR if type(buffer) is torch.Tensor else _kind(buffer)
+            slot = Slot(kind, buffer, module, "_buffers", name)
+            out.append((name, slot))
+            if name == "bias":
+                bias = slot
     if bias is not None:
         weight = module._parameters.get("weight", module._buffers.get("weight"))
-        bias.additive = offsets(bias.tensor, weight)
-    if has_extra_state(module):
+        tensor = bias.tensor
+        if type(tensor) is Parameter and tensor.dim() == 1 and isinstance(weight, torch.Tensor):
+            bias.additive = True  # a Linear's, a Conv's, a norm's: `offsets`, its common case
+        else:
+            bias.additive = offsets(tensor, weight)
+    if type(module).get_extra_state is not _MODULE_GET_EXTRA_STATE:  # `has_extra_state`
         out.append((EXTRA_STATE, Slot(SlotKind.EXTRA, None, module, None, EXTRA_STATE)))
     for name, child in module._modules.items():
         if child is not None:
@@ -167,11 +178,12 @@ def materialized_dtype(tensor: torch.Tensor, source_dtype: torch.dtype | None, o
     return option
 
 
-def _kind(tensor, dtensor: type | None) -> SlotKind:
+def _kind(tensor) -> SlotKind:
     if tensor is None:
         return SlotKind.ABSENT
     if isinstance(tensor, UninitializedTensorMixin):
         return SlotKind.LAZY
+    dtensor = dtensor_class()
     return SlotKind.SHARDED if dtensor is not None and isinstance(tensor, dtensor) else SlotKind.TENSOR
 
 
@@ -234,13 +246,16 @@ def _overrides(cls: type, method: str) -> bool:
     return _OVERRIDES[key]
 
 
+_LOADS_ITS_OWN_WAY: dict[type, bool] = {}
+
+
 def customises_loading(module: torch.nn.Module) -> bool:
     """A quick test (one per module of every load): might `loads_its_own_way` have a reason?"""
-    return (
-        _overrides(type(module), "_load_from_state_dict")
-        or bool(module._load_state_dict_pre_hooks)
-        or bool(module._load_state_dict_post_hooks)
-    )
+    cls = type(module)
+    overrides = _LOADS_ITS_OWN_WAY.get(cls)
+    if overrides is None:
+        overrides = _LOADS_ITS_OWN_WAY[cls] = _overrides(cls, "_load_from_state_dict")
+    return overrides or bool(module._load_state_dict_pre_hooks) or bool(module._load_state_dict_post_hooks)
 
 
 def loads_its_own_way(module: torch.nn.Module) -> str | None:

@@ -149,8 +149,7 @@ def make_plan(
     return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
 
 
-_new_entry = tuple.__new__
-_NO_MORE = (None,) * (len(Entry._fields) - 4)  # an Entry's fields after `status`, all unset
+_new_entry = tuple.__new__  # `judge` gives it an Entry's 8 fields in order
 
 #: Statuses that leave a destination tensor as it was (and a meta one on meta).
 _UNWRITTEN = (Status.EXCLUDED, Status.SKIPPED)
@@ -191,19 +190,20 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
     """One `Entry` per pair the rules have something to say about, in walk order; and for each
     pair index (and one past the last), how many entries came before it."""
     entries: list[Entry] = []
-    positions = []
+    positions: list[int] = []
     excluded = left_out.paths if left_out is not None else ()
+    add, mark, loaded, tensor_slot = entries.append, positions.append, Status.LOADED, SlotKind.TENSOR
     for path, slot, leaf in pairs:
-        positions.append(len(entries))
-        holds_tensor = slot.kind in FILLED_SLOTS
+        mark(len(entries))
         if excluded and path in excluded:
-            if holds_tensor:  # still part of any tied group it belongs to
-                entries.append(Entry(path, slot, None, Status.EXCLUDED))
+            if slot.kind in FILLED_SLOTS:  # still part of any tied group it belongs to
+                add(Entry(path, slot, None, Status.EXCLUDED))
             continue
-        if slot.kind is SlotKind.TENSOR and type(leaf) is MemoryTensor and plain_load(slot, leaf):
+        if slot.kind is tensor_slot and type(leaf) is MemoryTensor and plain_load(slot, leaf):
             # the common case, R1 without a problem; built as NamedTuple's own constructor would, faster
-            entries.append(_new_entry(Entry, (path, slot, leaf, Status.LOADED, *_NO_MORE)))
+            add(_new_entry(Entry, (path, slot, leaf, loaded, None, None, None, None)))
             continue
+        holds_tensor = slot.kind in FILLED_SLOTS
         status, kind, message, src_shape = decide(slot, leaf)
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue

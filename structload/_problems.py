@@ -12,6 +12,7 @@ that fixes it.
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections import Counter
 
@@ -36,7 +37,7 @@ def compose_problems(
     entries: list[Entry], unexpected: list[Unexpected], lengths: dict[str, int]
 ) -> tuple[list[Problem], list[str]]:
     """Every problem in walk order, and the hints that apply to the whole load."""
-    if not unexpected and not any(_may_be_a_problem(e) for e in entries):  # a clean load: nothing to compose
+    if not unexpected and not _may_have_problems(entries):  # a clean load: nothing to compose
         return [], []
     roots = _root_counts(entries)
     suggestions = _suggest_by_sibling(unexpected)
@@ -94,9 +95,15 @@ def _root_counts(entries: list[Entry]) -> dict[str, list[int]]:
     return counts
 
 
-def _may_be_a_problem(entry: Entry) -> bool:
-    """Whether `_entry_problem` can find a problem in the entry."""
-    return entry.problem is not None or entry.status is Status.MISSING or entry.status is Status.MISMATCHED
+def _may_have_problems(entries: list[Entry]) -> bool:
+    """Whether `_entry_problem` can find a problem in any entry (one pass each in C, no call per entry)."""
+    statuses = set(map(_STATUS, entries))
+    if Status.MISSING in statuses or Status.MISMATCHED in statuses:
+        return True
+    return len(entries) != list(map(_PROBLEM, entries)).count(None)
+
+
+_STATUS, _PROBLEM = operator.attrgetter("status"), operator.attrgetter("problem")
 
 
 def _entry_problem(

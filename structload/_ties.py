@@ -25,6 +25,9 @@ from ._rules import WRITES, Entry, Status, values_agree
 
 def settle_ties(entries: list[Entry]) -> tuple[list[Entry], list[list[Entry]]]:
     """The entries with every tied group settled, and the groups (settled entries, in order)."""
+    tensors = [id(e.slot.tensor) for e in entries if e.slot.kind in TENSOR_SLOTS]
+    if len(set(tensors)) == len(tensors):  # no tensor at two paths (the common case): one pass, no groups
+        return entries, []
     by_tensor: dict[int, list[int]] = {}
     for index, entry in enumerate(entries):
         if entry.slot.kind in TENSOR_SLOTS:

@@ -488,6 +488,37 @@ def test_ctrl_c_during_a_load_reraises_with_what_was_written():
     assert "interrupted after writing 7 of 15 tensors; the last was 'blocks.0.norm.bias'" in note
 
 
+class Frozen(nn.Module):
+    """A buffer that cannot be written in place (every element is one memory location)."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("frozen", torch.zeros(1).expand(3))
+
+
+def test_plain_copies_are_made_in_batches_and_a_failing_one_is_named_with_what_was_written(monkeypatch):
+    from structload import _apply
+
+    batches = []
+    foreach = _apply._foreach_copy
+    monkeypatch.setattr(_apply, "_foreach_copy", lambda dst, src: (batches.append(len(dst)), foreach(dst, src)))
+    src = randomized(Net(n=2)).state_dict()
+    dst = Net(n=2)
+    assert sl.load(dst, src).ok and batches == [len(src)]  # one call for every copy
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in src.items())
+
+    dst = nn.Sequential(nn.Linear(3, 3), Frozen(), nn.Linear(3, 3))
+    before = snapshot(dst)["values"]
+    src = {k: v + 1 for k, v in before.items()}
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(dst, src)
+    error = info.value
+    assert "writing '1.frozen' failed: RuntimeError" in str(error)
+    assert "the load stopped at '1.frozen' after writing 2 of 5 tensors" in str(error)
+    assert error.report.loaded == ["0.weight", "0.bias"]
+    assert torch.equal(dst[0].weight, src["0.weight"]) and torch.equal(dst[2].weight, before["2.weight"])
+
+
 # --- first-hour dead ends --------------------------------------------------------------------
 
 
