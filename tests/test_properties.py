@@ -263,3 +263,31 @@ def test_dry_run_changes_nothing_and_predicts_the_real_report(data):
     assert_unchanged(dst, before)
     actual = sl.load(dst, src, strict=strict)
     assert predicted.to_dict() | {"applied": True} == actual.to_dict()
+
+
+# --- the source tree of dotted names ---------------------------------------------------------
+
+dotted_names = st.lists(st.sampled_from(["a", "b", "0", "1", ""]), min_size=1, max_size=4).map(".".join)
+tree_values = st.one_of(
+    st.integers(0, 9).map(lambda i: torch.full((1,), float(i))),
+    st.dictionaries(st.sampled_from(["w", "b", "a.w"]), st.just(torch.zeros(1)), max_size=2),
+)
+
+
+@SETTINGS
+@given(st.lists(st.tuples(dotted_names, tree_values), max_size=12, unique_by=lambda item: item[0]))
+def test_the_source_tree_of_dotted_names_is_the_one_insert_builds_name_by_name(items):
+    """Building a tree finds known parents without `insert`; it must build exactly what inserting
+    each name in turn builds, conflicts, leading dots, empty names and subtree values included."""
+    from structload.sources import SourceTensor, to_source_tree
+    from structload.sources.nesting import insert
+
+    def leaves(tree):  # comparable: values, or the text of a BadLeaf
+        if type(tree) is dict:
+            return {name: leaves(child) for name, child in tree.items()}
+        return repr(tree) if not isinstance(tree, SourceTensor) else float(tree.read().sum())
+
+    expected: dict = {}
+    for name, value in items:
+        insert(expected, name, to_source_tree(value))
+    assert leaves(to_source_tree(dict(items))) == leaves(expected)

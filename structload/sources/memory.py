@@ -93,8 +93,13 @@ def tree_from_object(obj):
     leaf = leaf_from_value(obj)
     if leaf is not None:
         return leaf
-    items = list(obj.items()) if type(obj) is dict or type(obj) is OrderedDict else children(obj)
-    if items is not None and not all(type(k) is str for k, _ in items):
+    mapping = type(obj) is dict or type(obj) is OrderedDict
+    items = list(obj.items()) if mapping else children(obj)
+    if (
+        items is not None
+        and not (mapping and set(map(type, obj)) <= {str})
+        and any(type(k) is not str for k, _ in items)
+    ):
         items = [(str(k), v) for k, v in items]
     if items is None:
         return Value(obj, f"a value of type {type(obj).__name__} is not a tensor or a tree of tensors")
@@ -102,10 +107,11 @@ def tree_from_object(obj):
 
 
 def _tree_from_items(items) -> dict:
-    """The tree of named children. Consecutive names with the same parent (``fc.weight``,
-    ``fc.bias``) go straight into the parent found for the first of them."""
+    """The tree of named children. A name whose parent is known (``fc.bias`` after ``fc.weight``,
+    ``blocks.1.fc.weight`` after ``blocks.1.norm.weight``) goes straight into it: `insert` splits
+    and walks only names that need it (a new parent, a name given twice, a subtree value)."""
     tree: dict = {}
-    parent_name, parent = None, None  # the last parent a name was inserted under, while it holds
+    parents: dict[str, dict] = {}  # dotted path -> the subtree there, made by this call
     value: Any
     for name, child in items:
         if (type(child) is torch.Tensor or type(child) is torch.nn.Parameter) and not (
@@ -116,12 +122,31 @@ def _tree_from_items(items) -> dict:
             value = ExtraState(child)
         else:
             value = tree_from_object(child)
-        head, _, last = name.rpartition(".")
-        if head and head == parent_name and parent is not None and last not in parent and type(value) is not dict:
-            parent[last] = value
-            continue
-        parent_name, parent = head, insert(tree, name, value)
+        if type(value) is not dict:
+            head, dot, last = name.rpartition(".")
+            parent = parents.get(head) if dot else tree
+            if parent is None and head:
+                parent = _new_parent(parents, tree, head)
+            if parent is not None and last not in parent:
+                parent[last] = value
+                continue
+        insert(tree, name, value)  # a subtree, a name given twice, a leaf where a parent would go
+        parents.clear()  # which may have moved subtrees aside: find parents anew
     return tree
+
+
+def _new_parent(parents: dict[str, dict], tree: dict, head: str) -> dict | None:
+    """The subtree at the dotted path `head`, made as `insert` would make it (inside the nearest
+    known parent), or ``None`` when a name on the way is taken (`insert` then decides)."""
+    above, dot, name = head.rpartition(".")
+    node = tree if not dot else parents.get(above)
+    if node is None and above:
+        node = _new_parent(parents, tree, above)
+    if node is None or name in node:
+        return None
+    child = node[name] = {}
+    parents[head] = child
+    return child
 
 
 def _tree_from_pickled(obj: Pickled):
