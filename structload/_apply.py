@@ -3,7 +3,8 @@
 Each write copies one source leaf straight into the destination tensor
 (``copy_`` casts and moves as needed), zeroes it (R3) or hands extra state to
 ``set_extra_state``; consecutive plain copies (an in-memory tensor into a real
-one) are made in batches, by one call each (`copy_together`). A destination tensor on the ``meta`` device is first
+one, both in host memory) are made in batches, by one call each
+(`copy_together`). A destination tensor on the ``meta`` device is first
 materialized on `device` and put back at every path that shares it, as a
 real ``nn.Parameter`` keeping its ``requires_grad``; every other parameter
 keeps its identity.
@@ -79,8 +80,11 @@ BATCH = 256
 
 def _runs(writes: list[Entry]) -> Iterator[tuple[bool, list[Entry]]]:
     """The writes in order, as ``(batched, entries)``: consecutive plain copies (an in-memory
-    source into a real destination tensor, nothing to decide: the common case) in batches of up
-    to `BATCH`, every other write alone."""
+    source into a real destination tensor, both on the CPU, nothing to decide: the common case)
+    in batches of up to `BATCH`, every other write alone. Only host memory: there
+    ``torch._foreach_copy_`` copies one tensor after the other, as ``copy_`` one by one does, while
+    on a GPU it may copy a batch at once, which would change what a source that shares memory
+    with the destination gives."""
     batch: list[Entry] = []
     for entry in writes:
         slot = entry.slot
@@ -88,7 +92,8 @@ def _runs(writes: list[Entry]) -> Iterator[tuple[bool, list[Entry]]]:
             slot.kind is SlotKind.TENSOR
             and type(entry.leaf) is MemoryTensor
             and entry.status is Status.LOADED
-            and not slot.tensor.is_meta
+            and slot.tensor.is_cpu
+            and entry.leaf.tensor.is_cpu
         ):
             batch.append(entry)
             if len(batch) == BATCH:

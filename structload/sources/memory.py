@@ -108,8 +108,9 @@ def tree_from_object(obj):
 
 def _tree_from_items(items) -> dict:
     """The tree of named children. A name whose parent is known (``fc.bias`` after ``fc.weight``,
-    ``blocks.1.fc.weight`` after ``blocks.1.norm.weight``) goes straight into it: `insert` splits
-    and walks only names that need it (a new parent, a name given twice, a subtree value)."""
+    ``blocks.1.fc.weight`` after ``blocks.1.norm.weight``) goes straight into it, and a new parent
+    is made inside the nearest known one; `insert` runs only for what needs its rules: a subtree
+    value, a name given twice, a leaf where a parent would go."""
     tree: dict = {}
     parents: dict[str, dict] = {}  # dotted path -> the subtree there, made by this call
     value: Any
