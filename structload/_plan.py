@@ -23,7 +23,7 @@ import torch
 from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
-from ._rules import Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
+from ._rules import WRITES, Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
 from ._text import option_text
 from ._ties import settle_ties
@@ -59,8 +59,8 @@ class Plan:
     pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
 
     def writes(self) -> list[Entry]:
-        """The entries apply must carry out, in module order."""
-        return [e for e in self.entries if e.writes]
+        """The entries apply must carry out, in module order (`Entry.writes`, without a call each)."""
+        return [e for e in self.entries if e.writer is None and e.status in WRITES]
 
     def report(self, applied: bool) -> LoadReport:
         report = LoadReport(target=self.target, problems=list(self.problems), hints=list(self.hints), applied=applied)
