@@ -22,12 +22,14 @@ Targets (API issue 13), medians, ratios in the same run: fp32 with mmap=True at 
 1.0x from_pretrained's time and 1.05x its peak RSS; a bf16 file into an fp32 model
 (mmap=True too: the case built for big models) at most 0.8x its time and 0.75x its
 peak RSS; the copying meta load within 1.1x of the floor (for bf16 files, of the
-cast floor). Results and verdicts in bench/results/hf.json.
+cast floor); every sl.load case gives from_pretrained's logits bit for bit (a fixed
+input of 32 tokens, after the clock). Results and verdicts in bench/results/hf.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -92,6 +94,11 @@ def child(case: str, folder: str) -> None:
     peak = peak_rss_bytes()
     load_seconds = end - (loading if case.startswith("sl.load") else start)  # without building the model
     result = {"seconds": end - start, "load_seconds": load_seconds, "added_rss": peak - base, "checksum": checksum}
+    if isinstance(model, transformers.PreTrainedModel):  # after the clock: the logits of a fixed input
+        with torch.no_grad():
+            ids = torch.arange(32).remainder(config.vocab_size).unsqueeze(0)
+            logits = model.eval()(ids).logits
+        result["logits"] = hashlib.sha256(logits.numpy().tobytes()).hexdigest()
     print(json.dumps(result))
 
 
@@ -156,6 +163,12 @@ def main() -> None:
                     f"peak RSS +{row['added_rss'] / 2**20:8.1f} MiB  ({row['seconds'] / hf['seconds']:.2f}x time, "
                     f"{row['added_rss'] / max(hf['added_rss'], 1):.2f}x RSS of from_pretrained)"
                 )
+            expected = {r["logits"] for r in runs["from_pretrained"]}
+            differing = [c for c in cases if c.startswith("sl.load") and {r["logits"] for r in runs[c]} != expected]
+            print(f"  logits differing from from_pretrained's, bit for bit: {differing or 'none'}")
+            targets.at_most(
+                f"{shape} {dtype}: sl.load cases whose logits differ from from_pretrained's", len(differing), 0
+            )
             if dtype == "float32":
                 mapped = table["sl.load meta mmap"]
                 targets.at_most(f"{shape} fp32 mmap / from_pretrained time", mapped["seconds"] / hf["seconds"], 1.0)
