@@ -16,14 +16,13 @@ Medians of --repeat runs; results and target verdicts in bench/results/align.jso
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from overhead import median_seconds
-from targets import Targets
+from targets import Targets, options
 
 import structload as sl
 
@@ -65,10 +64,7 @@ def flat_case(blocks: int, repeat: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/align.json)")
-    args = parser.parse_args()
+    args = options(__doc__, "align", repeat=5).parse_args()
     print(f"torch {torch.__version__}, median of {args.repeat} runs")
     targets, results = Targets("align"), []
     gpt2 = gpt2_case(args.repeat)

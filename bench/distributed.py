@@ -17,7 +17,6 @@ exit status 1 if missed).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import socket
@@ -90,15 +89,10 @@ def free_port() -> int:
 def main() -> None:
     import torch.multiprocessing as mp
     from files import write_checkpoints
-    from targets import Targets
+    from targets import Targets, options
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options(__doc__, "distributed", repeat=3, directory="/tmp/structload-bench")
     parser.add_argument("--world", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--dir", default="/tmp/structload-bench")
-    parser.add_argument(
-        "--json", metavar="PATH", help="where to write the results (default bench/results/distributed.json)"
-    )
     args = parser.parse_args()
     directory = Path(args.dir)
     directory.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from targets import Targets, run_child, warm
+from targets import Targets, options, run_child, warm
 
 HERE = Path(__file__).resolve().parent
 
@@ -131,7 +131,6 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
     import torch
 
     sys.path.insert(0, str(HERE))
-    import argparse
 
     import numpy as np
     from overhead import GPT
@@ -156,11 +155,7 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", default="/tmp/structload-bench")
-    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/files.json)")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "PATH"), help=argparse.SUPPRESS)
+    parser = options(__doc__, "files", repeat=5, directory="/tmp/structload-bench", child=("CASE", "PATH"))
     args = parser.parse_args()
     if args.child:
         return child(*args.child)

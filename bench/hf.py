@@ -28,7 +28,6 @@ input of 32 tokens, after the clock). Results and verdicts in bench/results/hf.j
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -37,7 +36,7 @@ import time
 from pathlib import Path
 
 from files import peak_rss_bytes, reset_peak, rss_bytes
-from targets import Targets, run_child, warm
+from targets import Targets, options, run_child, warm
 
 HERE = Path(__file__).resolve().parent
 SHAPES = {
@@ -132,12 +131,8 @@ def write(folder: Path, shape: str, dtype: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser = options(__doc__, "hf", repeat=3, directory="/tmp/structload-bench-hf", child=("CASE", "DIR"))
     parser.add_argument("--shapes", nargs="+", default=["medium"], choices=list(SHAPES))
-    parser.add_argument("--dir", default="/tmp/structload-bench-hf")
-    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/hf.json)")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)

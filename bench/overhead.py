@@ -20,7 +20,6 @@ JSON in bench/results/overhead.json or --json PATH; exit status 1 if one is miss
 
 from __future__ import annotations
 
-import argparse
 import functools
 import itertools
 import json
@@ -29,7 +28,7 @@ import time
 
 import torch
 import torch.nn as nn
-from targets import Targets, run_child
+from targets import Targets, options, run_child
 
 import structload as sl
 
@@ -144,13 +143,8 @@ def child(blocks: int, repeat: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
+    parser = options(__doc__, "overhead", repeat=5, child=("BLOCKS", "REPEAT"), child_type=int)
     parser.add_argument("--only", choices=["flat", "gpt2"])
-    parser.add_argument(
-        "--json", metavar="PATH", help="where to write the results (default bench/results/overhead.json)"
-    )
-    parser.add_argument("--child", nargs=2, type=int, metavar=("BLOCKS", "REPEAT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)

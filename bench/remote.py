@@ -18,7 +18,6 @@ results as JSON in bench/results/remote.json or --json PATH; exit 1 on a miss).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -26,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from targets import Targets, run_child
+from targets import Targets, options, run_child
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -61,11 +60,7 @@ def child(case: str, url: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--dir", default="/tmp/structload-bench")
-    parser.add_argument("--json", metavar="PATH", help="where to write the results (default bench/results/remote.json)")
-    parser.add_argument("--child", nargs=2, metavar=("CASE", "URL"), help=argparse.SUPPRESS)
+    parser = options(__doc__, "remote", repeat=5, directory="/tmp/structload-bench", child=("CASE", "URL"))
     args = parser.parse_args()
     if args.child:
         return child(*args.child)

@@ -5,10 +5,12 @@ targets = Targets("overhead")
 targets.at_most("flat: sl.load / load_state_dict", ratio, 0.1)
 targets.finish(results, json_path)   # writes JSON, prints the verdicts, exit status 1 if one is missed
 result = run_child(__file__, case, path)   # `script --child case path` in a fresh process: its JSON line
+parser = options(__doc__, "files", repeat=5, directory="/tmp/structload-bench", child=("CASE", "PATH"))
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import subprocess
@@ -48,6 +50,27 @@ class Targets:
         print(f"results written to {path}")
         if not all(check["met"] for check in self.checks):
             sys.exit(1)
+
+
+def options(
+    doc: str,
+    bench: str,
+    repeat: int,
+    directory: str | None = None,
+    child: tuple[str, str] | None = None,
+    child_type=str,
+) -> argparse.ArgumentParser:
+    """The command line every benchmark shares (add its own options to it): ``--repeat``, ``--json``,
+    ``--dir`` where it keeps its checkpoints, and the hidden ``--child A B`` that `run_child` passes."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=repeat)
+    if directory is not None:
+        parser.add_argument("--dir", default=directory)
+    where = f"default bench/results/{bench}.json"
+    parser.add_argument("--json", metavar="PATH", help=f"where to write the results ({where})")
+    if child is not None:
+        parser.add_argument("--child", nargs=2, type=child_type, metavar=child, help=argparse.SUPPRESS)
+    return parser
 
 
 def run_child(script: str, *args: str) -> dict:
