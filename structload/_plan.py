@@ -66,22 +66,22 @@ class Plan:
         report = LoadReport(target=self.target, problems=list(self.problems), hints=list(self.hints), applied=applied)
         unexpected = iter(self.unexpected)
         pending = next(unexpected, None)
-        loaded = report.loaded
+        loaded, loaded_status, dtype = report.loaded, Status.LOADED, self.dtype
         for index, entry in enumerate(self.entries):
             while pending is not None and pending.position <= index:
                 report.unexpected.extend(pending.leaf_paths)
                 pending = next(unexpected, None)
             leaf = entry.leaf
             if (
-                entry.status is Status.LOADED
+                entry.status is loaded_status
                 and type(leaf) is MemoryTensor
                 and entry.writer is None
-                and self.dtype is None
+                and dtype is None
                 and leaf.dtype is entry.slot.tensor.dtype
             ):
                 loaded.append(entry.path)  # the common case: loaded, no cast, no converter
                 continue
-            _add_entry(report, entry, self.dtype)
+            _add_entry(report, entry, dtype)
         while pending is not None:
             report.unexpected.extend(pending.leaf_paths)
             pending = next(unexpected, None)
