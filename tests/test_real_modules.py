@@ -519,6 +519,34 @@ def test_plain_copies_are_made_in_batches_and_a_failing_one_is_named_with_what_w
     assert torch.equal(dst[0].weight, src["0.weight"]) and torch.equal(dst[2].weight, before["2.weight"])
 
 
+def test_a_batch_of_plain_copies_casts_and_reads_strided_sources_as_copy_does(monkeypatch):
+    from structload import _apply
+
+    batches = []
+    foreach = _apply._foreach_copy
+    monkeypatch.setattr(_apply, "_foreach_copy", lambda dst, src: (batches.append(len(dst)), foreach(dst, src)))
+    # one batch holds casts (fp64 -> fp32, fp32 -> fp16, fp64 -> int64 truncates), a transposed
+    # source, a broadcast-free expanded view and a scalar: each gets exactly what copy_ gives
+    dst = nn.Module()
+    dst.register_buffer("halves", torch.zeros(4, 3, dtype=torch.float16))
+    dst.register_buffer("steps", torch.zeros(3, dtype=torch.int64))
+    dst.register_buffer("scalar", torch.zeros(()))
+    dst.lin = nn.Linear(3, 4)
+    torch.manual_seed(1)
+    src = {
+        "halves": torch.randn(3, 4).t(),  # not contiguous, fp32 into fp16
+        "steps": torch.tensor([1.7, -2.5, 3.2], dtype=torch.float64),
+        "scalar": torch.tensor(2.5, dtype=torch.float64),
+        "lin.weight": torch.randn(4, 3, dtype=torch.float64),
+        "lin.bias": torch.randn(1).expand(4),  # one memory location read four times
+    }
+    expected = {k: torch.empty_like(t).copy_(src[k]) for k, t in dst.state_dict().items()}
+    report = sl.load(dst, src)
+    assert report.ok and len(report.cast) == 4 and batches == [5]
+    assert all(torch.equal(dst.state_dict()[k], v) for k, v in expected.items())
+    assert dst.steps.tolist() == [1, -2, 3]
+
+
 # --- first-hour dead ends --------------------------------------------------------------------
 
 
