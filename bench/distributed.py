@@ -95,7 +95,6 @@ def main() -> None:
     parser.add_argument("--world", type=int, default=2)
     args = parser.parse_args()
     directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
     path = write_checkpoints(directory)["safetensors"]
     size = os.path.getsize(path)
     runs: list[list[dict]] = []

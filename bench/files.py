@@ -127,6 +127,8 @@ def child(case: str, path: str) -> None:
 
 
 def write_checkpoints(directory: Path) -> dict[str, str]:
+    """The GPT-2-small checkpoints every file benchmark reads, written into `directory` (made if
+    need be) unless already there, and read once into the page cache: format -> path."""
     import safetensors.torch
     import torch
 
@@ -137,6 +139,7 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
 
     names = {"safetensors": "gpt2.safetensors", "pt": "gpt2.pt", "whole": "gpt2-whole.pt"}
     names |= {"lightning": "gpt2-lightning.ckpt", "npz": "gpt2.npz"}
+    directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / name for kind, name in names.items()}
     if not all(p.exists() for p in paths.values()):
         torch.manual_seed(0)
@@ -159,9 +162,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    paths = write_checkpoints(directory)
+    paths = write_checkpoints(Path(args.dir))
     print(
         f"checkpoint: {os.path.getsize(paths['safetensors']) / 2**20:.1f} MiB; median of {args.repeat} fresh processes"
     )

@@ -67,9 +67,7 @@ def main() -> None:
     from files import write_checkpoints
     from loopback import LoopbackServer
 
-    directory = Path(args.dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = Path(write_checkpoints(directory)["safetensors"])
+    path = Path(write_checkpoints(Path(args.dir))["safetensors"])
     server = LoopbackServer(path.parent)
     url = f"{server.url}/{path.name}"
     print(f"checkpoint: {path.stat().st_size / 2**20:.1f} MiB at {url}; median of {args.repeat} fresh processes")
