@@ -15,9 +15,7 @@ AUTO_THRESHOLD = 1 << 30
 
 def wants_progress(progress: bool | None, total_bytes: int) -> bool:
     """Whether to draw a bar: always for ``True``, never for ``False``, big loads on a terminal for ``None``."""
-    if progress is None:
-        return total_bytes > AUTO_THRESHOLD and sys.stderr.isatty()
-    return bool(progress)
+    return could_show(progress) and (progress is not None or total_bytes > AUTO_THRESHOLD)
 
 
 def could_show(progress: bool | None) -> bool:

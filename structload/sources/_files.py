@@ -93,11 +93,7 @@ class FileHandle:
             except OSError as error:
                 raise SourceError(f"{self.path}: read failed at byte {offset + done} ({error.strerror})") from None
             if n == 0:
-                size = os.fstat(self.fd).st_size
-                raise SourceError(
-                    f"{self.path}: file ended at byte {size} while reading bytes {offset}..{offset + total} "
-                    "(truncated, or changed since it was opened)"
-                )
+                raise self._ended(os.fstat(self.fd).st_size, offset, offset + total)
             done += n
 
     def _read(self, buffer: memoryview, offset: int) -> int:
@@ -141,16 +137,20 @@ class FileHandle:
         length = target.numel() * dtype.itemsize
         size = os.fstat(self.fd).st_size
         if offset + length > size:  # mapping past the end would raise SIGBUS on access
-            raise SourceError(
-                f"{self.path}: file ended at byte {size} while reading bytes {offset}..{offset + length} "
-                "(truncated, or changed since it was opened)"
-            )
+            raise self._ended(size, offset, offset + length)
         try:
             mapping = mmap.mmap(self.fd, offset + length - start, access=mmap.ACCESS_COPY, offset=start)
         except (OSError, ValueError) as error:
             raise SourceError(f"{self.path}: cannot map bytes {offset}..{offset + length} ({error})") from None
         with mapping:
             target.copy_(torch.frombuffer(mapping, dtype=dtype, count=target.numel(), offset=offset - start))
+
+    def _ended(self, size: int, start: int, end: int) -> SourceError:
+        """The error for bytes `start`..`end` of a file now only `size` bytes long."""
+        return SourceError(
+            f"{self.path}: file ended at byte {size} while reading bytes {start}..{end} "
+            "(truncated, or changed since it was opened)"
+        )
 
     def read_bytes(self, offset: int, length: int) -> bytes:
         buffer = bytearray(length)
