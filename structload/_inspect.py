@@ -93,10 +93,15 @@ class Diff:
         lines += [f"{path}: values differ" for path in self.values]
         return "\n".join(lines)
 
+    @property
+    def in_both(self) -> int:
+        """How many paths both sources hold: the tensors compared, whether or not they differ."""
+        return self.same + len(self.shape) + len(self.dtype) + len(self.values)
+
     def compared(self) -> str:
         """What was compared: ``12 tensors compared by path, shape, dtype and values``."""
         what = "path, shape, dtype and values" if self.values_compared else "path, shape and dtype"
-        text = f"{plural(self.same, 'tensor')} compared by {what}"
+        text = f"{plural(self.in_both, 'tensor')} compared by {what}"
         return text if self.values_compared else text + f" (values not compared; pass {option_text('values', True)})"
 
     def __rich__(self):

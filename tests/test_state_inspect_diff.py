@@ -94,3 +94,16 @@ def test_diff_of_equal_models_is_ok_and_nan_equals_nan():
     assert sl.diff(a, a.state_dict(), values=True).ok
     nan = torch.tensor([float("nan"), 1.0])
     assert sl.diff({"x": nan}, {"x": nan.clone()}, values=True).ok
+
+
+def test_diff_counts_every_tensor_both_hold_as_compared_and_only_equal_ones_as_identical():
+    a = {f"w{i}": torch.ones(2) for i in range(10)}
+    b = {**a, "w9": torch.zeros(2)}
+    result = sl.diff(a, b, values=True)
+    assert result.compared() == "10 tensors compared by path, shape, dtype and values"
+    assert result.same == 9
+    from rich.console import Console
+
+    console = Console(width=100, record=True)
+    console.print(result)
+    assert "10 tensors compared by path, shape, dtype and values; 9 identical" in " ".join(console.export_text().split())
