@@ -468,3 +468,9 @@ def test_deeply_nested_json_and_pickles(tmp_path):
     assert "not valid JSON" in str(expect_source_error(path, dst={}))
     deep = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."  # lists nested 200,000 deep
     assert "corrupt" in str(expect_source_error(torch_zip(tmp_path / "deep.pt", deep), dst={}))
+
+
+def test_safetensors_header_length_past_the_end_names_the_bytes_after_the_prefix(tmp_path):
+    path = tmp_path / "short.safetensors"
+    path.write_bytes((16).to_bytes(8, "little") + b"{}" + b"\0" * 8)  # 18 bytes: 10 after the prefix
+    assert "header length 16 exceeds the 10 bytes after the length prefix" in str(expect_source_error(path))

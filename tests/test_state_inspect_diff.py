@@ -106,4 +106,6 @@ def test_diff_counts_every_tensor_both_hold_as_compared_and_only_equal_ones_as_i
 
     console = Console(width=100, record=True)
     console.print(result)
-    assert "10 tensors compared by path, shape, dtype and values; 9 identical" in " ".join(console.export_text().split())
+    assert "10 tensors compared by path, shape, dtype and values; 9 identical" in " ".join(
+        console.export_text().split()
+    )

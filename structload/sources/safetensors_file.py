@@ -68,8 +68,10 @@ def _read_header(file: FileHandle) -> tuple[dict, int]:
     if file.size < 8:
         raise _fail(file.path, f"{file.size} bytes is too short for a header")
     length = int.from_bytes(file.read_bytes(0, 8), "little")
-    if length > min(MAX_HEADER_BYTES, file.size - 8):
-        raise _fail(file.path, f"header length {length} exceeds the file ({file.size} bytes) or the 100 MB limit")
+    if length > file.size - 8:
+        raise _fail(file.path, f"header length {length} exceeds the {file.size - 8} bytes after the length prefix")
+    if length > MAX_HEADER_BYTES:
+        raise _fail(file.path, f"header length {length} exceeds the 100 MB limit")
     raw = file.read_bytes(8, length)
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=refuse_duplicate_keys)
