@@ -77,6 +77,7 @@ class Plan:
                 and type(leaf) is MemoryTensor
                 and entry.writer is None
                 and dtype is None
+                and entry.slot.tensor is not None  # extra state given as a tensor has no destination tensor
                 and leaf.dtype is entry.slot.tensor.dtype
             ):
                 loaded.append(entry.path)  # the common case: loaded, no cast, no converter
