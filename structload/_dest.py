@@ -296,17 +296,16 @@ def customises_loading(module: torch.nn.Module) -> bool:
 
 
 def loads_its_own_way(module: torch.nn.Module) -> str | None:
-    """Why ``load_state_dict`` would run code of this module's own that structload does not, or
-    ``None``. BatchNorm's and InstanceNorm's ``_load_from_state_dict`` (old checkpoint versions)
-    are reproduced by the rules, and `KNOWN_LOAD_HOOKS` are handled."""
+    """Why this module's own loading code is beyond what structload runs (`_customised`), or
+    ``None``: packed quantized state (``torch.ao`` modules, observers; a module that saves and
+    loads its state its own way), whose values no recording of names can follow (API.md §8)."""
     cls = type(module)
-    if _overrides(cls, "_load_from_state_dict") and not isinstance(module, _NormBase):
+    if not _overrides(cls, "_load_from_state_dict"):
+        return None
+    packed = cls.__module__.startswith("torch.ao.") or saves_its_own_way(module)
+    if packed and not isinstance(module, _NormBase):
         owner = next(c for c in cls.__mro__ if "_load_from_state_dict" in vars(c))
         return f"it loads its state through its own _load_from_state_dict ({owner.__module__}.{owner.__qualname__})"
-    hooks = [*module._load_state_dict_pre_hooks.values(), *module._load_state_dict_post_hooks.values()]
-    unknown = [name for name in map(_hook_name, hooks) if name not in KNOWN_LOAD_HOOKS]
-    if unknown:
-        return f"it has load_state_dict hooks that structload does not run ({', '.join(unknown)})"
     return None
 
 
