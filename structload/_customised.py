@@ -27,6 +27,7 @@ last write (`run_post_hooks`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import threading
 from collections.abc import Callable
@@ -294,19 +295,36 @@ class _Recording(threading.local):
 
     def run(self, module: nn.Module, shadow: nn.Module, state: dict, prefix: str, local_metadata: dict) -> None:
         self.shadow, self.received, self.stray = shadow, None, None
-        nn.Module._load_from_state_dict = _recording_load  # type: ignore[method-assign]
         errors: list[str] = []
-        try:
-            type(module)._load_from_state_dict(shadow, state, prefix, local_metadata, True, [], [], errors)
-        finally:
-            nn.Module._load_from_state_dict = _TORCH_LOAD  # type: ignore[method-assign]
-            self.shadow = None
+        with _torch_load_recording():
+            try:
+                type(module)._load_from_state_dict(shadow, state, prefix, local_metadata, True, [], [], errors)
+            finally:
+                self.shadow = None
         if errors:
             self.stray = f"reported {'; '.join(map(str, errors))}"
 
 
 _TORCH_LOAD = nn.Module._load_from_state_dict
 _RECORDING = _Recording()
+_RECORDERS = [0]  # how many threads are recording now
+_RECORDERS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_load_recording():
+    """``nn.Module._load_from_state_dict`` is `_recording_load` while any thread records (it hands
+    over to torch's own everywhere else), and torch's own again once none does."""
+    with _RECORDERS_LOCK:
+        _RECORDERS[0] += 1
+        nn.Module._load_from_state_dict = _recording_load  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        with _RECORDERS_LOCK:
+            _RECORDERS[0] -= 1
+            if not _RECORDERS[0]:
+                nn.Module._load_from_state_dict = _TORCH_LOAD  # type: ignore[method-assign]
 
 
 def _recording_load(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
