@@ -227,6 +227,24 @@ def test_mamba_hooks_rename_old_embedding_keys(name, extra):
     _loaded_both_ways(build, old)
 
 
+def test_a_mamba_checkpoint_from_save_pretrained_loads_as_from_pretrained_does(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.MambaConfig(hidden_size=16, num_hidden_layers=2, vocab_size=40, state_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        randomized(transformers.MambaForCausalLM(config)).save_pretrained(tmp_path)
+        reference = transformers.MambaForCausalLM.from_pretrained(tmp_path)
+    for empty in (False, True):
+        if empty:
+            with sl.init_empty_weights():
+                model = transformers.MambaForCausalLM(config)
+        else:
+            model = transformers.MambaForCausalLM(config)
+        assert sl.load(model, str(tmp_path)).ok
+        for key, value in reference.state_dict().items():
+            assert torch.equal(model.state_dict()[key], value), key
+
+
 def test_esm_hook_moves_per_layer_inv_freq_to_the_shared_buffer():
     build = _tiny("Esm", num_attention_heads=2, position_embedding_type="rotary", pad_token_id=1)
     state = dict(randomized(build()).state_dict())
