@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from ._customised import run_post_hooks
 from ._dest import Slot, SlotKind, materialized_dtype
 from ._distributed import local_block
 from ._plan import Plan
@@ -63,6 +64,9 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
                 raise
             if showing:
                 advance(sum(map(_nbytes, run)))
+    if plan.post_hooks:  # modules' own load post-hooks, once each, after the last write
+        report = plan.report(applied=True)
+        run_post_hooks(plan.post_hooks, report.missing, report.unexpected)
     for file in remote:
         if file.conditional_reads:  # every read already required the ETag seen at open
             continue

@@ -102,7 +102,33 @@ def dest_children(node) -> list[tuple[str, Any]]:
     kids = dict(out)
     if isinstance(kids.get("bias"), Slot) and isinstance(kids.get("weight"), Slot):
         kids["bias"].additive = offsets(kids["bias"].tensor, kids["weight"].tensor)
+    _mark_biases_by_role([(n, slot) for n, slot in out if n != "bias" and "bias" in n and type(slot) is Slot], kids)
     return out
+
+
+def _mark_biases_by_role(candidates: list[tuple[str, Slot]], siblings: dict) -> None:
+    """R3 by role: a tensor whose name is its weight's with ``weight`` turned into ``bias``
+    (``nn.MultiheadAttention``'s ``in_proj_bias`` beside ``in_proj_weight``, an RNN's ``bias_ih_l0``
+    beside ``weight_ih_l0``) is an additive offset when it is 1-d, one value per row of that weight.
+    MultiheadAttention's ``bias_k`` has no ``weight_k``: not a bias."""
+    for name, slot in candidates:
+        weight = siblings.get(name.replace("bias", "weight"))
+        if type(weight) is Slot and weight.kind in FILLED_SLOTS:
+            slot.additive = offsets_rows(slot.tensor, weight.tensor)
+
+
+def offsets_rows(bias, weight) -> bool:
+    """Whether `bias` adds one value to each output row of `weight` (1-d, ``len(bias) == len(weight)``).
+
+    >>> import torch
+    >>> offsets_rows(torch.zeros(24), torch.zeros(24, 8)), offsets_rows(torch.zeros(1, 1, 8), torch.zeros(8, 8))
+    (True, False)
+    """
+    if isinstance(bias, UninitializedTensorMixin) or isinstance(weight, UninitializedTensorMixin):
+        return isinstance(bias, torch.Tensor)
+    if not isinstance(bias, torch.Tensor) or not isinstance(weight, torch.Tensor) or bias.dim() != 1:
+        return False
+    return weight.dim() >= 1 and bias.shape[0] == weight.shape[0]
 
 
 def offsets(bias, weight) -> bool:
@@ -140,12 +166,17 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     # This runs for every module of a model: the common cases come first, without calls.
     out: list[tuple[str, Any]] = []
     bias = None
+    by_role: list[
+        tuple[str, Slot]
+    ] = []  # biases under another name (`_mark_biases_by_role`): rare, so one test per tensor
     for name, param in module._parameters.items():
         kind = _TENSOR if type(param) is Parameter else _kind(param)
         slot = Slot(kind, param, module, "_parameters", name)
         out.append((name, slot))
         if name == "bias":
             bias = slot
+        elif "bias" in name:
+            by_role.append((name, slot))
     if module._buffers:
         non_persistent = module._non_persistent_buffers_set
         for name, buffer in module._buffers.items():
@@ -164,6 +195,8 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
             bias.additive = True  # a Linear's, a Conv's, a norm's: `offsets`, its common case
         else:
             bias.additive = offsets(tensor, weight)
+    if by_role:
+        _mark_biases_by_role(by_role, dict(out))
     if type(module).get_extra_state is not _MODULE_GET_EXTRA_STATE:  # `has_extra_state`
         out.append((EXTRA_STATE, Slot(SlotKind.EXTRA, None, module, None, EXTRA_STATE)))
     for name, child in module._modules.items():
@@ -263,17 +296,16 @@ def customises_loading(module: torch.nn.Module) -> bool:
 
 
 def loads_its_own_way(module: torch.nn.Module) -> str | None:
-    """Why ``load_state_dict`` would run code of this module's own that structload does not, or
-    ``None``. BatchNorm's and InstanceNorm's ``_load_from_state_dict`` (old checkpoint versions)
-    are reproduced by the rules, and `KNOWN_LOAD_HOOKS` are handled."""
+    """Why this module's own loading code is beyond what structload runs (`_customised`), or
+    ``None``: packed quantized state (``torch.ao`` modules, observers; a module that saves and
+    loads its state its own way), whose values no recording of names can follow (API.md §8)."""
     cls = type(module)
-    if _overrides(cls, "_load_from_state_dict") and not isinstance(module, _NormBase):
+    if not _overrides(cls, "_load_from_state_dict"):
+        return None
+    packed = cls.__module__.startswith("torch.ao.") or saves_its_own_way(module)
+    if packed and not isinstance(module, _NormBase):
         owner = next(c for c in cls.__mro__ if "_load_from_state_dict" in vars(c))
         return f"it loads its state through its own _load_from_state_dict ({owner.__module__}.{owner.__qualname__})"
-    hooks = [*module._load_state_dict_pre_hooks.values(), *module._load_state_dict_post_hooks.values()]
-    unknown = [name for name in map(_hook_name, hooks) if name not in KNOWN_LOAD_HOOKS]
-    if unknown:
-        return f"it has load_state_dict hooks that structload does not run ({', '.join(unknown)})"
     return None
 
 

@@ -1,12 +1,25 @@
 """`init_empty_weights`: build a big model without memory for its weights, then load them.
 
-Inside the block, every parameter and every persistent buffer a module
-registers goes to the ``meta`` device (no memory, no initialisation cost),
-while non-persistent buffers stay real: they are not in any checkpoint, the
-model computes them when built (rotary ``inv_freq``, causal masks,
-``position_ids``), and a meta one would make the first forward fail. This is
-accelerate's ``init_empty_weights(include_buffers=False)``, except that
-persistent buffers, which a checkpoint does hold, go to meta too.
+Inside the block, every parameter a module registers goes to the ``meta``
+device (no memory, no initialisation cost), while buffers stay real until the
+block ends: non-persistent buffers are not in any checkpoint, the model
+computes them when built (rotary ``inv_freq``, causal masks, ``position_ids``),
+and a meta one would make the first forward fail. Persistent buffers, which a
+checkpoint does hold, go to meta when the block ends, so that whatever the
+constructors computed from them (BROS' and MRA's ``token_type_ids``, made with
+``device=`` of the persistent ``position_ids``) is real, as under accelerate's
+``init_empty_weights(include_buffers=False)``.
+
+Two more things keep constructors working that compute from parameters:
+
+- a tensor factory (``torch.arange``, ``zeros``, ``empty``, ``*_like``...) asked
+  for the meta device makes a real CPU tensor: its values come from Python
+  numbers, not from any weight, and a buffer filled from it must have them
+  (timm's Swin V2 computes its relative-position tables on
+  ``self.proj.weight.device`` and copies them into real buffers);
+- an out-of-place operation mixing meta and real tensors runs on meta (timm's
+  hybrid ViTs run their CNN backbone on a real ``torch.zeros`` input in
+  ``__init__`` to learn its output shape, which meta gives).
 
 Initializing a meta tensor computes nothing, yet costs as much as any other
 operator call on meta (``normal_`` on meta runs torch's Python reference
@@ -35,16 +48,87 @@ INITIALIZERS = frozenset(
 )
 
 
-class _MetaInitSkipped(TorchFunctionMode):
-    """Calls of `INITIALIZERS` on a meta tensor return the tensor; everything else runs."""
+#: Factories whose values come from their arguments alone: asked for meta inside the block, they
+#: make a real CPU tensor (see the module's docstring).
+FACTORIES = frozenset(
+    {
+        *("empty", "zeros", "ones", "full", "arange", "range", "linspace", "logspace", "eye", "tensor"),
+        *("empty_like", "zeros_like", "ones_like", "full_like", "empty_strided", "tril_indices", "triu_indices"),
+    }
+)
+_LIKE = frozenset({"empty_like", "zeros_like", "ones_like", "full_like"})
+
+#: The attribute `built_empty` reads on a non-persistent buffer the block had to leave on meta.
+_LEFT_ON_META = "_structload_left_on_meta"
+
+
+class _EmptyBuild(TorchFunctionMode):
+    """Inside the block: initializers on meta tensors return them (`INITIALIZERS`), factories asked
+    for meta make real tensors (`FACTORIES`), out-of-place operations mixing meta and real
+    tensors run on meta; everything else runs as it is."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if getattr(func, "__name__", None) in INITIALIZERS:
+        name = getattr(func, "__name__", None)
+        if name in INITIALIZERS:
             tensor = args[0] if args else kwargs.get("tensor", kwargs.get("self"))
             if isinstance(tensor, torch.Tensor) and tensor.is_meta:
                 return tensor
+        elif name in FACTORIES:
+            kwargs = _real_factory(name, args, kwargs)
+        elif _mixes_meta_and_real(args) and not _in_place(name, args, kwargs):
+            args = tuple(_to_meta(a) for a in args)
         return func(*args, **kwargs)
+
+
+def _real_factory(name: str, args: tuple, kwargs: dict) -> dict:
+    """The keyword arguments of a factory call, with a meta device turned into the CPU."""
+    device = kwargs.get("device")
+    if device is None and name in _LIKE and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+        return {**kwargs, "device": "cpu"}
+    if device is not None and torch.device(device).type == "meta":
+        return {**kwargs, "device": "cpu"}
+    return kwargs
+
+
+def _tensors(args: tuple) -> Iterator[torch.Tensor]:
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            yield arg
+        elif isinstance(arg, (list, tuple)):
+            yield from (a for a in arg if isinstance(a, torch.Tensor))
+
+
+def _mixes_meta_and_real(args: tuple) -> bool:
+    meta = real = False
+    for tensor in _tensors(args):
+        if tensor.is_meta:
+            meta = True
+        else:
+            real = True
+    return meta and real
+
+
+def _in_place(name: str | None, args: tuple, kwargs: dict) -> bool:
+    """Whether the operation writes into one of its arguments: a real tensor written from a meta one
+    would hold no values, so torch's own error ("Cannot copy out of meta tensor") is the right answer."""
+    if "out" in kwargs or name is None:
+        return True
+    return (name.endswith("_") and not name.startswith("__")) or name in ("__setitem__", "__iadd__", "__imul__")
+
+
+def _to_meta(arg):
+    if isinstance(arg, torch.Tensor):
+        return arg if arg.is_meta else arg.to("meta")
+    if isinstance(arg, (list, tuple)) and any(isinstance(a, torch.Tensor) for a in arg):
+        return type(arg)(_to_meta(a) for a in arg)
+    return arg
+
+
+def built_empty(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` is a non-persistent buffer that a module built under `init_empty_weights`
+    computed from meta tensors, so that it stayed on meta (for the message that says what to do)."""
+    return bool(getattr(tensor, _LEFT_ON_META, False))
 
 
 @contextlib.contextmanager
@@ -53,10 +137,12 @@ def init_empty_weights() -> Iterator[None]:
 
     While the block runs, ``nn.Module.register_parameter`` and
     ``register_buffer`` (which attribute assignment uses too) are wrapped for
-    every module, in every thread; they are restored when it ends. In the
-    thread that entered the block, initializers (`INITIALIZERS`: ``normal_``,
+    every module, in every thread; they are restored when it ends, and the
+    persistent buffers registered meanwhile move to meta then. In the thread
+    that entered the block, initializers (`INITIALIZERS`: ``normal_``,
     ``kaiming_uniform_``, ``zero_``...) called on a meta tensor return it without
-    running: they have no values to fill.
+    running, tensor factories asked for meta make real tensors, and operations
+    mixing meta and real tensors run on meta.
 
     Examples:
         >>> import torch, structload as sl
@@ -75,6 +161,7 @@ def init_empty_weights() -> Iterator[None]:
     """
     register_parameter = nn.Module.register_parameter
     register_buffer = nn.Module.register_buffer
+    buffers: list[tuple[nn.Module, str]] = []  # every buffer registered in the block, for its end
 
     def parameter_on_meta(module: nn.Module, name: str, param) -> None:
         register_parameter(module, name, param)
@@ -85,17 +172,33 @@ def init_empty_weights() -> Iterator[None]:
             module._parameters[name] = kind(param.to("meta"), requires_grad=param.requires_grad)
             module._parameters[name].__dict__.update(extra)
 
-    def buffer_on_meta(module: nn.Module, name: str, tensor, persistent: bool = True) -> None:
+    def buffer_registered(module: nn.Module, name: str, tensor, persistent: bool = True) -> None:
         register_buffer(module, name, tensor, persistent=persistent)
-        buffer = module._buffers.get(name)
-        if persistent and isinstance(buffer, torch.Tensor) and not buffer.is_meta:
-            module._buffers[name] = buffer.to("meta")
+        buffers.append((module, name))
 
     nn.Module.register_parameter = parameter_on_meta  # type: ignore[assignment]
-    nn.Module.register_buffer = buffer_on_meta  # type: ignore[assignment]
+    nn.Module.register_buffer = buffer_registered  # type: ignore[assignment]
     try:
-        with _MetaInitSkipped():
+        with _EmptyBuild():
             yield
     finally:
         nn.Module.register_parameter = register_parameter  # type: ignore[method-assign]
         nn.Module.register_buffer = register_buffer  # type: ignore[method-assign]
+        _settle_buffers(buffers)
+
+
+def _settle_buffers(buffers: list[tuple[nn.Module, str]]) -> None:
+    """At the end of the block: persistent buffers to meta (a buffer shared by several modules stays
+    one tensor), and non-persistent ones that had to stay on meta marked for `built_empty`."""
+    on_meta: dict[int, torch.Tensor] = {}
+    for module, name in buffers:
+        buffer = module._buffers.get(name)
+        if not isinstance(buffer, torch.Tensor):
+            continue
+        if name in module._non_persistent_buffers_set:
+            if buffer.is_meta:
+                setattr(buffer, _LEFT_ON_META, True)
+        elif not buffer.is_meta:
+            if id(buffer) not in on_meta:
+                on_meta[id(buffer)] = buffer.to("meta")
+            module._buffers[name] = on_meta[id(buffer)]

@@ -10,6 +10,7 @@ import torch
 from ._align import align as structural_align
 from ._alignment import Alignment
 from ._apply import apply_plan
+from ._customised import source_metadata
 from ._dest import dest_name
 from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
@@ -227,7 +228,8 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
-    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
+    metadata = functools.partial(source_metadata, src)  # versions, for modules' own loading code
+    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
     if isinstance(src, (str, os.PathLike, SourceTree)):
         plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ._customised import CustomLoading, record_own_loading
 from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
 from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
@@ -57,6 +58,7 @@ class Plan:
     mapped: frozenset[str] = frozenset()  # paths `load(mmap=True)` makes views of the mapped file
     mmap: bool = False  # `load(mmap=True)`: casting reads of local files go through short-lived mappings too
     pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
+    post_hooks: list = field(default_factory=list)  # (path, module) whose load post-hooks apply runs last
 
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order (`Entry.writes`, without a call each)."""
@@ -77,6 +79,7 @@ class Plan:
                 and type(leaf) is MemoryTensor
                 and entry.writer is None
                 and dtype is None
+                and entry.slot.tensor is not None  # extra state given as a tensor has no destination tensor
                 and leaf.dtype is entry.slot.tensor.dtype
             ):
                 loaded.append(entry.path)  # the common case: loaded, no cast, no converter
@@ -128,25 +131,48 @@ def make_plan(
     dtype=None,
     meta_is_final=True,
     mmap=False,
+    metadata=None,
 ) -> Plan:
     """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks.
 
     `earlier_problems` (patterns that match nothing, converters that cannot run) come first.
     With `meta_is_final` false (a model built on meta for a dry run), tensors left on meta are fine.
+    `metadata` (a callable) gives the source's ``state_dict()._metadata``, for modules' own loading code.
     """
     found = walk(dst, tree)
     left_out = selection.left_out(dst)
+    custom = _run_own_loading(found, tree, selection, left_out, metadata)
+    if custom is not None:  # modules with loading code of their own: walk what their code leaves
+        found = walk(dst, custom.tree)
     entries, positions = judge(found.pairs, left_out)
     entries, groups = settle_ties(entries)
     if meta_is_final:
         entries = [left_on_meta(e) if e.status in _UNWRITTEN else e for e in entries]
     unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
     problems, hints = compose_problems(entries, unexpected, found.lengths)
+    own_code = custom.problems if custom is not None else []
     problems = (
-        list(earlier_problems) + selection.unmatched_patterns() + customised(found, selection, left_out) + problems
+        list(earlier_problems)
+        + selection.unmatched_patterns()
+        + customised(found, selection, left_out)
+        + own_code
+        + problems
     )
     mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
-    return Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
+    plan = Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
+    plan.post_hooks = custom.post_hooks if custom is not None else []
+    return plan
+
+
+def _run_own_loading(found: Walk, tree, selection: Selection, left_out, metadata) -> CustomLoading | None:
+    """Record the loading code of the modules that have some (`_customised`), unless the load skips
+    or leaves them out; ``None`` when there is none to run."""
+    modules = [
+        (path, module)
+        for path, module, src, reason in found.customised
+        if reason is None and src is not SKIP and not selection.leaves_out_module(path, left_out)
+    ]
+    return record_own_loading(tree, modules, metadata) if modules else None
 
 
 _new_entry = tuple.__new__  # `judge` gives it an Entry's 8 fields in order
@@ -173,7 +199,7 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
     the load leaves it out or skips it."""
     problems: list[Problem] = []
     for path, module, src, reason in found.customised:
-        if src is SKIP or selection.leaves_out_module(path, left_out):
+        if reason is None or src is SKIP or selection.leaves_out_module(path, left_out):  # None: its code runs
             continue
         if any(path.startswith(f"{p.path}.") or not p.path for p in problems):
             continue

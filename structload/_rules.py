@@ -37,6 +37,7 @@ from torch.nn.modules.batchnorm import _NormBase
 
 from ._dest import Slot, SlotKind
 from ._distributed import dtensor_problem
+from ._empty import built_empty
 from ._report import Problem, ProblemKind
 from ._text import dtype_text, shape_text
 from ._walk import Clash, Missing
@@ -273,7 +274,7 @@ def not_state(slot: Slot, leaf) -> Verdict:
     ignored (the destination computes it). One left on the meta device is a problem: no
     checkpoint can give it values."""
     if slot.tensor is not None and slot.tensor.is_meta:
-        return Verdict(Status.NOTHING, ProblemKind.MISSING, META_BUFFER)
+        return Verdict(Status.NOTHING, ProblemKind.MISSING, meta_buffer_message(slot))
     given = leaf is not SKIP and leaf is not ABSENT and not isinstance(leaf, Missing)
     return Verdict(Status.IGNORED if given else Status.NOTHING)
 
@@ -282,6 +283,23 @@ META_BUFFER = (
     "a non-persistent buffer still on the meta device: no checkpoint holds it (the model computes it "
     "when built); build the model under structload.init_empty_weights(), which keeps such buffers real"
 )
+
+
+def meta_buffer_message(slot: Slot) -> str:
+    """What to do about a non-persistent buffer left on meta: build under `init_empty_weights`, or,
+    when the model was built under it (its module computed the buffer from meta weights), leave
+    it out of the load and compute it afterwards."""
+    if not built_empty(slot.tensor):
+        return META_BUFFER
+    own_code = "its module's own code that fills it"
+    if callable(getattr(slot.owner, "init_non_persistent_buffers", None)):  # timm's modules have one
+        own_code = f"{type(slot.owner).__name__}.init_non_persistent_buffers()"
+    return (
+        "a non-persistent buffer still on the meta device although the model was built under "
+        "structload.init_empty_weights(): its module computed it from weights that were on meta, and no "
+        f"checkpoint holds it; load with exclude= on it, then compute it (run {own_code} after the load), "
+        "or build this module outside init_empty_weights()"
+    )
 
 
 Rule = Callable[[Slot, Any], Verdict]

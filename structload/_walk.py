@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 from torch.nn import Module
 
+from ._customised import runs_own_code
 from ._dest import Slot, as_dest, customises_loading, dest_children, is_container, loads_its_own_way
 from .sources import SKIP
 
@@ -84,8 +85,9 @@ class Walk:
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
-    #: modules that customise loading: (path, module, what the source holds there, why: `_dest.loads_its_own_way`)
-    customised: list[tuple[str, Any, Any, str]] = field(default_factory=list)
+    #: modules that customise loading: (path, module, what the source holds there, why: `_dest.loads_its_own_way`,
+    #: or ``None`` when structload runs their code: `_customised`)
+    customised: list[tuple[str, Any, Any, str | None]] = field(default_factory=list)
 
 
 def walk(dst, tree) -> Walk:
@@ -107,7 +109,7 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
     child: Any
     if isinstance(node, Module) and customises_loading(node):
         reason = loads_its_own_way(node)
-        if reason is not None:
+        if reason is not None or runs_own_code(node):  # a reason: a problem; none: its code runs
             found.customised.append((path, node, src, reason))
     kids = dest_children(node)
     if type(src) is not dict:  # no source subtree here: every slot below shares one marker
