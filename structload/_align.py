@@ -27,12 +27,13 @@ import re
 
 import torch
 
+from ._align_hints import resolve_hints
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
 from ._alignment import Alignment, Ambiguity, Match
 from ._dest import SlotKind, as_dest, dest_children, is_container
 from ._rename import Renamer, compile_rename, rename_tree
 from ._runtime import collector_paused
-from ._select import Selection
+from ._select import LeftOut, Selection
 from .convert import Concat, Converter, Split, Transpose
 from .sources import SourceTensor, iter_leaves, to_source_tree
 
@@ -70,16 +71,54 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
         if renamer is not None:
             tree = rename_tree(tree, renamer)
         dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
-        src_leaves = [
-            _leaf(path, tuple(leaf.shape)) for path, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor)
-        ]
+        src_leaves, src_tied = _source(tree, Selection(exclude=exclude) if exclude is not None else None)
         ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
         src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
         result = Alignment(ignored=ignored)
         if isinstance(rename, dict):
             result.rename.update(rename)
-        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run()
+        # a tied tensor is one tensor, on either side: its other paths are matched after the rest
+        followers = [leaf for leaf in dst_leaves if leaf.path in dst_tied]
+        src_followers = [leaf for leaf in src_leaves if leaf.path in src_tied]
+        dst_leaves = [leaf for leaf in dst_leaves if leaf.path not in dst_tied]
+        src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
+        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
     return result
+
+
+def _source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
+    """Source tensors (those `exclude=` names left out) and the paths of tied ones after the first
+    (a module source's ``lm_head.weight`` that is its ``wte.weight``)."""
+    leaves, tied, first = [], set(), set()
+    for path, leaf in iter_leaves(tree):
+        if not isinstance(leaf, SourceTensor):
+            continue
+        if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
+            continue
+        key = _data_key(leaf)
+        if key is not None and key in first:
+            tied.add(path)
+        first.add(key)
+        leaves.append(_leaf(path, tuple(leaf.shape)))
+    return leaves, tied
+
+
+def _data_key(leaf: SourceTensor):
+    """What `SourceTensor.same_data` compares, as a key (None when nothing can tell)."""
+    tensor = getattr(leaf, "tensor", None)
+    if isinstance(tensor, torch.Tensor):
+        if tensor.is_meta:  # no storage: only the object itself
+            return ("object", id(tensor))
+        return ("memory", tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), tensor.device)
+    file = getattr(leaf, "file", None)
+    if file is not None and hasattr(leaf, "offset"):
+        return ("file", file.path, leaf.offset, leaf.shape, leaf.dtype, getattr(leaf, "stride", None))
+    return None
+
+
+# `exclude=` names source paths too: a source entry it names is left out of the alignment, as a
+# plain load leaves it out (`Selection.accepts_source`), whatever the destination holds
+_NOTHING_LEFT_OUT = LeftOut(frozenset(), frozenset())
 
 
 def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], set[str]]:
@@ -125,27 +164,77 @@ def _leaf(path: str, shape: tuple[int, ...]) -> Leaf:
 class _Aligner:
     def __init__(self, result: Alignment, dst: list[Leaf], src: list[Leaf], tied: dict[str, str], hints: dict):
         self.result, self.dst, self.src, self.tied, self.hints = result, dst, src, tied, hints
-        self.matcher = GroupMatcher(hints)
-        self.rules: dict[str, str] = {}
+        self.pins, self.refused_hints = resolve_hints(hints, dst, src)
+        self.matcher = GroupMatcher(self.pins)
+        self.rules: dict[str, str | None] = {}
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
         self.matched_dst: set[str] = set()
 
-    def run(self) -> None:
+    def run(self, followers: list[Leaf], src_followers: list[Leaf]) -> None:
         dst_blocks, dst_top = _by_container(self.dst)
         src_blocks, src_top = _by_container(self.src)
-        pairs = self._pair_containers(dst_blocks, src_blocks)
+        scratch = Alignment()  # pairing twice when pins cross groups: notes only from the last
+        pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
+        crossing = self._crossing_pins(dict(pairs))
+        if crossing:
+            self._align_group([_flattened(d) for d, _ in crossing], [_flattened(s) for _, s in crossing], None)
+            pinned = {leaf.path for pair in crossing for leaf in pair}
+            self.dst = [leaf for leaf in self.dst if leaf.path not in pinned]
+            self.src = [leaf for leaf in self.src if leaf.path not in pinned]
+            dst_blocks, dst_top = _by_container(self.dst)
+            src_blocks, src_top = _by_container(self.src)
+            scratch = Alignment()
+            pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
+        self.result.ambiguous += scratch.ambiguous
+        self.result.divergence = scratch.divergence
         for dst_c, src_c in pairs:
             self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
-        if self.result.divergence is None:
-            rest_dst = dst_top + [leaf for blocks in dst_blocks.values() for leaf in _all(blocks)]
-            rest_src = src_top + [leaf for blocks in src_blocks.values() for leaf in _all(blocks)]
+        if self.result.divergence is None:  # the rest by whole paths (a Sequential's "body.3.weight")
+            rest_dst = dst_top + [_flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
+            rest_src = src_top + [_flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
             self._align_group(rest_dst, rest_src, container=None)
+        self._match_followers(followers, src_followers)
         self._finish()
+
+    def _crossing_pins(self, partner: dict) -> list[tuple[Leaf, Leaf]]:
+        """Pinned pairs whose two tensors are in different groups (a block's tensor and a top-level
+        one, or two blocks of other numbers): aligned on their own, by whole paths."""
+        dst_by_path = {leaf.path: leaf for leaf in self.dst}
+        src_by_path = {leaf.path: leaf for leaf in self.src}
+        crossing = []
+        for dst_path, (src_path, _) in self.pins.items():
+            d, s = dst_by_path.get(dst_path), src_by_path.get(src_path)
+            if d is None or s is None:
+                continue
+            if d.container in partner:
+                same = partner[d.container] == s.container and d.index == s.index
+            else:
+                same = s.container not in partner.values()
+            if not same:
+                crossing.append((d, s))
+        return crossing
+
+    def _match_followers(self, followers: list[Leaf], src_followers: list[Leaf]) -> None:
+        """A tied destination tensor after the first counts as matched with it; a source tensor
+        left over that its names (not its shape alone) pair it with is loaded into it too. A tied
+        source tensor nothing claims is dropped (``None`` in ``rename``): its data is loaded once."""
+        left = [leaf for leaf in self.src if leaf.path not in self.matched_src] + src_followers
+        if followers and left:
+            found = self.matcher.match([_flattened(f) for f in followers], [_flattened(s) for s in left])
+            found.pairs = [p for p in found.pairs if not p.evidence[0].startswith("shape")]
+            found.ambiguous = []
+            self._emit(found, None, None, [None], None)
+        for leaf in src_followers:
+            if leaf.path not in self.matched_src:
+                self.rules[f"^{re.escape(leaf.path)}$"] = None
+                self.matched_src.add(leaf.path)
 
     # --- containers ------------------------------------------------------------------------
 
-    def _pair_containers(self, dst_blocks: dict, src_blocks: dict) -> list[tuple[str, str]]:
+    def _pair_containers(self, dst_blocks: dict, src_blocks: dict, notes: Alignment) -> list[tuple[str, str]]:
+        """Numbered containers of both sides paired by their number of blocks; `notes` gets the
+        ambiguities and the divergence."""
         pairs, free = [], dict(src_blocks)
         for dst_c, blocks in dst_blocks.items():
             same = [c for c, b in free.items() if len(b) == len(blocks)]
@@ -157,10 +246,10 @@ class _Aligner:
                 del free[same[0]]
             elif len(same) > 1:
                 reason = f"{len(same)} numbered containers of the source have {len(blocks)} entries, as '{dst_c}' does"
-                self.result.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
-            elif free and self.result.divergence is None:
+                notes.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
+            elif free and notes.divergence is None:
                 other = min(free, key=lambda c: abs(len(free[c]) - len(blocks)))
-                self.result.divergence = (
+                notes.divergence = (
                     f"destination '{dst_c or '<root>'}' has {len(blocks)} entries, source '{other or '<root>'}' has "
                     f"{len(free[other])} (source '{other or '<root>'}' has {len(free[other])}, destination "
                     f"'{dst_c or '<root>'}' has {len(blocks)})"
@@ -175,11 +264,30 @@ class _Aligner:
         )
         count = f"numbered blocks: {len(dst_blocks)} = {len(src_blocks)}"
         if uniform and sorted(dst_blocks) == sorted(src_blocks):
+            self._check_block_pins(template, dst_c, dst_blocks)
             self._emit(template, dst_c, src_c, list(dst_blocks), count)
             return
         for i, j in zip(sorted(dst_blocks), sorted(src_blocks)):  # blocks that differ: one by one, by full path
             dst_i, src_j = [_flattened(leaf) for leaf in dst_blocks[i]], [_flattened(leaf) for leaf in src_blocks[j]]
             self._emit(self.matcher.match(dst_i, src_j), None, None, [None], count)
+
+    def _check_block_pins(self, template: GroupResult, dst_c: str, dst_blocks: dict) -> None:
+        """Pins in the blocks after the template one hold when the template pairs the same (they
+        are applied through it); one that contradicts it is refused."""
+        paired = {p.dst[0].rel: p.src[0].rel for p in template.pairs if len(p.dst) == len(p.src) == 1}
+        for leaf in (leaf for i in dst_blocks if i != min(dst_blocks) for leaf in dst_blocks[i]):
+            pin = self.pins.get(leaf.path)
+            if pin is None:
+                continue
+            src_rel = pin[0].split(".", len(pin[0].split(".")) - len(leaf.rel.split(".")))[-1]
+            if paired.get(leaf.rel) is not None and pin[0].endswith("." + paired[leaf.rel]):
+                self.matcher.applied_pins.add(leaf.path)
+            else:
+                self.refused_hints.setdefault(
+                    pin[1].split("'")[1],
+                    f"hint {pin[1]}: pins '{leaf.path}' to '{pin[0]}', but the blocks of '{dst_c}' pair "
+                    f"'{leaf.rel}' with '{paired.get(leaf.rel, src_rel)}'; pin every block alike ('*' for the number)",
+                )
 
     def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:
         if dst or src:
@@ -291,7 +399,13 @@ class _Aligner:
             if leaf.path not in self.matched_dst and not any(p in self.matched_dst for p in groups.get(leaf.path, ()))
         ]
         result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
-        result.unmatched_hints = [glob for glob in self.hints if glob not in self.matcher.used_hints]
+        applied = {self.pins[path][1] for path in self.matcher.applied_pins}
+        for dst_glob, src_glob in self.hints.items():
+            text = f"{dst_glob!r} = {src_glob!r}"
+            if dst_glob not in self.refused_hints and text not in applied:  # never silently unused
+                self.refused_hints[dst_glob] = f"hint {text}: its tensors were paired otherwise before it applied"
+        result.unmatched_hints = list(self.refused_hints)
+        result.hint_problems = dict(self.refused_hints)
         by_dst = {m.dst: m for m in result.matched}
         for path, group in groups.items():  # tied to a matched tensor: matched too
             origin = next((by_dst[p] for p in group if p in by_dst), None)

@@ -70,7 +70,8 @@ class Alignment:
     unmatched_src: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     divergence: str | None = None  # where two unrelated trees part (depths differ), with both counts
-    unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys that matched no destination path
+    unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys refused (see `hint_problems`)
+    hint_problems: dict[str, str] = field(default_factory=dict)  # a refused hint's key -> why, naming the side
 
     @property
     def ok(self) -> bool:
@@ -94,7 +95,7 @@ class Alignment:
         lines.append("]")
         if self.divergence:
             lines.append(f"# the trees diverge: {self.divergence}")
-        lines += [f"# hint {glob!r} matches no destination path" for glob in self.unmatched_hints]
+        lines += [f"# {self.hint_problems.get(glob, f'hint {glob!r} refused')}" for glob in self.unmatched_hints]
         for ambiguity in self.ambiguous:
             lines.append(f"# ambiguous: {', '.join(ambiguity.dst)} <- {', '.join(ambiguity.src)}: {ambiguity.reason}")
             lines.append(

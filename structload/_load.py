@@ -161,7 +161,8 @@ def alignment_problems(alignment: Alignment) -> list[Problem]:
     if alignment.divergence:
         problems.append(Problem(ProblemKind.MISSING, "", f"the models diverge: {alignment.divergence}"))
     problems += [
-        Problem(ProblemKind.PATTERN, g, "align hint matches no destination path") for g in alignment.unmatched_hints
+        Problem(ProblemKind.PATTERN, g, alignment.hint_problems.get(g, "align hint refused"))
+        for g in alignment.unmatched_hints
     ]
     for ambiguity in alignment.ambiguous:
         message = f"ambiguous with {', '.join(ambiguity.src)}: {ambiguity.reason}; pin it with hints= or rename="
