@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import re
 
-import torch
-
 from ._align_hints import resolve_hints
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
+from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
-from ._dest import SlotKind, as_dest, dest_children, is_container
 from ._rename import Renamer, compile_rename, rename_tree
 from ._runtime import collector_paused
-from ._select import LeftOut, Selection
+from ._select import Selection
 from .convert import Concat, Converter, Split, Transpose
-from .sources import SourceTensor, iter_leaves, to_source_tree
+from .sources import to_source_tree
 
 
 def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hints=None) -> Alignment:
@@ -70,8 +68,8 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
         tree = to_source_tree(src)
         if renamer is not None:
             tree = rename_tree(tree, renamer)
-        dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
-        src_leaves, src_tied = _source(tree, Selection(exclude=exclude) if exclude is not None else None)
+        dst_leaves, dst_tied, buffers = destination(dst, Selection(include, exclude, filter))
+        src_leaves, src_tied = source(tree, Selection(exclude=exclude) if exclude is not None else None)
         ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
         src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
         result = Alignment(ignored=ignored)
@@ -84,81 +82,6 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
         src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
         _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
     return result
-
-
-def _source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
-    """Source tensors (those `exclude=` names left out) and the paths of tied ones after the first
-    (a module source's ``lm_head.weight`` that is its ``wte.weight``)."""
-    leaves, tied, first = [], set(), set()
-    for path, leaf in iter_leaves(tree):
-        if not isinstance(leaf, SourceTensor):
-            continue
-        if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
-            continue
-        key = _data_key(leaf)
-        if key is not None and key in first:
-            tied.add(path)
-        first.add(key)
-        leaves.append(_leaf(path, tuple(leaf.shape)))
-    return leaves, tied
-
-
-def _data_key(leaf: SourceTensor):
-    """What `SourceTensor.same_data` compares, as a key (None when nothing can tell)."""
-    tensor = getattr(leaf, "tensor", None)
-    if isinstance(tensor, torch.Tensor):
-        if tensor.is_meta:  # no storage: only the object itself
-            return ("object", id(tensor))
-        return ("memory", tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), tensor.device)
-    file = getattr(leaf, "file", None)
-    if file is not None and hasattr(leaf, "offset"):
-        return ("file", file.path, leaf.offset, leaf.shape, leaf.dtype, getattr(leaf, "stride", None))
-    return None
-
-
-# `exclude=` names source paths too: a source entry it names is left out of the alignment, as a
-# plain load leaves it out (`Selection.accepts_source`), whatever the destination holds
-_NOTHING_LEFT_OUT = LeftOut(frozenset(), frozenset())
-
-
-def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], set[str]]:
-    """Destination tensors (tied paths after the first left out: they follow it), the tied paths
-    with the path they follow, and the paths of non-persistent buffers."""
-    root = as_dest(dst)
-    left_out = selection.left_out(dst)
-    excluded = left_out.paths if left_out is not None else frozenset()
-    leaves: list[Leaf] = []
-    tied: dict[str, str] = {}
-    buffers: set[str] = set()
-    first_path: dict[int, str] = {}
-
-    def visit(node, path):
-        for name, child in dest_children(node):
-            child_path = f"{path}.{name}" if path else name
-            if is_container(child):
-                visit(child, child_path)
-            elif child.kind == SlotKind.IGNORED:
-                buffers.add(child_path)
-            elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
-                key = id(child.tensor)
-                if key in first_path:  # tied: matched when any of its paths is
-                    tied[child_path] = first_path[key]
-                first_path.setdefault(key, child_path)
-                leaf = _leaf(child_path, tuple(child.tensor.shape))
-                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
-                leaves.append(leaf)
-
-    if root is not None and is_container(root):
-        visit(root, "")
-    return leaves, tied, buffers
-
-
-def _leaf(path: str, shape: tuple[int, ...]) -> Leaf:
-    parts = path.split(".")
-    for i, part in enumerate(parts[:-1]):  # the first number before the tensor's own name
-        if part.isdigit():
-            return Leaf(path, shape, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
-    return Leaf(path, shape, None, None, path)
 
 
 class _Aligner:
@@ -178,7 +101,7 @@ class _Aligner:
         pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
         crossing = self._crossing_pins(dict(pairs))
         if crossing:
-            self._align_group([_flattened(d) for d, _ in crossing], [_flattened(s) for _, s in crossing], None)
+            self._align_group([flattened(d) for d, _ in crossing], [flattened(s) for _, s in crossing], None)
             pinned = {leaf.path for pair in crossing for leaf in pair}
             self.dst = [leaf for leaf in self.dst if leaf.path not in pinned]
             self.src = [leaf for leaf in self.src if leaf.path not in pinned]
@@ -191,8 +114,8 @@ class _Aligner:
         for dst_c, src_c in pairs:
             self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
         if self.result.divergence is None:  # the rest by whole paths (a Sequential's "body.3.weight")
-            rest_dst = dst_top + [_flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
-            rest_src = src_top + [_flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
+            rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
+            rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
             self._align_group(rest_dst, rest_src, container=None)
         self._match_followers(followers, src_followers)
         self._finish()
@@ -221,7 +144,7 @@ class _Aligner:
         source tensor nothing claims is dropped (``None`` in ``rename``): its data is loaded once."""
         left = [leaf for leaf in self.src if leaf.path not in self.matched_src] + src_followers
         if followers and left:
-            found = self.matcher.match([_flattened(f) for f in followers], [_flattened(s) for s in left])
+            found = self.matcher.match([flattened(f) for f in followers], [flattened(s) for s in left])
             found.pairs = [p for p in found.pairs if not p.evidence[0].startswith("shape")]
             found.ambiguous = []
             self._emit(found, None, None, [None], None)
@@ -268,7 +191,7 @@ class _Aligner:
             self._emit(template, dst_c, src_c, list(dst_blocks), count)
             return
         for i, j in zip(sorted(dst_blocks), sorted(src_blocks)):  # blocks that differ: one by one, by full path
-            dst_i, src_j = [_flattened(leaf) for leaf in dst_blocks[i]], [_flattened(leaf) for leaf in src_blocks[j]]
+            dst_i, src_j = [flattened(leaf) for leaf in dst_blocks[i]], [flattened(leaf) for leaf in src_blocks[j]]
             self._emit(self.matcher.match(dst_i, src_j), None, None, [None], count)
 
     def _check_block_pins(self, template: GroupResult, dst_c: str, dst_blocks: dict) -> None:
@@ -425,13 +348,6 @@ def _parent(leaves: tuple[Leaf, ...]) -> str:
     if all(len(p) == len(common) for p in parts):  # all in one module: its parent
         common = common[:-1]
     return ".".join(common)
-
-
-def _flattened(leaf: Leaf) -> Leaf:
-    """The leaf seen by its whole path, as at the top level."""
-    flat = Leaf(leaf.path, leaf.shape, None, None, leaf.path)
-    flat.matrix = leaf.matrix
-    return flat
 
 
 def _by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], list[Leaf]]:
