@@ -90,6 +90,8 @@ class _Aligner:
         self.pins, self.refused_hints = resolve_hints(hints, dst, src)
         self.matcher = GroupMatcher(self.pins)
         self.rules: dict[str, str | None] = {}
+        self.narrow: dict[str, str] = {}  # a module rule -> the same rule for its own tensors only
+        self.all_src = list(src)
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
         self.matched_dst: set[str] = set()
@@ -301,16 +303,21 @@ class _Aligner:
         if src.rel == dst_rel and src_c == dst_c:
             return
         if src.raw_param == dst_param and src.module and dst_module:
-            self.rules[head_s + re.escape(src.module) + r"\.(?=[^.]+$)"] = f"{head_d}{dst_module}."
+            key = head_s + re.escape(src.module) + r"\."  # the module, as a person writes it
+            self.rules[key] = f"{head_d}{dst_module}."
+            self.narrow[key] = key + "(?=[^.]+$)"  # its own tensors only, when a submodule must stay
         else:
             self.rules[head_s + re.escape(src.rel) + "$"] = head_d + dst_rel
 
     def _finish(self) -> None:
         result = self.result
         rules = dict(self.rules)
-        if not _sends(rules, self.src, self.expected, self.dst):
+        if not _sends(rules, self.all_src, self.expected):
+            rules = {self.narrow.get(key, key): value for key, value in self.rules.items()}
+        if not _sends(rules, self.all_src, self.expected):
             rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
             rules["^@"] = ""  # two steps, so that no rule's output meets another rule
+            rules.update({key: None for key, value in self.rules.items() if value is None})
         result.rename.update(rules)
         followers: dict[str, list[str]] = {}
         for path, first in self.tied.items():
@@ -386,7 +393,7 @@ def _template(rel: str, container: str) -> str:
     return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
 
 
-def _sends(rules: dict, src: list[Leaf], expected: dict[str, str], dst: list[Leaf]) -> bool:
+def _sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
     """Whether `rules` send every matched source path where expected and no other onto a taken path."""
     renamer = Renamer(rules)
     taken = set(expected.values())

@@ -16,7 +16,7 @@ failed.
 >>> resolve_hints({"alpha": "eta"}, dst, src)[1]["alpha"]
 "hint 'alpha' = 'eta': destination 'alpha.weight' (4, 4) does not fit source 'eta.weight' (3,)"
 >>> resolve_hints({"alpah": "zeta"}, dst, src)[1]["alpah"]
-"hint 'alpah' = 'zeta': the destination side 'alpah' matches no destination path; did you mean 'alpha'?"
+"hint 'alpah' matches no destination path; did you mean 'alpha'? (the destination side of 'alpah' = 'zeta')"
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ def resolve_hints(
         taken = [s for s in found.values() if s in pinned_src]
         if why is None and taken:
             why = f"source '{taken[0]}' is already pinned by hint {pinned_src[taken[0]]}"
-        if why is not None:
+        if why is not None and not why.startswith("matches no destination path"):
             refused[dst_glob] = f"hint {text}: {why}"
+        if why is not None:
+            refused.setdefault(dst_glob, f"hint {dst_glob!r} {why} (the destination side of {text})")
             continue
         for d, s in found.items():
             pins[d] = (s, text)
@@ -55,7 +57,7 @@ def _pins_of(dst_glob: str, src_glob: str, dst: list[Leaf], src: list[Leaf]) -> 
     ds = [leaf for leaf in dst if _glob(dst_glob, leaf)]
     ss = [leaf for leaf in src if _glob(src_glob, leaf)]
     if not ds:
-        return {}, f"the destination side {dst_glob!r} matches no destination path" + _closest(dst_glob, dst)
+        return {}, "matches no destination path" + _closest(dst_glob, dst)
     if not ss:
         return {}, f"the source side {src_glob!r} matches no source path" + _closest(src_glob, src)
     found: dict[str, str] = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._rename import OptionalKey
 from ._text import plural
 
 
@@ -84,11 +85,14 @@ class Alignment:
         or unmatched is listed in comments, to edit."""
         lines = []
         names = sorted({type(c).__name__ for c in self.convert})
+        if any(isinstance(key, OptionalKey) for key in self.rename):
+            lines.append("import structload as sl")
         if names:
             lines.append(f"from structload.convert import {', '.join(names)}")
+        if lines:
             lines.append("")
         lines.append("rename = {")
-        lines += [f"    {_raw(pattern)}: {_raw(replacement)}," for pattern, replacement in self.rename.items()]
+        lines += [f"    {_key(pattern)}: {_raw(replacement)}," for pattern, replacement in self.rename.items()]
         lines.append("}")
         lines.append("convert = [")
         lines += [f"    {converter!r}," for converter in self.convert]
@@ -161,10 +165,16 @@ class Alignment:
         return table
 
 
+def _key(pattern: str) -> str:
+    return repr(pattern) if isinstance(pattern, OptionalKey) else _raw(pattern)
+
+
 def _raw(text: str | None) -> str:
     """A Python literal for a pattern or replacement, raw when it holds backslashes."""
     if text is None:
         return "None"
     if "\\" in text and not text.endswith("\\") and '"' not in text:
         return f'r"{text}"'
+    if '"' not in text and "\\" not in text:
+        return f'"{text}"'
     return repr(text)

@@ -147,7 +147,7 @@ def test_a_hint_across_groups_is_applied():
 @pytest.mark.parametrize(
     ("hints", "side"),
     [
-        ({"alpah": "zeta"}, "the destination side 'alpah' matches no destination path; did you mean 'alpha'?"),
+        ({"alpah": "zeta"}, "hint 'alpah' matches no destination path; did you mean 'alpha'? (the destination side"),
         ({"alpha": "zeat"}, "the source side 'zeat' matches no source path; did you mean 'zeta'?"),
         ({"alpha": "wide"}, "destination 'alpha.weight' (4, 4) does not fit source 'wide.weight' (4, 9)"),
     ],
@@ -226,3 +226,58 @@ class TokenGPT(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return self.ln_out(x) @ self.tokens.weight.T
+
+
+CLI_FACTORY = """
+import sys
+sys.path.insert(0, {tests!r})
+from test_align_plain_torch import MyPNet
+
+def make():
+    return MyPNet()
+"""
+
+
+def test_the_align_command_takes_rename_include_and_exclude(tmp_path, monkeypatch, capsys):
+    from pathlib import Path
+
+    import safetensors.torch
+
+    from structload._cli import main
+
+    reference = randomized(PNet())
+    state = {f"module.{k}": v for k, v in reference.state_dict().items()} | {"module.stats.count": torch.ones(3)}
+    safetensors.torch.save_file(state, tmp_path / "pnet.safetensors")
+    (tmp_path / "mine.py").write_text(CLI_FACTORY.format(tests=str(Path(__file__).resolve().parent)))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["align", "mine:make", "pnet.safetensors", "--rename", r"^module\.=", "--include", "body.*"]
+    assert main([*args, "--exclude", "stats.*", "--exclude", "conv4_*"]) == 0
+    namespace: dict = {}
+    exec(capsys.readouterr().out, namespace)
+    assert namespace["rename"][r"^module\."] == ""
+    model = MyPNet()
+    options = {"include": "body.*", "exclude": ["stats.*", "conv4_*"], "convert": namespace["convert"]}
+    report = sl.load(model, str(tmp_path / "pnet.safetensors"), rename=namespace["rename"], **options)
+    assert report.ok and torch.equal(model.body[6].weight, reference.prelu3.weight)
+    assert main([*args, "--exclude", "conv4_*"]) == 1  # stats.count: nothing takes it
+    assert "stats.count" in capsys.readouterr().out
+
+
+def test_an_optional_rename_key_lets_one_mapping_serve_tied_and_untied_checkpoints():
+    class LM(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.out = nn.Embedding(11, 4), nn.Linear(4, 11, bias=False)
+
+    untied = {"model.embed_tokens.weight": torch.randn(11, 4), "lm_head.weight": torch.randn(11, 4)}
+    tied = {"model.embed_tokens.weight": untied["model.embed_tokens.weight"]}  # the head is the embedding
+    rename = {r"^model\.embed_tokens\.": "embed.", sl.optional(r"^lm_head\."): "out."}
+    model = LM()
+    assert sl.load(model, untied, rename=rename).ok and torch.equal(model.out.weight, untied["lm_head.weight"])
+    report = sl.load(LM(), tied, rename=rename, strict=False)
+    assert [p.kind for p in report.problems] == ["missing"]  # out.weight: no "pattern" problem for the head rule
+    plain = {r"^model\.embed_tokens\.": "embed.", r"^lm_head\.": "out."}
+    assert "pattern" in [p.kind for p in sl.load(LM(), tied, rename=plain, strict=False).problems]
+    alignment = sl.align(LM(), untied, rename={sl.optional(r"^model\."): ""})
+    assert 'sl.optional(r"^model\\.")' in alignment.code()
