@@ -281,3 +281,31 @@ def test_an_optional_rename_key_lets_one_mapping_serve_tied_and_untied_checkpoin
     assert "pattern" in [p.kind for p in sl.load(LM(), tied, rename=plain, strict=False).problems]
     alignment = sl.align(LM(), untied, rename={sl.optional(r"^model\."): ""})
     assert 'sl.optional(r"^model\\.")' in alignment.code()
+
+
+def test_a_plain_strict_load_of_another_implementation_suggests_align():
+    reference, model = randomized(PNet()), MyPNet()
+    before = snapshot(model)
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(model, reference)
+    assert "align=True" in str(info.value)
+    assert_unchanged(model, before)
+    same = randomized(MyPNet())
+    with pytest.raises(sl.LoadError) as info:  # the same implementation with a head renamed: no such hint
+        sl.load(MyPNet(), {k.replace("face", "cls"): v for k, v in same.state_dict().items()})
+    assert "align=True" not in str(info.value)
+
+
+def test_did_you_mean_proposes_only_a_tensor_whose_shape_fits():
+    class Embeddings(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.segment = nn.Embedding(30, 8), nn.Embedding(2, 8)
+
+    dst = nn.ModuleDict({"embed": Embeddings()})
+    src = {"embed.token_types.weight": torch.randn(2, 8)}  # close to 'tokens' by name, not by shape
+    unexpected = [p for p in sl.load(dst, src, strict=False).problems if p.kind == "unexpected"]
+    assert unexpected and all("tokens" not in p.message for p in unexpected)
+    src = {"embed.token.weight": torch.randn(30, 8)}
+    unexpected = [p for p in sl.load(dst, src, strict=False).problems if p.kind == "unexpected"]
+    assert any("did you mean 'embed.tokens" in p.message for p in unexpected)  # a fitting one still is
