@@ -329,6 +329,7 @@ class _Aligner:
             if leaf.path not in self.matched_dst and not any(p in self.matched_dst for p in groups.get(leaf.path, ()))
         ]
         result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
+        result.claimed_dst, result.claimed_src = set(self.matched_dst), set(self.matched_src)
         applied = {self.pins[path][1] for path in self.matcher.applied_pins}
         for dst_glob, src_glob in self.hints.items():
             text = f"{dst_glob!r} = {src_glob!r}"

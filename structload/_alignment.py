@@ -73,6 +73,9 @@ class Alignment:
     divergence: str | None = None  # where two unrelated trees part (depths differ), with both counts
     unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys refused (see `hint_problems`)
     hint_problems: dict[str, str] = field(default_factory=dict)  # a refused hint's key -> why, naming the side
+    # every path of each side that is matched or ambiguous, for collapsing the rest by subtree
+    claimed_dst: set[str] = field(default_factory=set, repr=False, compare=False)
+    claimed_src: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -163,6 +166,26 @@ class Alignment:
         for path in self.unmatched_src:
             table.add_row("[red]-", path, "")
         return table
+
+
+def by_subtree(paths: list[str], claimed: set[str]) -> list[tuple[str, int]]:
+    """`paths` (unmatched tensors) as (path, count): the highest module whose tensors are all in
+    `paths` (none `claimed`) stands for them, so an error has one line per subtree.
+
+    >>> by_subtree(["a.x.weight", "a.x.bias", "a.y.weight", "b.weight"], {"a.y.bias", "c.weight"})
+    [('a.x', 2), ('a.y.weight', 1), ('b.weight', 1)]
+    """
+    blocked = {prefix for path in claimed for prefix in _prefixes(path)}
+    counts: dict[str, list] = {}
+    for path in paths:
+        top = next((p for p in _prefixes(path) if p not in blocked), path)
+        counts.setdefault(top, [path, 0])[1] += 1
+    return [(top if n > 1 else first, n) for top, (first, n) in counts.items()]
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
 
 
 def _key(pattern: str) -> str:

@@ -309,3 +309,26 @@ def test_did_you_mean_proposes_only_a_tensor_whose_shape_fits():
     src = {"embed.token.weight": torch.randn(30, 8)}
     unexpected = [p for p in sl.load(dst, src, strict=False).problems if p.kind == "unexpected"]
     assert any("did you mean 'embed.tokens" in p.message for p in unexpected)  # a fitting one still is
+
+
+def test_an_alignment_error_has_one_line_per_subtree_not_per_tensor():
+    class Wide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3)
+            self.trunk = nn.Sequential(*(nn.Conv2d(8, 8, 1, bias=False) for _ in range(30)))
+            self.head = nn.Linear(8, 5)
+
+    src = {"stem.weight": torch.randn(8, 3, 3, 3), "stem.bias": torch.randn(8), "other.weight": torch.randn(7, 7)}
+    src |= {f"tower.t{i}.w": torch.randn(9, 9) for i in range(40)}
+    model = Wide()
+    before = snapshot(model)
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(model, src, align=True)
+    problems = {p.path: p for p in info.value.problems}
+    assert problems["trunk"].message == "no source tensor matches any of its 30 tensors"
+    assert problems["head"].message == "no source tensor matches any of its 2 tensors"
+    assert problems["tower"].message == "none of its 40 tensors matches a destination tensor"
+    assert problems["other.weight"].message == "matches no destination tensor"
+    assert len(problems) == 4
+    assert_unchanged(model, before)
