@@ -90,7 +90,10 @@ class _Aligner:
         self.pins, self.refused_hints = resolve_hints(hints, dst, src)
         self.matcher = GroupMatcher(self.pins)
         self.rules: dict[str, str | None] = {}
-        self.narrow: dict[str, str] = {}  # a module rule -> the same rule for its own tensors only
+        self.narrow: dict[str, str] = {}
+        self.layouts: set[str] = (
+            set()
+        )  # how the groups aligned so far store their matrices  # a module rule -> the same rule for its own tensors only
         self.all_src = list(src)
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
@@ -222,6 +225,10 @@ class _Aligner:
 
     def _emit(self, found: GroupResult, dst_c, src_c, indices: list, count: str | None) -> None:
         layout = group_layout(found.pairs)
+        if layout in ("direct", "transposed"):
+            self.layouts.add(layout)
+        elif layout == "unknown" and len(self.layouts) == 1:  # nothing in the group shows it: the model does
+            layout = next(iter(self.layouts))
         for pair in found.pairs:
             pair.transposed, note = transposed(pair, layout)
             if note:

@@ -68,6 +68,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "dense_h_to_4h",
         "wi_1",
         "mlp:fc",
+        "linear1",  # torch's nn.TransformerEncoderLayer
     ),
     "gate_up": ("gate_up", "gate_up_proj"),
     "down": (
@@ -79,6 +80,7 @@ ROLES: dict[str, tuple[str, ...]] = {
         "fc_out",
         "mlp:wo",
         "DenseReluDense.wo",
+        "linear2",
         "w2",
         "lin2",
         "output.dense",

@@ -332,3 +332,84 @@ def test_an_alignment_error_has_one_line_per_subtree_not_per_tensor():
     assert problems["other.weight"].message == "matches no destination tensor"
     assert len(problems) == 4
     assert_unchanged(model, before)
+
+
+class TorchBert(nn.Module):
+    """BERT as a porting user writes it with torch's own nn.TransformerEncoderLayer (post-norm,
+    in_proj_weight), and other names for the embeddings and the pooler."""
+
+    def __init__(self, vocab=97, d=32, layers=2, heads=4, ff=64, context=16):
+        super().__init__()
+        self.embed = nn.ModuleDict(
+            {
+                "tokens": nn.Embedding(vocab, d),
+                "positions": nn.Embedding(context, d),
+                "types": nn.Embedding(2, d),
+                "norm": nn.LayerNorm(d, eps=1e-12),
+            }
+        )
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                d, heads, ff, dropout=0.0, activation="gelu", layer_norm_eps=1e-12, batch_first=True
+            )
+            for _ in range(layers)
+        )
+        self.pool = nn.ModuleDict({"proj": nn.Linear(d, d)})
+
+    def forward(self, ids):
+        e = self.embed
+        x = e["tokens"](ids) + e["positions"](torch.arange(ids.shape[1])) + e["types"](torch.zeros_like(ids))
+        x = e["norm"](x)
+        for layer in self.layers:
+            x = layer(x)
+        return x, torch.tanh(self.pool["proj"](x[:, 0]))
+
+
+def test_bert_into_torch_transformer_encoder_layers_and_back():
+    import transformers
+
+    config = transformers.BertConfig(
+        vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.BertModel(config).eval()  # with its pooler
+    model = TorchBert().eval()
+    alignment = sl.align(model, reference)
+    assert alignment.ok, alignment.code()
+    assert sl.load(model, reference, align=alignment).ok
+    with torch.no_grad():
+        expected = reference(IDS)
+        hidden, pooled = model(IDS)
+    assert torch.allclose(hidden, expected.last_hidden_state, atol=1e-5)
+    assert torch.allclose(pooled, expected.pooler_output, atol=1e-5)
+    back = transformers.BertModel(config).eval()
+    assert sl.load(back, model, align=True).ok  # in_proj split back into query / key / value
+    with torch.no_grad():
+        assert torch.allclose(back(IDS).last_hidden_state, expected.last_hidden_state, atol=1e-5)
+
+
+def test_same_shape_layers_in_reversed_order_are_never_paired_by_position():
+    dst = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    src = {"zz.weight": torch.randn(8, 8), "zz.bias": torch.randn(8), "aa.weight": torch.randn(8, 8)}
+    src["aa.bias"] = torch.randn(8)
+    alignment = sl.align(dst, src)
+    assert alignment.matched == [] and not alignment.ok
+    assert {d for a in alignment.ambiguous for d in a.dst} == {"0.weight", "1.weight", "0.bias", "1.bias"}
+
+
+def test_a_layer_missing_in_the_middle_shifts_nothing():
+    """Three same-shape convs in the destination, the middle one absent from the source: a greedy
+    matcher would load conv3 into body.1; the alignment says it cannot tell."""
+    dst = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 8, 3))
+    src = randomized(
+        nn.ModuleDict({"conv1": nn.Conv2d(3, 8, 3), "conv2": nn.Conv2d(8, 8, 3), "conv4": nn.Conv2d(8, 8, 3)})
+    )
+    before = snapshot(dst)
+    alignment = sl.align(dst, src)
+    assert [m.dst for m in alignment.matched] == ["0.weight", "0.bias"]
+    [weights, biases] = sorted(alignment.ambiguous, key=lambda a: a.dst[0].endswith("bias"))
+    assert set(weights.dst) == {"1.weight", "2.weight", "3.weight"} and len(weights.src) == 2
+    with pytest.raises(sl.LoadError):
+        sl.load(dst, src, align=True)
+    assert_unchanged(dst, before)
