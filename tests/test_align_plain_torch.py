@@ -409,6 +409,7 @@ def test_a_layer_missing_in_the_middle_shifts_nothing():
     alignment = sl.align(dst, src)
     assert [m.dst for m in alignment.matched] == ["0.weight", "0.bias"]
     [weights, biases] = sorted(alignment.ambiguous, key=lambda a: a.dst[0].endswith("bias"))
+    assert set(biases.dst) == {"1.bias", "2.bias", "3.bias"}
     assert set(weights.dst) == {"1.weight", "2.weight", "3.weight"} and len(weights.src) == 2
     with pytest.raises(sl.LoadError):
         sl.load(dst, src, align=True)
