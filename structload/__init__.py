@@ -12,6 +12,7 @@ from ._alignment import Alignment, Ambiguity, Match
 from ._empty import init_empty_weights
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
+from ._rename import optional
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
 from .sources.pickled import Pickled
@@ -40,6 +41,7 @@ __all__ = [
     "inspect",
     "load",
     "open",
+    "optional",
     "state",
 ]
 __version__ = "0.1.0"

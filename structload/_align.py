@@ -25,16 +25,15 @@ from __future__ import annotations
 
 import re
 
-import torch
-
+from ._align_hints import resolve_hints
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
+from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
-from ._dest import SlotKind, as_dest, dest_children, is_container
 from ._rename import Renamer, compile_rename, rename_tree
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import Concat, Converter, Split, Transpose
-from .sources import SourceTensor, iter_leaves, to_source_tree
+from .sources import to_source_tree
 
 
 def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hints=None) -> Alignment:
@@ -69,83 +68,101 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
         tree = to_source_tree(src)
         if renamer is not None:
             tree = rename_tree(tree, renamer)
-        dst_leaves, dst_tied, buffers = _destination(dst, Selection(include, exclude, filter))
-        src_leaves = [
-            _leaf(path, tuple(leaf.shape)) for path, leaf in iter_leaves(tree) if isinstance(leaf, SourceTensor)
-        ]
+        dst_leaves, dst_tied, buffers = destination(dst, Selection(include, exclude, filter))
+        src_leaves, src_tied = source(tree, Selection(exclude=exclude) if exclude is not None else None)
         ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
         src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
         result = Alignment(ignored=ignored)
         if isinstance(rename, dict):
             result.rename.update(rename)
-        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run()
+        # a tied tensor is one tensor, on either side: its other paths are matched after the rest
+        followers = [leaf for leaf in dst_leaves if leaf.path in dst_tied]
+        src_followers = [leaf for leaf in src_leaves if leaf.path in src_tied]
+        dst_leaves = [leaf for leaf in dst_leaves if leaf.path not in dst_tied]
+        src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
+        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
     return result
-
-
-def _destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], set[str]]:
-    """Destination tensors (tied paths after the first left out: they follow it), the tied paths
-    with the path they follow, and the paths of non-persistent buffers."""
-    root = as_dest(dst)
-    left_out = selection.left_out(dst)
-    excluded = left_out.paths if left_out is not None else frozenset()
-    leaves: list[Leaf] = []
-    tied: dict[str, str] = {}
-    buffers: set[str] = set()
-    first_path: dict[int, str] = {}
-
-    def visit(node, path):
-        for name, child in dest_children(node):
-            child_path = f"{path}.{name}" if path else name
-            if is_container(child):
-                visit(child, child_path)
-            elif child.kind == SlotKind.IGNORED:
-                buffers.add(child_path)
-            elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
-                key = id(child.tensor)
-                if key in first_path:  # tied: matched when any of its paths is
-                    tied[child_path] = first_path[key]
-                first_path.setdefault(key, child_path)
-                leaf = _leaf(child_path, tuple(child.tensor.shape))
-                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
-                leaves.append(leaf)
-
-    if root is not None and is_container(root):
-        visit(root, "")
-    return leaves, tied, buffers
-
-
-def _leaf(path: str, shape: tuple[int, ...]) -> Leaf:
-    parts = path.split(".")
-    for i, part in enumerate(parts[:-1]):  # the first number before the tensor's own name
-        if part.isdigit():
-            return Leaf(path, shape, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
-    return Leaf(path, shape, None, None, path)
 
 
 class _Aligner:
     def __init__(self, result: Alignment, dst: list[Leaf], src: list[Leaf], tied: dict[str, str], hints: dict):
         self.result, self.dst, self.src, self.tied, self.hints = result, dst, src, tied, hints
-        self.matcher = GroupMatcher(hints)
-        self.rules: dict[str, str] = {}
+        self.pins, self.refused_hints = resolve_hints(hints, dst, src)
+        self.matcher = GroupMatcher(self.pins)
+        self.rules: dict[str, str | None] = {}
+        self.narrow: dict[str, str] = {}
+        self.layouts: set[str] = (
+            set()
+        )  # how the groups aligned so far store their matrices  # a module rule -> the same rule for its own tensors only
+        self.all_src = list(src)
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
         self.matched_dst: set[str] = set()
 
-    def run(self) -> None:
+    def run(self, followers: list[Leaf], src_followers: list[Leaf]) -> None:
         dst_blocks, dst_top = _by_container(self.dst)
         src_blocks, src_top = _by_container(self.src)
-        pairs = self._pair_containers(dst_blocks, src_blocks)
+        scratch = Alignment()  # pairing twice when pins cross groups: notes only from the last
+        pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
+        crossing = self._crossing_pins(dict(pairs))
+        if crossing:
+            self._align_group([flattened(d) for d, _ in crossing], [flattened(s) for _, s in crossing], None)
+            pinned = {leaf.path for pair in crossing for leaf in pair}
+            self.dst = [leaf for leaf in self.dst if leaf.path not in pinned]
+            self.src = [leaf for leaf in self.src if leaf.path not in pinned]
+            dst_blocks, dst_top = _by_container(self.dst)
+            src_blocks, src_top = _by_container(self.src)
+            scratch = Alignment()
+            pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
+        self.result.ambiguous += scratch.ambiguous
+        self.result.divergence = scratch.divergence
         for dst_c, src_c in pairs:
             self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
-        if self.result.divergence is None:
-            rest_dst = dst_top + [leaf for blocks in dst_blocks.values() for leaf in _all(blocks)]
-            rest_src = src_top + [leaf for blocks in src_blocks.values() for leaf in _all(blocks)]
+        if self.result.divergence is None:  # the rest by whole paths (a Sequential's "body.3.weight")
+            rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
+            rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
             self._align_group(rest_dst, rest_src, container=None)
+        self._match_followers(followers, src_followers)
         self._finish()
+
+    def _crossing_pins(self, partner: dict) -> list[tuple[Leaf, Leaf]]:
+        """Pinned pairs whose two tensors are in different groups (a block's tensor and a top-level
+        one, or two blocks of other numbers): aligned on their own, by whole paths."""
+        dst_by_path = {leaf.path: leaf for leaf in self.dst}
+        src_by_path = {leaf.path: leaf for leaf in self.src}
+        crossing = []
+        for dst_path, (src_path, _) in self.pins.items():
+            d, s = dst_by_path.get(dst_path), src_by_path.get(src_path)
+            if d is None or s is None:
+                continue
+            if d.container in partner:
+                same = partner[d.container] == s.container and d.index == s.index
+            else:
+                same = s.container not in partner.values()
+            if not same:
+                crossing.append((d, s))
+        return crossing
+
+    def _match_followers(self, followers: list[Leaf], src_followers: list[Leaf]) -> None:
+        """A tied destination tensor after the first counts as matched with it; a source tensor
+        left over that its names (not its shape alone) pair it with is loaded into it too. A tied
+        source tensor nothing claims is dropped (``None`` in ``rename``): its data is loaded once."""
+        left = [leaf for leaf in self.src if leaf.path not in self.matched_src] + src_followers
+        if followers and left:
+            found = self.matcher.match([flattened(f) for f in followers], [flattened(s) for s in left])
+            found.pairs = [p for p in found.pairs if not p.evidence[0].startswith("shape")]
+            found.ambiguous = []
+            self._emit(found, None, None, [None], None)
+        for leaf in src_followers:
+            if leaf.path not in self.matched_src:
+                self.rules[f"^{re.escape(leaf.path)}$"] = None
+                self.matched_src.add(leaf.path)
 
     # --- containers ------------------------------------------------------------------------
 
-    def _pair_containers(self, dst_blocks: dict, src_blocks: dict) -> list[tuple[str, str]]:
+    def _pair_containers(self, dst_blocks: dict, src_blocks: dict, notes: Alignment) -> list[tuple[str, str]]:
+        """Numbered containers of both sides paired by their number of blocks; `notes` gets the
+        ambiguities and the divergence."""
         pairs, free = [], dict(src_blocks)
         for dst_c, blocks in dst_blocks.items():
             same = [c for c, b in free.items() if len(b) == len(blocks)]
@@ -157,10 +174,10 @@ class _Aligner:
                 del free[same[0]]
             elif len(same) > 1:
                 reason = f"{len(same)} numbered containers of the source have {len(blocks)} entries, as '{dst_c}' does"
-                self.result.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
-            elif free and self.result.divergence is None:
+                notes.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
+            elif free and notes.divergence is None:
                 other = min(free, key=lambda c: abs(len(free[c]) - len(blocks)))
-                self.result.divergence = (
+                notes.divergence = (
                     f"destination '{dst_c or '<root>'}' has {len(blocks)} entries, source '{other or '<root>'}' has "
                     f"{len(free[other])} (source '{other or '<root>'}' has {len(free[other])}, destination "
                     f"'{dst_c or '<root>'}' has {len(blocks)})"
@@ -175,11 +192,30 @@ class _Aligner:
         )
         count = f"numbered blocks: {len(dst_blocks)} = {len(src_blocks)}"
         if uniform and sorted(dst_blocks) == sorted(src_blocks):
+            self._check_block_pins(template, dst_c, dst_blocks)
             self._emit(template, dst_c, src_c, list(dst_blocks), count)
             return
         for i, j in zip(sorted(dst_blocks), sorted(src_blocks)):  # blocks that differ: one by one, by full path
-            dst_i, src_j = [_flattened(leaf) for leaf in dst_blocks[i]], [_flattened(leaf) for leaf in src_blocks[j]]
+            dst_i, src_j = [flattened(leaf) for leaf in dst_blocks[i]], [flattened(leaf) for leaf in src_blocks[j]]
             self._emit(self.matcher.match(dst_i, src_j), None, None, [None], count)
+
+    def _check_block_pins(self, template: GroupResult, dst_c: str, dst_blocks: dict) -> None:
+        """Pins in the blocks after the template one hold when the template pairs the same (they
+        are applied through it); one that contradicts it is refused."""
+        paired = {p.dst[0].rel: p.src[0].rel for p in template.pairs if len(p.dst) == len(p.src) == 1}
+        for leaf in (leaf for i in dst_blocks if i != min(dst_blocks) for leaf in dst_blocks[i]):
+            pin = self.pins.get(leaf.path)
+            if pin is None:
+                continue
+            src_rel = pin[0].split(".", len(pin[0].split(".")) - len(leaf.rel.split(".")))[-1]
+            if paired.get(leaf.rel) is not None and pin[0].endswith("." + paired[leaf.rel]):
+                self.matcher.applied_pins.add(leaf.path)
+            else:
+                self.refused_hints.setdefault(
+                    pin[1].split("'")[1],
+                    f"hint {pin[1]}: pins '{leaf.path}' to '{pin[0]}', but the blocks of '{dst_c}' pair "
+                    f"'{leaf.rel}' with '{paired.get(leaf.rel, src_rel)}'; pin every block alike ('*' for the number)",
+                )
 
     def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:
         if dst or src:
@@ -189,6 +225,10 @@ class _Aligner:
 
     def _emit(self, found: GroupResult, dst_c, src_c, indices: list, count: str | None) -> None:
         layout = group_layout(found.pairs)
+        if layout in ("direct", "transposed"):
+            self.layouts.add(layout)
+        elif layout == "unknown" and len(self.layouts) == 1:  # nothing in the group shows it: the model does
+            layout = next(iter(self.layouts))
         for pair in found.pairs:
             pair.transposed, note = transposed(pair, layout)
             if note:
@@ -270,16 +310,21 @@ class _Aligner:
         if src.rel == dst_rel and src_c == dst_c:
             return
         if src.raw_param == dst_param and src.module and dst_module:
-            self.rules[head_s + re.escape(src.module) + r"\.(?=[^.]+$)"] = f"{head_d}{dst_module}."
+            key = head_s + re.escape(src.module) + r"\."  # the module, as a person writes it
+            self.rules[key] = f"{head_d}{dst_module}."
+            self.narrow[key] = key + "(?=[^.]+$)"  # its own tensors only, when a submodule must stay
         else:
             self.rules[head_s + re.escape(src.rel) + "$"] = head_d + dst_rel
 
     def _finish(self) -> None:
         result = self.result
         rules = dict(self.rules)
-        if not _sends(rules, self.src, self.expected, self.dst):
+        if not _sends(rules, self.all_src, self.expected):
+            rules = {self.narrow.get(key, key): value for key, value in self.rules.items()}
+        if not _sends(rules, self.all_src, self.expected):
             rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
             rules["^@"] = ""  # two steps, so that no rule's output meets another rule
+            rules.update({key: None for key, value in self.rules.items() if value is None})
         result.rename.update(rules)
         followers: dict[str, list[str]] = {}
         for path, first in self.tied.items():
@@ -291,7 +336,14 @@ class _Aligner:
             if leaf.path not in self.matched_dst and not any(p in self.matched_dst for p in groups.get(leaf.path, ()))
         ]
         result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
-        result.unmatched_hints = [glob for glob in self.hints if glob not in self.matcher.used_hints]
+        result.claimed_dst, result.claimed_src = set(self.matched_dst), set(self.matched_src)
+        applied = {self.pins[path][1] for path in self.matcher.applied_pins}
+        for dst_glob, src_glob in self.hints.items():
+            text = f"{dst_glob!r} = {src_glob!r}"
+            if dst_glob not in self.refused_hints and text not in applied:  # never silently unused
+                self.refused_hints[dst_glob] = f"hint {text}: its tensors were paired otherwise before it applied"
+        result.unmatched_hints = list(self.refused_hints)
+        result.hint_problems = dict(self.refused_hints)
         by_dst = {m.dst: m for m in result.matched}
         for path, group in groups.items():  # tied to a matched tensor: matched too
             origin = next((by_dst[p] for p in group if p in by_dst), None)
@@ -311,13 +363,6 @@ def _parent(leaves: tuple[Leaf, ...]) -> str:
     if all(len(p) == len(common) for p in parts):  # all in one module: its parent
         common = common[:-1]
     return ".".join(common)
-
-
-def _flattened(leaf: Leaf) -> Leaf:
-    """The leaf seen by its whole path, as at the top level."""
-    flat = Leaf(leaf.path, leaf.shape, None, None, leaf.path)
-    flat.matrix = leaf.matrix
-    return flat
 
 
 def _by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], list[Leaf]]:
@@ -356,7 +401,7 @@ def _template(rel: str, container: str) -> str:
     return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
 
 
-def _sends(rules: dict, src: list[Leaf], expected: dict[str, str], dst: list[Leaf]) -> bool:
+def _sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
     """Whether `rules` send every matched source path where expected and no other onto a taken path."""
     renamer = Renamer(rules)
     taken = set(expected.values())

@@ -13,6 +13,7 @@ import fnmatch
 import functools
 from dataclasses import dataclass, field
 
+from ._align_layers import pair_by_layer, rnn_param
 from ._text import shape_text
 from ._vocabulary import FAMILIES, FUSED, param_name, role_of
 
@@ -36,9 +37,14 @@ class Leaf:
     @functools.cached_property
     def _role_and_param(self) -> tuple[str | None, str]:
         """Read from the names on first use: only the leaves of template blocks ever need them."""
-        param = param_name(self.raw_param)
+        param = rnn_param(self.raw_param) or param_name(self.raw_param)  # weight_ih_l2 is a weight_ih
         role = role_of(self.module) if self.module else None
         if role is None and param not in ("weight", "bias"):
+            stem, _, kind = self.raw_param.rpartition("_")
+            if stem and kind in ("weight", "bias"):  # nn.MultiheadAttention's in_proj_weight: a module in a name
+                role = role_of(f"{self.module}.{stem}" if self.module else stem)
+                if role is not None:
+                    return role, kind
             role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
             if role is not None:
                 param = ""  # its name is its role: pos_embed and position_embeddings are one thing
@@ -72,16 +78,20 @@ class GroupResult:
 
 
 class GroupMatcher:
-    """Pairs the leaves of one group; remembers which ``hints`` were used."""
+    """Pairs the leaves of one group; remembers which pins (from ``hints``) it applied.
 
-    def __init__(self, hints: dict):
-        self.hints = hints
-        self.used_hints: set[str] = set()
+    `pins` maps a destination path to the source path a hint pins it to, and the hint.
+    """
+
+    def __init__(self, pins: dict[str, tuple[str, str]] | None = None):
+        self.pins = pins or {}
+        self.applied_pins: set[str] = set()  # destination paths
 
     def match(self, dst: list[Leaf], src: list[Leaf]) -> GroupResult:
         found = GroupResult()
         free_dst = {leaf.rel: leaf for leaf in dst}
         free_src = {leaf.rel: leaf for leaf in src}
+        modules_dst, modules_src = _by_module(dst), _by_module(src)
 
         def take(d: tuple[Leaf, ...], s: tuple[Leaf, ...], evidence: str) -> None:
             found.pairs.append(Pair(d, s, [evidence]))
@@ -89,22 +99,35 @@ class GroupMatcher:
                 free_dst.pop(leaf.rel, None)
             for leaf in s:
                 free_src.pop(leaf.rel, None)
+            if len(d) == 1 and len(s) == 1 and d[0].module and s[0].module:  # modules move together
+                self._follow(d[0], s[0], modules_dst, modules_src, free_dst, free_src, take)
 
-        for rel, leaf in list(free_dst.items()):  # 1. exact names
+        self._match_pins(free_dst, free_src, take)
+        for rel, leaf in list(free_dst.items()):  # exact names
             other = free_src.get(rel)
-            if other is not None and _fits(leaf, other):
+            if other is not None and rel in free_dst and _fits(leaf, other):
                 take((leaf,), (other,), "name")
-        for dst_glob, src_glob in self.hints.items():  # 2. pins
-            for leaf in list(free_dst.values()):
-                if _glob(dst_glob, leaf):
-                    self.used_hints.add(dst_glob)
-                    options = [s for s in free_src.values() if _glob(src_glob, s) and s.param == leaf.param]
-                    if len(options) == 1 and _fits(leaf, options[0]):
-                        take((leaf,), (options[0],), f"hint {dst_glob!r} = {src_glob!r}")
         self._match_roles(free_dst, free_src, found, take)
         self._match_fused(free_dst, free_src, take)
         self._match_shapes(free_dst, free_src, found, take)
         return found
+
+    def _match_pins(self, free_dst, free_src, take) -> None:
+        by_path = {leaf.path: leaf for leaf in free_src.values()}
+        for leaf in list(free_dst.values()):
+            pin = self.pins.get(leaf.path)
+            other = by_path.get(pin[0]) if pin else None
+            if pin and other is not None and leaf.rel in free_dst and other.rel in free_src:
+                self.applied_pins.add(leaf.path)
+                take((leaf,), (other,), f"hint {pin[1]}")
+
+    def _follow(self, d: Leaf, s: Leaf, modules_dst, modules_src, free_dst, free_src, take) -> None:
+        """The other tensors of a paired module pair by their parameter name (a bias follows its weight)."""
+        others_src = [x for x in modules_src.get(s.module, ()) if x.rel in free_src]
+        for x in modules_dst.get(d.module, ()):
+            partners = [y for y in others_src if y.param == x.param and y.rel in free_src]
+            if x.rel in free_dst and x.path not in self.pins and len(partners) == 1 and _fits(x, partners[0]):
+                take((x,), (partners[0],), f"module '{d.module}' is paired with '{s.module}' (by its {d.param})")
 
     def _match_roles(self, free_dst, free_src, found: GroupResult, take) -> None:
         for leaf in list(free_dst.values()):
@@ -157,17 +180,25 @@ class GroupMatcher:
             take(*((pieces, (one,)) if split else ((one,), pieces)), evidence)
 
     def _match_shapes(self, free_dst, free_src, found: GroupResult, take) -> None:
-        """What is left: a shape only one tensor on each side has (per parameter name)."""
-        for param in {leaf.param for leaf in free_dst.values()}:
-            dst_left = [d for d in free_dst.values() if d.param == param]
-            src_left = [s for s in free_src.values() if s.param == param]
-            for shape in {d.shape for d in dst_left}:
-                ds = [d for d in dst_left if d.shape == shape]
-                ss = [s for s in src_left if s.shape == shape]
+        """What is left: a tensor with exactly one candidate on the other side, which has no other
+        candidate either (same parameter name, a shape that fits in the group's layout); weights
+        first, so that biases follow them. The rest that could pair is ambiguous, as a whole."""
+        layout = group_layout(found.pairs)
+        params = sorted({leaf.param for leaf in free_dst.values()}, key=lambda p: (p != "weight", p))
+        for param in params:
+            for d in [x for x in free_dst.values() if x.param == param]:
+                if d.rel not in free_dst:
+                    continue
+                ds, ss = _candidates(d, free_dst, free_src, layout)
                 if len(ds) == 1 and len(ss) == 1:
-                    take((ds[0],), (ss[0],), f"shape {shape_text(shape)}: the only one left on each side")
-                elif ds and ss:
-                    reason = f"{len(ds)} + {len(ss)} tensors of shape {shape_text(shape)} and no name evidence"
+                    evidence = f"shape {shape_text(ss[0].shape)}: the only candidate left on each side"
+                    take((d,), (ss[0],), evidence)
+                elif ss and (by_layer := pair_by_layer(ds, ss)) is not None:
+                    for x, y, evidence in by_layer:
+                        take((x,), (y,), evidence)
+                elif ss:
+                    shapes = " / ".join(sorted({shape_text(x.shape) for x in ds + ss}))
+                    reason = f"{len(ds)} + {len(ss)} tensors of shape {shapes} and no name evidence"
                     self._ambiguous(found, tuple(ds), tuple(ss), reason, free_dst, free_src)
 
     @staticmethod
@@ -179,6 +210,41 @@ class GroupMatcher:
             free_src.pop(leaf.rel, None)
 
     # --- layouts and output --------------------------------------------------------------------
+
+
+def _candidates(d: Leaf, free_dst: dict, free_src: dict, layout: str) -> tuple[list[Leaf], list[Leaf]]:
+    """Everything `d` could pair with, and everything those could pair with, until nothing is added:
+    the destination and source leaves one match by shape would have to choose among."""
+    ds, ss = [d], []
+    grew = True
+    while grew:
+        grew = False
+        for x in ds:
+            for y in free_src.values():
+                if y not in ss and y.param == x.param and _fits_layout(x, y, layout):
+                    ss.append(y)
+                    grew = True
+        for y in ss:
+            for x in free_dst.values():
+                if x not in ds and x.param == y.param and _fits_layout(x, y, layout):
+                    ds.append(x)
+                    grew = True
+    return ds, ss
+
+
+def _fits_layout(dst: Leaf, src: Leaf, layout: str) -> bool:
+    """Whether the shapes fit, as the group stores its matrices when its other pairs show it."""
+    square = len(dst.shape) == 2 and dst.shape[0] == dst.shape[1]
+    if dst.shape == src.shape:
+        return square or not dst.matrix or layout != "transposed"
+    return dst.matrix and len(src.shape) == 2 and dst.shape == src.shape[::-1] and layout != "direct"
+
+
+def _by_module(leaves: list[Leaf]) -> dict[str, list[Leaf]]:
+    modules: dict[str, list[Leaf]] = {}
+    for leaf in leaves:
+        modules.setdefault(leaf.module, []).append(leaf)
+    return modules
 
 
 def _fits(dst: Leaf, src: Leaf) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ._rename import OptionalKey
 from ._text import plural
 
 
@@ -70,7 +71,11 @@ class Alignment:
     unmatched_src: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     divergence: str | None = None  # where two unrelated trees part (depths differ), with both counts
-    unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys that matched no destination path
+    unmatched_hints: list[str] = field(default_factory=list)  # `hints` keys refused (see `hint_problems`)
+    hint_problems: dict[str, str] = field(default_factory=dict)  # a refused hint's key -> why, naming the side
+    # every path of each side that is matched or ambiguous, for collapsing the rest by subtree
+    claimed_dst: set[str] = field(default_factory=set, repr=False, compare=False)
+    claimed_src: set[str] = field(default_factory=set, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -83,18 +88,21 @@ class Alignment:
         or unmatched is listed in comments, to edit."""
         lines = []
         names = sorted({type(c).__name__ for c in self.convert})
+        if any(isinstance(key, OptionalKey) for key in self.rename):
+            lines.append("import structload as sl")
         if names:
             lines.append(f"from structload.convert import {', '.join(names)}")
+        if lines:
             lines.append("")
         lines.append("rename = {")
-        lines += [f"    {_raw(pattern)}: {_raw(replacement)}," for pattern, replacement in self.rename.items()]
+        lines += [f"    {_key(pattern)}: {_raw(replacement)}," for pattern, replacement in self.rename.items()]
         lines.append("}")
         lines.append("convert = [")
         lines += [f"    {converter!r}," for converter in self.convert]
         lines.append("]")
         if self.divergence:
             lines.append(f"# the trees diverge: {self.divergence}")
-        lines += [f"# hint {glob!r} matches no destination path" for glob in self.unmatched_hints]
+        lines += [f"# {self.hint_problems.get(glob, f'hint {glob!r} refused')}" for glob in self.unmatched_hints]
         for ambiguity in self.ambiguous:
             lines.append(f"# ambiguous: {', '.join(ambiguity.dst)} <- {', '.join(ambiguity.src)}: {ambiguity.reason}")
             lines.append(
@@ -160,10 +168,36 @@ class Alignment:
         return table
 
 
+def by_subtree(paths: list[str], claimed: set[str]) -> list[tuple[str, int]]:
+    """`paths` (unmatched tensors) as (path, count): the highest module whose tensors are all in
+    `paths` (none `claimed`) stands for them, so an error has one line per subtree.
+
+    >>> by_subtree(["a.x.weight", "a.x.bias", "a.y.weight", "b.weight"], {"a.y.bias", "c.weight"})
+    [('a.x', 2), ('a.y.weight', 1), ('b.weight', 1)]
+    """
+    blocked = {prefix for path in claimed for prefix in _prefixes(path)}
+    counts: dict[str, list] = {}
+    for path in paths:
+        top = next((p for p in _prefixes(path) if p not in blocked), path)
+        counts.setdefault(top, [path, 0])[1] += 1
+    return [(top if n > 1 else first, n) for top, (first, n) in counts.items()]
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _key(pattern: str) -> str:
+    return repr(pattern) if isinstance(pattern, OptionalKey) else _raw(pattern)
+
+
 def _raw(text: str | None) -> str:
     """A Python literal for a pattern or replacement, raw when it holds backslashes."""
     if text is None:
         return "None"
     if "\\" in text and not text.endswith("\\") and '"' not in text:
         return f'r"{text}"'
+    if '"' not in text and "\\" not in text:
+        return f'"{text}"'
     return repr(text)

@@ -3,7 +3,7 @@
     structload inspect SRC [--depth N] [--json]
     structload diff A B [--values] [--json]
     structload check FACTORY SRC [--no-strict] [--include P] [--exclude P] [--rename REGEX=REPL]
-    structload align FACTORY SRC [--hint DST=SRC] [--json]
+    structload align FACTORY SRC [--hint DST=SRC] [--rename REGEX=REPL] [--include P] [--exclude P] [--json]
     structload demo
 
 Exit status: 0 success, 1 problems found (or differences), 2 bad usage or an
@@ -175,7 +175,8 @@ def _importing_from(directory: str) -> Iterator[None]:
 def cmd_align(args: argparse.Namespace) -> int:
     model = build_on_meta(args.factory)
     hints = dict(_split_pair(h, "--hint", "DST=SRC") for h in args.hint) if args.hint else None
-    alignment = align(model, args.src, hints=hints)
+    rename = dict(_split_pair(r, "--rename", "REGEX=REPL") for r in args.rename) if args.rename else None
+    alignment = align(model, args.src, hints=hints, rename=rename, include=args.include, exclude=args.exclude)
     if args.json:
         _print_json(alignment.to_dict())
     else:
@@ -242,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("factory", metavar="FACTORY", help="package.module:callable, or a transformers model directory")
     sub.add_argument("src", metavar="SRC")
     sub.add_argument("--hint", action="append", metavar="DST=SRC", help="pin destination glob DST to source glob SRC")
+    sub.add_argument("--rename", action="append", metavar="REGEX=REPL", help="rewrite source paths first (repeatable)")
+    sub.add_argument("--include", action="append", metavar="P", help="glob of destination paths to align (repeatable)")
+    sub.add_argument(
+        "--exclude", action="append", metavar="P", help="glob of destination or source paths to leave (repeatable)"
+    )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.set_defaults(run=in_cli_syntax(cmd_align))
 

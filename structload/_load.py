@@ -8,7 +8,7 @@ import os
 import torch
 
 from ._align import align as structural_align
-from ._alignment import Alignment
+from ._alignment import Alignment, by_subtree
 from ._apply import apply_plan
 from ._customised import source_metadata
 from ._dest import dest_name
@@ -162,13 +162,20 @@ def alignment_problems(alignment: Alignment) -> list[Problem]:
     if alignment.divergence:
         problems.append(Problem(ProblemKind.MISSING, "", f"the models diverge: {alignment.divergence}"))
     problems += [
-        Problem(ProblemKind.PATTERN, g, "align hint matches no destination path") for g in alignment.unmatched_hints
+        Problem(ProblemKind.PATTERN, g, alignment.hint_problems.get(g, "align hint refused"))
+        for g in alignment.unmatched_hints
     ]
     for ambiguity in alignment.ambiguous:
         message = f"ambiguous with {', '.join(ambiguity.src)}: {ambiguity.reason}; pin it with hints= or rename="
         problems.append(Problem(ProblemKind.AMBIGUOUS, ", ".join(ambiguity.dst), message))
-    problems += [Problem(ProblemKind.MISSING, p, "no source tensor matches it") for p in alignment.unmatched_dst]
-    problems += [Problem(ProblemKind.UNEXPECTED, p, "matches no destination tensor") for p in alignment.unmatched_src]
+    claimed_dst = alignment.claimed_dst or {m.dst for m in alignment.matched}
+    claimed_src = alignment.claimed_src or {s for m in alignment.matched for s in m.src}
+    for path, n in by_subtree(alignment.unmatched_dst, claimed_dst):  # one problem per subtree
+        message = "no source tensor matches it" if n == 1 else f"no source tensor matches any of its {n} tensors"
+        problems.append(Problem(ProblemKind.MISSING, path, message))
+    for path, n in by_subtree(alignment.unmatched_src, claimed_src):
+        message = "matches no destination tensor" if n == 1 else f"none of its {n} tensors matches a destination tensor"
+        problems.append(Problem(ProblemKind.UNEXPECTED, path, message))
     return problems
 
 

@@ -250,13 +250,16 @@ def unexpected_sources(
     """The source tensors no destination slot took, per unpaired subtree, minus what the selection ignores."""
     records = []
     for record in unpaired:
-        leaf_paths = [
-            p
+        leaves = [
+            (p, leaf)
             for p, leaf in iter_leaves(record.subtree, record.path)
             if counts_as_unexpected(leaf) and selection.accepts_source(p, left_out)
         ]
-        if leaf_paths:
+        if leaves:
+            leaf_paths = [p for p, _ in leaves]
+            shapes = tuple(getattr(leaf, "shape", None) for _, leaf in leaves)
             leaf = record.subtree
             what = leaf.reason if isinstance(leaf, BadLeaf) else ""
-            records.append(Unexpected(record.path, leaf_paths, positions[record.position], record.beside, what))
+            position = positions[record.position]
+            records.append(Unexpected(record.path, leaf_paths, position, record.beside, what, shapes))
     return records

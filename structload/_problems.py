@@ -11,15 +11,21 @@ that fixes it.
 
 from __future__ import annotations
 
-import difflib
 import operator
 import re
 from collections import Counter
 
+from ._problems_shapes import (
+    ALIGN_HINT,
+    entry_shape,
+    looks_like_another_implementation,
+    suggest_by_path,
+    suggest_by_sibling,
+)
 from ._report import Problem, ProblemKind
 from ._rules import Entry, Status, Unexpected
 from ._text import number_ranges, option_text, plural, shape_text
-from ._walk import Clash, Missing
+from ._walk import Clash
 from .sources import ABSENT, SourceTensor
 
 #: Who usually adds a prefix, for the hint's wording.
@@ -40,9 +46,9 @@ def compose_problems(
     if not unexpected and not _may_have_problems(entries):  # a clean load: nothing to compose
         return [], []
     roots = _root_counts(entries)
-    suggestions = _suggest_by_sibling(unexpected)
+    suggestions = suggest_by_sibling(unexpected, entries)
     meant = {dst: src for src, dst in suggestions.values()}  # missing path -> the source path like it
-    suggestions.update(_suggest_by_path(entries, unexpected, suggestions))
+    suggestions.update(suggest_by_path(entries, unexpected, suggestions))
     events: list[tuple[float, Problem]] = []
     done_roots: set[str] = set()
     for index, entry in enumerate(entries):
@@ -78,6 +84,15 @@ def _general_hints(problems, entries, unexpected, suggestions) -> tuple[list[Pro
     moves = layout_matches(entries, unexpected, suggestions)
     if moves:
         return [_with_move(p, moves) for p in problems], list(moves.values())
+    missing = [entry_shape(e) for e in entries if e.status == Status.MISSING]
+    loaded = sum(e.status == Status.LOADED for e in entries)
+    if (
+        missing
+        and not suggestions
+        and looks_like_another_implementation(missing, [s for r in unexpected for s in r.shapes], loaded)
+    ):
+        first = problems[0]  # said once, where the error starts, and among the report's hints
+        return [Problem(first.kind, first.path, f"{first.message}; {ALIGN_HINT}"), *problems[1:]], [ALIGN_HINT]
     return problems, []
 
 
@@ -194,56 +209,6 @@ def _with_transposed_hint(problems: list[Problem], entries: list[Entry]) -> list
     if not flipped:
         return problems
     return [Problem(p.kind, p.path, f"{p.message}; {TRANSPOSED}") if p.path in flipped else p for p in problems]
-
-
-def _suggest_by_sibling(unexpected: list[Unexpected]) -> dict[int, Suggestion]:
-    """The destination name each unexpected subtree was probably meant to be, among the names its
-    level left unfilled (``lm_head`` -> ``head``)."""
-    suggestions = {}
-    for i, record in enumerate(unexpected):
-        parent, _, name = record.path.rpartition(".")
-        similar = _similar(name, record.beside)
-        if similar:
-            suggestions[i] = (record.path, f"{parent}.{similar}" if parent else similar)
-    return suggestions
-
-
-def _similar(name: str, candidates) -> str | None:
-    if name.isdigit():
-        return None
-    matches = difflib.get_close_matches(name, [c for c in candidates if not c.isdigit()], n=1, cutoff=0.6)
-    return matches[0] if matches else None
-
-
-#: Above this many (unexpected path, candidate) pairs, path-level suggestions are skipped.
-MAX_SUGGESTION_PAIRS = 100_000
-
-
-def _suggest_by_path(entries: list[Entry], unexpected: list[Unexpected], found: dict) -> dict[int, Suggestion]:
-    """For single unexpected tensors with no sibling suggestion, the closest destination path the
-    source did not fill (missing, or zeroed for lack of a bias)."""
-    lone = [i for i, r in enumerate(unexpected) if i not in found and len(r.leaf_paths) == 1]
-    if not lone:
-        return {}
-    unfilled = [
-        e.path
-        for e in entries
-        if e.status == Status.MISSING or (e.status == Status.ZEROED and isinstance(e.leaf, Missing))
-    ]
-    if not unfilled or len(lone) * len(unfilled) > MAX_SUGGESTION_PAIRS:
-        return {}
-    by_name: dict[str, list[str]] = {}
-    for path in unfilled:  # module paths holding a tensor of each name
-        parent, _, name = path.rpartition(".")
-        by_name.setdefault(name, []).append(parent)
-    suggestions = {}
-    for i in lone:
-        leaf_path = unexpected[i].leaf_paths[0]
-        parent, _, name = leaf_path.rpartition(".")
-        match = difflib.get_close_matches(parent, by_name.get(name, []), n=1, cutoff=0.6)
-        if parent and match:
-            suggestions[i] = (leaf_path, f"{match[0]}.{name}")
-    return suggestions
 
 
 def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Problem:

@@ -12,6 +12,41 @@ from .sources import iter_leaves
 from .sources.nesting import insert
 
 
+class OptionalKey(str):
+    """A ``rename`` key that may match no source path: no ``pattern`` problem when it finds nothing.
+    Made by `optional`; otherwise a plain string (a regex)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"sl.optional({_literal(str(self))})"
+
+
+def optional(regex: str) -> OptionalKey:
+    r"""Mark a ``rename`` key as optional, so that one mapping serves a family of checkpoints (a
+    tied head stored in some, not in others). Unmarked keys keep the rule: a key that matches no
+    source path is a ``pattern`` problem.
+
+    >>> import torch, structload as sl
+    >>> rename = {r"^model\.": "", sl.optional(r"^lm_head\."): "head."}
+    >>> net = torch.nn.ModuleDict({"fc": torch.nn.Linear(2, 2)})
+    >>> sl.load(net, {"model.fc.weight": torch.ones(2, 2), "model.fc.bias": torch.ones(2)}, rename=rename).ok
+    True
+    >>> rename
+    {'^model\\.': '', sl.optional(r"^lm_head\."): 'head.'}
+    """
+    if not isinstance(regex, str):
+        raise TypeError(f"sl.optional takes a regular expression (a string), got {type(regex).__name__}")
+    return OptionalKey(regex)
+
+
+def _literal(text: str) -> str:
+    """A Python literal for a regex: raw when it holds backslashes (and that is possible)."""
+    if "\\" in text and not text.endswith("\\") and '"' not in text:
+        return f'r"{text}"'
+    return repr(text)
+
+
 class Renamer:
     """A ``{regex: replacement}`` mapping applied in order with ``re.sub``; a replacement of
     ``None`` drops the entries its regex finds. It remembers which regexes found something, so a
@@ -56,7 +91,7 @@ class Renamer:
         """A ``pattern`` problem for every regex that found nothing in the source."""
         problems = []
         for text, _, _ in self.rules:
-            if text not in self.used:
+            if text not in self.used and not isinstance(text, OptionalKey):
                 message = f"rename pattern '{text}' matches no source path" + _closest(text, source_paths)
                 problems.append(Problem(ProblemKind.PATTERN, text, message))
         return problems

@@ -125,6 +125,7 @@ class Unexpected:
     position: int
     beside: tuple[str, ...] = ()
     what: str = ""  # for a single value that is no tensor: what it is (a pickled object, a string)
+    shapes: tuple = ()  # the shape of each of `leaf_paths` (None for what is no tensor), for suggestions
 
 
 def source_kind(leaf) -> SourceKind:

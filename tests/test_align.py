@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
+from align_check import code_loads_what_align_loads  # noqa: F401  (every alignment's code() is executed)
 from ports import (
     FusedLlama,
     MetaLlama,

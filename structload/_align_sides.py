@@ -1,0 +1,99 @@
+"""The two sides of `align` as lists of `Leaf`: the destination's tensors (with its ties and
+non-persistent buffers) and the source's (with its ties, less what ``exclude=`` names).
+
+>>> import torch.nn as nn
+>>> leaves, tied, buffers = destination(nn.Sequential(nn.Linear(2, 3)), Selection())
+>>> [(leaf.path, leaf.shape, leaf.container, leaf.index, leaf.rel) for leaf in leaves]
+[('0.weight', (3, 2), '', 0, 'weight'), ('0.bias', (3,), '', 0, 'bias')]
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._align_match import Leaf
+from ._dest import SlotKind, as_dest, dest_children, is_container
+from ._select import LeftOut, Selection
+from .sources import SourceTensor, iter_leaves
+
+
+def source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
+    """Source tensors (those `exclude=` names left out) and the paths of tied ones after the first
+    (a module source's ``lm_head.weight`` that is its ``wte.weight``)."""
+    leaves, tied, first = [], set(), set()
+    for path, leaf in iter_leaves(tree):
+        if not isinstance(leaf, SourceTensor):
+            continue
+        if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
+            continue
+        key = _data_key(leaf)
+        if key is not None and key in first:
+            tied.add(path)
+        first.add(key)
+        leaves.append(leaf_at(path, tuple(leaf.shape)))
+    return leaves, tied
+
+
+def _data_key(leaf: SourceTensor):
+    """What `SourceTensor.same_data` compares, as a key (None when nothing can tell)."""
+    tensor = getattr(leaf, "tensor", None)
+    if isinstance(tensor, torch.Tensor):
+        if tensor.is_meta:  # no storage: only the object itself
+            return ("object", id(tensor))
+        return ("memory", tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), tensor.device)
+    file = getattr(leaf, "file", None)
+    if file is not None and hasattr(leaf, "offset"):
+        return ("file", file.path, leaf.offset, leaf.shape, leaf.dtype, getattr(leaf, "stride", None))
+    return None
+
+
+# `exclude=` names source paths too: a source entry it names is left out of the alignment, as a
+# plain load leaves it out (`Selection.accepts_source`), whatever the destination holds
+_NOTHING_LEFT_OUT = LeftOut(frozenset(), frozenset())
+
+
+def destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], set[str]]:
+    """Destination tensors (tied paths after the first left out: they follow it), the tied paths
+    with the path they follow, and the paths of non-persistent buffers."""
+    root = as_dest(dst)
+    left_out = selection.left_out(dst)
+    excluded = left_out.paths if left_out is not None else frozenset()
+    leaves: list[Leaf] = []
+    tied: dict[str, str] = {}
+    buffers: set[str] = set()
+    first_path: dict[int, str] = {}
+
+    def visit(node, path):
+        for name, child in dest_children(node):
+            child_path = f"{path}.{name}" if path else name
+            if is_container(child):
+                visit(child, child_path)
+            elif child.kind == SlotKind.IGNORED:
+                buffers.add(child_path)
+            elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
+                key = id(child.tensor)
+                if key in first_path:  # tied: matched when any of its paths is
+                    tied[child_path] = first_path[key]
+                first_path.setdefault(key, child_path)
+                leaf = leaf_at(child_path, tuple(child.tensor.shape))
+                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
+                leaves.append(leaf)
+
+    if root is not None and is_container(root):
+        visit(root, "")
+    return leaves, tied, buffers
+
+
+def leaf_at(path: str, shape: tuple[int, ...]) -> Leaf:
+    parts = path.split(".")
+    for i, part in enumerate(parts[:-1]):  # the first number before the tensor's own name
+        if part.isdigit():
+            return Leaf(path, shape, ".".join(parts[:i]), int(part), ".".join(parts[i + 1 :]))
+    return Leaf(path, shape, None, None, path)
+
+
+def flattened(leaf: Leaf) -> Leaf:
+    """The leaf seen by its whole path, as at the top level."""
+    flat = Leaf(leaf.path, leaf.shape, None, None, leaf.path)
+    flat.matrix = leaf.matrix
+    return flat
