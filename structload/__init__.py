@@ -14,6 +14,7 @@ from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from .optim import load_optimizer, optimizer_state
 from .sources.pickled import Pickled
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
@@ -39,7 +40,9 @@ __all__ = [
     "init_empty_weights",
     "inspect",
     "load",
+    "load_optimizer",
     "open",
+    "optimizer_state",
     "state",
 ]
 __version__ = "0.1.0"

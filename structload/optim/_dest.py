@@ -1,0 +1,108 @@
+"""The destination of an optimizer load: a tree of the state tensors to write, then installed.
+
+Each parameter the optimizer holds gets, at its path, its existing state
+tensors (written in place) and a new tensor for each key the source brings
+that the optimizer lacks (made as the optimizer itself would: in the
+parameter's shape, dtype and device; a scalar ``step`` as the source keeps
+it). New tensors enter the optimizer only in `install`, after the plan's
+checks passed and every write succeeded, so a strict failure leaves it as
+it was (R6).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._report import LoadReport
+from ..sources import MemoryTensor, SourceTensor
+from ..sources.nesting import insert
+from ._sources import fits
+from ._tree import Held
+
+
+class DestStates(NamedTuple):
+    tree: dict  # nested by parameter path: {state_key: tensor}
+    entries: dict[str, dict[str, torch.Tensor]]  # the same, flat by parameter path
+    fresh: set[str]  # "path.key" of the tensors made here, not yet in the optimizer
+    numbers: dict[str, type]  # "path.key" of state the optimizer keeps as a Python number
+    empty: set[str]  # parameters the source holds with no state yet: they start fresh
+
+
+def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict[str, dict]) -> DestStates:
+    """The destination tree: for each held parameter, the state keys its source brings (or, for a
+    parameter the source lacks, the keys the source holds for others) and those it already has."""
+    templates: dict[str, object] = {}
+    for state in states.values():
+        for key, leaf in state.items():
+            templates.setdefault(key, leaf)
+    tree: dict = {}
+    entries: dict[str, dict[str, torch.Tensor]] = {}
+    fresh: set[str] = set()
+    numbers: dict[str, type] = {}
+    empty: set[str] = set()
+    for path, param, group in held:
+        existing = optimizer.state.get(param, {})
+        source = states.get(path)
+        if source is not None and not source:  # held by the source with no state yet: starts fresh
+            entries[path] = {}
+            empty.add(path)
+            continue
+        wanted = source if source is not None else templates
+        entry: dict[str, torch.Tensor] = {k: v for k, v in existing.items() if isinstance(v, torch.Tensor)}
+        for key, leaf in wanted.items():
+            if key in entry or not isinstance(leaf, SourceTensor):
+                continue
+            entry[key] = new_state_tensor(param, leaf, optimizer.param_groups[group])
+            fresh.add(f"{path}.{key}")
+            if isinstance(leaf, MemoryTensor) and leaf.number is not None:
+                numbers[f"{path}.{key}"] = type(leaf.number)
+        for key, value in existing.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key in entry:
+                numbers[f"{path}.{key}"] = type(value)
+        entries[path] = entry
+        if entry:
+            insert(tree, path, dict(entry))
+    return DestStates(tree, entries, fresh, numbers, empty)
+
+
+def new_state_tensor(param: torch.Tensor, leaf: SourceTensor, group: dict) -> torch.Tensor:
+    """A tensor for state the optimizer does not have yet, as torch's optimizers make it."""
+    shape = tuple(leaf.shape)
+    dtype = leaf.dtype if leaf.dtype is not None else torch.tensor(leaf.number).dtype  # type: ignore[attr-defined]
+    if not shape:  # step: kept in the source's dtype, on the parameter's device only when capturable or fused
+        on_param = group.get("capturable") or group.get("fused")
+        return torch.empty((), dtype=dtype, device=param.device if on_param else "cpu")
+    if not (dtype.is_floating_point or dtype.is_complex):
+        return torch.empty(shape, dtype=dtype, device=param.device)
+    if shape != tuple(param.shape) and fits(shape, tuple(param.shape)):  # a factored statistic
+        return torch.empty(shape, dtype=param.dtype, device=param.device)
+    return torch.empty_like(param, requires_grad=False)  # a DTensor parameter gives a DTensor of its layout
+
+
+def install(optimizer, held: list[Held], dest: DestStates, report: LoadReport, left_out: frozenset[str]) -> None:
+    """Put what the load wrote into the optimizer: a parameter whose state came whole gets it
+    (new tensors added, existing ones were written in place); one with any key missing or
+    mismatched starts fresh, as a new parameter would; one the load left out is untouched."""
+    loaded = set(report.loaded)
+    untouched = set(report.excluded) | set(report.skipped)
+    for path, param, _ in held:
+        entry = dest.entries[path]
+        paths = {key: f"{path}.{key}" for key in entry}
+        if path in left_out:
+            continue
+        if not entry:  # the source holds the parameter with no state yet (or no state at all)
+            if path in dest.empty:
+                optimizer.state.pop(param, None)
+            continue
+        if all(p in untouched for p in paths.values()):
+            continue
+        if not all(p in loaded or p in untouched for p in paths.values()):
+            optimizer.state.pop(param, None)
+            continue
+        state = optimizer.state[param]
+        for key, tensor in entry.items():
+            written = paths[key]
+            if written in loaded and (written in dest.fresh or written in dest.numbers):
+                state[key] = dest.numbers[written](tensor.item()) if written in dest.numbers else tensor
