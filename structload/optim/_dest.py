@@ -81,10 +81,13 @@ def new_state_tensor(param: torch.Tensor, leaf: SourceTensor, group: dict) -> to
     return torch.empty_like(param, requires_grad=False)  # a DTensor parameter gives a DTensor of its layout
 
 
-def install(optimizer, held: list[Held], dest: DestStates, report: LoadReport, left_out: frozenset[str]) -> None:
+def install(
+    optimizer, held: list[Held], dest: DestStates, report: LoadReport, left_out: frozenset[str], reset: set[str]
+) -> None:
     """Put what the load wrote into the optimizer: a parameter whose state came whole gets it
     (new tensors added, existing ones were written in place); one with any key missing or
-    mismatched starts fresh, as a new parameter would; one the load left out is untouched."""
+    mismatched (or in `reset`) starts fresh, as a new parameter would; one the load left out is
+    untouched."""
     loaded = set(report.loaded)
     untouched = set(report.excluded) | set(report.skipped)
     for path, param, _ in held:
@@ -98,7 +101,7 @@ def install(optimizer, held: list[Held], dest: DestStates, report: LoadReport, l
             continue
         if all(p in untouched for p in paths.values()):
             continue
-        if not all(p in loaded or p in untouched for p in paths.values()):
+        if path in reset or not all(p in loaded or p in untouched for p in paths.values()):
             optimizer.state.pop(param, None)
             continue
         state = optimizer.state[param]

@@ -50,6 +50,7 @@ def rename_states(states: States, rename) -> tuple[States, list[Problem]]:
 class Fused(NamedTuple):
     states: States
     problems: list[Problem]
+    rejected: set[str]  # parameters whose converted state cannot be used: they start fresh
 
 
 def is_scalar(leaf) -> bool:
@@ -59,7 +60,7 @@ def is_scalar(leaf) -> bool:
 def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, ...]]) -> Fused:
     """Run `converters` over each state key's tensors; carry scalars to what their pieces made."""
     if not converters:
-        return Fused(states, [])
+        return Fused(states, [], set())
     if not isinstance(converters, (list, tuple)):
         raise TypeError("convert= takes a list of converters from structload.convert")
     keys = list(dict.fromkeys(k for state in states.values() for k, v in state.items() if not is_scalar(v)))
@@ -67,6 +68,7 @@ def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, .
     pieces: dict[str, set[str]] = {}  # converted parameter path -> the source paths it was made from
     problems: list[Problem] = []
     unmatched: dict[str, int] = {}
+    rejected: set[str] = set()
     for key in keys:
         flat = {p: s[key] for p, s in states.items() if key in s and not is_scalar(s[key])}
         made: dict = {}
@@ -83,10 +85,14 @@ def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, .
                 made_by, sources = made[path]
                 leaf = ConvertedTensor(leaf, f"{made_by} of " + ", ".join(f"'{s}'" for s in sources), sources)
                 pieces.setdefault(path, set()).update(sources)
-                problems += _shape_check(path, key, leaf, param_shapes.get(path), converters)
+                wrong = _shape_check(path, key, leaf, param_shapes.get(path), converters)
+                if wrong:  # reported here once, not again as a shape problem of the plan
+                    problems += wrong
+                    rejected.add(path)
+                    continue
             fused.setdefault(path, {})[key] = leaf
     problems += _carry_scalars(fused, states, pieces)
-    return Fused({p: s for p, s in fused.items() if s or not states.get(p, True)}, problems)
+    return Fused({p: s for p, s in fused.items() if s or not states.get(p, True)}, problems, rejected)
 
 
 def _shape_check(path: str, key: str, leaf: ConvertedTensor, shape, converters) -> list[Problem]:
@@ -113,7 +119,7 @@ def _carry_scalars(fused: States, states: States, pieces: dict[str, set[str]]) -
                 values = ", ".join(f"'{s}' {_value_text(leaf)}" for s, leaf in given)
                 message = f"the pieces fused into '{path}' have different '{key}': {values}"
                 problems.append(Problem(ProblemKind.TIED, f"{path}.{key}", message))
-            fused[path][key] = given[0][1]
+            fused.setdefault(path, {})[key] = given[0][1]
     for path in list(fused):
         if path not in pieces and any(path in s for s in pieces.values()):
             fused[path] = {k: v for k, v in fused[path].items() if not is_scalar(v)}

@@ -116,14 +116,16 @@ def load_optimizer(
     tree = _source_tree(states)
     left_out_params = frozenset(h.path for h in held if left_out is not None and h.path in left_out.paths)
     keep = Selection(filter=lambda path, _node: path not in left_out_params) if left_out_params else Selection()
-    report = _run(optimizer, held, dest, tree, (keep, left_out_params), problems, strict, dry_run, progress)
+    report = _run(
+        optimizer, held, dest, tree, (keep, left_out_params, fused.rejected), problems, strict, dry_run, progress
+    )
     report.ignored += ignored
     return report
 
 
 def _run(optimizer, held: list[Held], dest: DestStates, tree, selection, problems, strict, dry_run, progress):
     """Plan, raise or write, install; a sharded optimizer's ranks agree after each step."""
-    keep, left_out = selection
+    keep, left_out, reset = selection
     collective = holds_dtensors(dest.tree)
     target = type(optimizer).__name__
 
@@ -136,7 +138,7 @@ def _run(optimizer, held: list[Held], dest: DestStates, tree, selection, problem
 
     def write_step(plan: Plan) -> None:
         apply_plan(plan, torch.device("cpu"), progress)
-        install(optimizer, held, dest, plan.report(applied=True), left_out)
+        install(optimizer, held, dest, plan.report(applied=True), left_out, reset)
 
     with collector_paused():
         plan = _in_step(collective, target, plan_step)

@@ -57,7 +57,7 @@ def _by_path(tree: dict) -> SourceStates:
 def _param_nodes(tree: dict, path: str):
     """``(path, state)`` for every node whose children are leaves (or that is empty)."""
     leaves = {k: v for k, v in tree.items() if type(v) is not dict}
-    if leaves or not tree:
+    if leaves or (not tree and path):
         yield path, leaves
     for name, child in tree.items():
         if type(child) is dict:
