@@ -98,7 +98,7 @@ def load_optimizer(
     # 1. the parameters the optimizer holds, by path in the model
     held, problems = held_parameters(optimizer, model)
     # 2. the source's state per source parameter path, whatever its kind
-    source = read_states(src, source_model, model)
+    source = read_states(src, source_model, model, rename)
     problems += source.problems
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
     rename, convert = _mapping(model, source.states, source_model, align, rename, convert)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import torch
 
+from .._rename import compile_rename
 from .._report import Problem, ProblemKind
 from .._text import plural
 from ..sources import SourceTensor, iter_leaves
@@ -43,13 +44,14 @@ class Order(NamedTuple):
     shapes: dict[str, tuple[int, ...]]
 
 
-def index_paths(groups: list[Group], source_model, model: torch.nn.Module) -> tuple[Order, list[Problem]]:
-    """The source path of every index in `groups`, or the problem that says what to pass."""
+def index_paths(groups: list[Group], source_model, model: torch.nn.Module, rename=None) -> tuple[Order, list[Problem]]:
+    """The source path of every index in `groups`, or the problem that says what to pass.
+    `rename` (the load's) tells the model's buffers among a state dict's names."""
     if groups and all(g.names is not None and len(g.names) == len(g.params) for g in groups):
         return Order({i: n for g in groups for i, n in zip(g.params, g.names or ())}, {}), []
     if source_model is None:
         return _no_order(f"the optimizer state is keyed by index and has no param_names: {WHAT_TO_PASS}")
-    names, shapes, problem = _names(source_model, groups, model)
+    names, shapes, problem = _names(source_model, groups, model, rename)
     if problem:
         return _no_order(problem)
     for g, (group, group_names) in enumerate(zip(groups, names)):
@@ -66,7 +68,7 @@ def _no_order(message: str) -> tuple[Order, list[Problem]]:
     return Order({}, {}), [Problem(ProblemKind.SOURCE, "", message)]
 
 
-def _names(source_model, groups: list[Group], model) -> tuple[list[list[str]], dict, str]:
+def _names(source_model, groups: list[Group], model, rename) -> tuple[list[list[str]], dict, str]:
     """One list of names per group from `source_model`, the shapes it knows, or why it cannot say."""
     several = len(groups) > 1
     if isinstance(source_model, (list, tuple)) and all(isinstance(n, str) for n in source_model):
@@ -75,29 +77,27 @@ def _names(source_model, groups: list[Group], model) -> tuple[list[list[str]], d
         if len(source_model) != len(groups):
             return [], {}, f"source_model has {len(source_model)} lists of names, the state {len(groups)} param groups"
         return [list(names) for names in source_model], {}, ""
+    if isinstance(source_model, (str, os.PathLike, SourceTree)):
+        source_model = open_source(source_model)
+        if not _keeps_order(source_model.origin):
+            where = os.path.basename(source_model.origin) or "this source"
+            return [], {}, f"{where} sorts its names and cannot give the parameters' order: {WHAT_TO_PASS}"
     if several:
-        return (
-            [],
-            {},
-            f"{len(groups)} param groups, and a model cannot say which group held which parameter: {PER_GROUP}",
-        )
+        reason = f"{len(groups)} param groups, and a model cannot say which group held which parameter"
+        return [], {}, f"{reason}: {PER_GROUP}"
     if isinstance(source_model, torch.nn.Module):
         shapes = {n: tuple(p.shape) for n, p in source_model.named_parameters()}
         trainable = [n for n, p in source_model.named_parameters() if p.requires_grad]
         names = list(shapes) if len(shapes) == len(groups[0].params) else trainable
         return [names], shapes, ""
-    return _names_of_state_dict(source_model, len(groups[0].params), model)
+    return _names_of_state_dict(source_model, len(groups[0].params), model, rename)
 
 
-def _names_of_state_dict(state_dict, count: int, model) -> tuple[list[list[str]], dict, str]:
+def _names_of_state_dict(state_dict, count: int, model, rename) -> tuple[list[list[str]], dict, str]:
     """The parameter names of a state dict, in insertion order: its floating-point tensors, less
     the destination's buffers (running statistics) when that is what makes the count agree."""
-    if isinstance(state_dict, (str, os.PathLike, SourceTree)):
-        tree = open_source(state_dict)
-        if not _keeps_order(tree.origin):
-            where = os.path.basename(tree.origin) or "this source"
-            return [], {}, f"{where} sorts its names and cannot give the parameters' order: {WHAT_TO_PASS}"
-        leaves = list(iter_leaves(tree.node))
+    if isinstance(state_dict, SourceTree):
+        leaves = list(iter_leaves(state_dict.node))
     elif isinstance(state_dict, Mapping):
         leaves = list(iter_leaves(open_source(dict(state_dict)).node))
     else:
@@ -107,7 +107,8 @@ def _names_of_state_dict(state_dict, count: int, model) -> tuple[list[list[str]]
     names = list(tensors)
     if len(names) != count:
         buffers = {n for n, _ in model.named_buffers()}
-        names = [n for n in names if n not in buffers]
+        renamer = compile_rename(rename) or (lambda name: name)
+        names = [n for n in names if renamer(n) not in buffers]
     return [names], shapes, ""
 
 

@@ -28,8 +28,8 @@ class SourceStates(NamedTuple):
     problems: list[Problem]
 
 
-def read_states(src, source_model, model: torch.nn.Module) -> SourceStates:
-    """The states of `src`, whatever kind of optimizer-state source it is."""
+def read_states(src, source_model, model: torch.nn.Module, rename=None) -> SourceStates:
+    """The states of `src`, whatever kind of optimizer-state source it is (`rename` is the load's)."""
     node = to_source_tree(src)
     if type(node) is not dict:
         return SourceStates({}, [Problem(ProblemKind.SOURCE, "", "the source is a single value, not optimizer state")])
@@ -37,7 +37,7 @@ def read_states(src, source_model, model: torch.nn.Module) -> SourceStates:
         groups = _groups(node["param_groups"])
         state = node["state"] if type(node["state"]) is dict else {}
         if groups is not None and _keyed_by_index(state, groups):
-            return _by_index(state, groups, source_model, model)
+            return _by_index(state, groups, source_model, model, rename)
         node = state  # keyed by path (FQN): a tree like optimizer_state's
     return _by_path(node)
 
@@ -64,8 +64,8 @@ def _param_nodes(tree: dict, path: str):
             yield from _param_nodes(child, f"{path}.{name}" if path else name)
 
 
-def _by_index(state: dict, groups: list[Group], source_model, model) -> SourceStates:
-    order, problems = index_paths(groups, source_model, model)
+def _by_index(state: dict, groups: list[Group], source_model, model, rename) -> SourceStates:
+    order, problems = index_paths(groups, source_model, model, rename)
     if problems:
         return SourceStates({}, problems)
     states: dict[str, dict] = {path: {} for path in order.paths.values()}
@@ -76,7 +76,7 @@ def _by_index(state: dict, groups: list[Group], source_model, model) -> SourceSt
             continue
         states[path] = entry
         problems += _order_checks(path, key, entry, order.shapes.get(path))
-    return SourceStates(states, problems)
+    return SourceStates({} if problems else states, problems)  # nothing mapped by a wrong order is kept
 
 
 def _order_checks(path: str, index: str, entry: dict, shape) -> list[Problem]:
