@@ -17,15 +17,14 @@ import torch
 
 from .._report import LoadReport
 from ..sources import MemoryTensor, SourceTensor
-from ..sources.nesting import insert
 from ._sources import fits
 from ._tree import Held
 
 
 class DestStates(NamedTuple):
-    tree: dict  # nested by parameter path: {state_key: tensor}
+    tree: dict  # flat: "param_path.state_key" -> tensor (one container: the walk's cost is per container)
     entries: dict[str, dict[str, torch.Tensor]]  # the same, flat by parameter path
-    fresh: set[str]  # "path.key" of the tensors made here, not yet in the optimizer
+    fresh: dict[str, list[str]]  # parameter path -> the keys of the tensors made here, not yet in the optimizer
     numbers: dict[str, type]  # "path.key" of state the optimizer keeps as a Python number
     empty: set[str]  # parameters the source holds with no state yet: they start fresh
 
@@ -39,11 +38,12 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
             templates.setdefault(key, leaf)
     tree: dict = {}
     entries: dict[str, dict[str, torch.Tensor]] = {}
-    fresh: set[str] = set()
+    fresh: dict[str, list[str]] = {}
     numbers: dict[str, type] = {}
     empty: set[str] = set()
+    by_id = {id(param): state for param, state in optimizer.state.items()}  # no tensor hashing per lookup
     for path, param, group in held:
-        existing = optimizer.state.get(param, {})
+        existing = by_id.get(id(param), {})
         source = states.get(path)
         if source is not None and not source:  # held by the source with no state yet: starts fresh
             entries[path] = {}
@@ -55,15 +55,15 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
             if key in entry or not isinstance(leaf, SourceTensor):
                 continue
             entry[key] = new_state_tensor(param, leaf, optimizer.param_groups[group])
-            fresh.add(f"{path}.{key}")
+            fresh.setdefault(path, []).append(key)
             if isinstance(leaf, MemoryTensor) and leaf.number is not None:
                 numbers[f"{path}.{key}"] = type(leaf.number)
         for key, value in existing.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key in entry:
                 numbers[f"{path}.{key}"] = type(value)
         entries[path] = entry
-        if entry:
-            insert(tree, path, dict(entry))
+        for key, tensor in entry.items():
+            tree[f"{path}.{key}"] = tensor
     return DestStates(tree, entries, fresh, numbers, empty)
 
 
@@ -88,24 +88,22 @@ def install(
     (new tensors added, existing ones were written in place); one with any key missing or
     mismatched (or in `reset`) starts fresh, as a new parameter would; one the load left out is
     untouched."""
-    loaded = set(report.loaded)
+    incomplete = {p.rsplit(".", 1)[0] for p in report.missing} | reset
+    incomplete.update(m.path.rsplit(".", 1)[0] for m in report.mismatched)
     untouched = set(report.excluded) | set(report.skipped)
+    state_of = optimizer.state
     for path, param, _ in held:
-        entry = dest.entries[path]
-        paths = {key: f"{path}.{key}" for key in entry}
         if path in left_out:
             continue
-        if not entry:  # the source holds the parameter with no state yet (or no state at all)
-            if path in dest.empty:
-                optimizer.state.pop(param, None)
+        if path in dest.empty or path in incomplete:
+            state_of.pop(param, None)
             continue
-        if all(p in untouched for p in paths.values()):
+        made = dest.fresh.get(path)
+        if not made:  # everything was written in place
             continue
-        if path in reset or not all(p in loaded or p in untouched for p in paths.values()):
-            optimizer.state.pop(param, None)
-            continue
-        state = optimizer.state[param]
-        for key, tensor in entry.items():
-            written = paths[key]
-            if written in loaded and (written in dest.fresh or written in dest.numbers):
+        entry, state = dest.entries[path], state_of[param]
+        for key in made:
+            written = f"{path}.{key}"
+            if written not in untouched:
+                tensor = entry[key]
                 state[key] = dest.numbers[written](tensor.item()) if written in dest.numbers else tensor

@@ -70,7 +70,7 @@ def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, .
     unmatched: dict[str, int] = {}
     rejected: set[str] = set()
     for key in keys:
-        flat = {p: s[key] for p, s in states.items() if key in s and not is_scalar(s[key])}
+        flat: dict = {p: s[key] for p, s in states.items() if key in s and not is_scalar(s[key])}
         made: dict = {}
         for converter in converters:
             for problem in converter.run(flat, made):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 
@@ -14,11 +15,10 @@ from .._apply import apply_plan
 from .._distributed import holds_dtensors
 from .._load import _in_step
 from .._plan import Plan, make_plan
-from .._report import LoadError, LoadReport
+from .._report import LoadError, LoadReport, Problem, ProblemKind
 from .._runtime import collector_paused
 from .._select import Selection
 from ..sources import SourceTensor
-from ..sources.nesting import insert
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install
 from ._fuse import fuse_states, rename_states
@@ -95,72 +95,104 @@ def load_optimizer(
       would (the parameter's dtype and device) and installed only after
       every write succeeded. A strict failure leaves the optimizer unchanged.
     """
+    options = {"strict": strict, "dry_run": dry_run, "progress": progress, "align": align, "convert": convert}
+    with collector_paused():  # as in `load`: a load allocates small objects per tensor; see structload._runtime
+        return _load(optimizer, model, src, source_model, Selection(include, exclude, filter), rename, options)
+
+
+def _load(optimizer, model, src, source_model, selection: Selection, rename, options: dict) -> LoadReport:
     # 1. the parameters the optimizer holds, by path in the model
-    held, problems = held_parameters(optimizer, model)
+    parameters = held_parameters(optimizer, model)
+    held, problems = parameters.held, list(parameters.problems)
     # 2. the source's state per source parameter path, whatever its kind
     source = read_states(src, source_model, model, rename)
     problems += source.problems
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
-    rename, convert = _mapping(model, source.states, source_model, align, rename, convert)
+    rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
     states, found = rename_states(source.states, rename)
     fused = fuse_states(states, convert, {h.path: tuple(h.param.shape) for h in held})
     problems += found + fused.problems
     # 4. state of model parameters the optimizer does not hold is ignored, not unexpected
-    states, ignored = _held_only(fused.states, model, held)
+    states, ignored = _held_only(fused.states, parameters.not_held)
     # 5. include / exclude / filter on the model's paths
-    selection = Selection(include, exclude, filter)
     left_out = selection.left_out(model)
     problems += selection.unmatched_patterns()
-    # 6. the destination tree, planned against the source tree, applied, installed
-    dest = dest_states(optimizer, held, states)
-    tree = _source_tree(states)
     left_out_params = frozenset(h.path for h in held if left_out is not None and h.path in left_out.paths)
-    keep = Selection(filter=lambda path, _node: path not in left_out_params) if left_out_params else Selection()
-    report = _run(
-        optimizer, held, dest, tree, (keep, left_out_params, fused.rejected), problems, strict, dry_run, progress
-    )
+    # 6. the destination tree, planned against the source tree, written, installed
+    dest = dest_states(optimizer, held, states)
+    load = _Load(optimizer, held, dest, left_out_params, fused.rejected)
+    report = load.run(_source_tree(states), problems, options)
     report.ignored += ignored
     return report
 
 
-def _run(optimizer, held: list[Held], dest: DestStates, tree, selection, problems, strict, dry_run, progress):
-    """Plan, raise or write, install; a sharded optimizer's ranks agree after each step."""
-    keep, left_out, reset = selection
-    collective = holds_dtensors(dest.tree)
-    target = type(optimizer).__name__
+class _Load(NamedTuple):
+    """Step 6 of `load_optimizer`: plan, raise or write, install. The ranks of a sharded optimizer
+    agree after each step, so all raise the same error or none does."""
 
-    def plan_step() -> Plan:
-        plan = make_plan(dest.tree, tree, keep, problems)
+    optimizer: torch.optim.Optimizer
+    held: list[Held]
+    dest: DestStates
+    left_out: frozenset[str]  # parameter paths include / exclude / filter leave out
+    reset: set[str]  # parameters whose state cannot be used: they start fresh
+
+    def run(self, tree: dict, problems: list, options: dict) -> LoadReport:
+        collective = holds_dtensors(self.dest.tree)
+        target = type(self.optimizer).__name__
+        plan = _in_step(collective, target, functools.partial(self.plan, tree, problems, options["strict"], target))
+        if options["dry_run"]:
+            return plan.report(applied=False)
+        return _in_step(collective, target, functools.partial(self.write, plan, options["progress"]))
+
+    def plan(self, tree: dict, problems: list, strict: bool, target: str) -> Plan:
+        left_out = self.left_out
+        keep = Selection(filter=lambda path, _node: path.rsplit(".", 1)[0] not in left_out) if left_out else Selection()
+        plan = make_plan(self.dest.tree, tree, keep, problems)
         plan.target = target
+        plan.problems = by_parameter(plan.problems, self.dest.entries)
         if strict and plan.problems:
             raise LoadError(plan.problems, plan.report(applied=False))
         return plan
 
-    def write_step(plan: Plan) -> None:
+    def write(self, plan: Plan, progress) -> LoadReport:
         apply_plan(plan, torch.device("cpu"), progress)
-        install(optimizer, held, dest, plan.report(applied=True), left_out, reset)
-
-    with collector_paused():
-        plan = _in_step(collective, target, plan_step)
-        if not dry_run:
-            _in_step(collective, target, functools.partial(write_step, plan))
-        return plan.report(applied=not dry_run)
+        report = plan.report(applied=True)
+        install(self.optimizer, self.held, self.dest, report, self.left_out, self.reset)
+        return report
 
 
-def _held_only(states: dict, model: torch.nn.Module, held: list[Held]) -> tuple[dict, list[str]]:
+def by_parameter(problems: list[Problem], entries: dict[str, dict]) -> list[Problem]:
+    """One ``missing`` problem per parameter whose state the source lacks entirely, instead of one
+    per state key (the plan sees the flat ``param_path.state_key`` names)."""
+    missing: dict[str, list[str]] = {}
+    for problem in problems:
+        if problem.kind == ProblemKind.MISSING and problem.message == "missing in source":
+            path, key = problem.path.rsplit(".", 1)
+            missing.setdefault(path, []).append(key)
+    whole = {path for path, keys in missing.items() if path in entries and len(keys) == len(entries[path])}
+    if not whole:
+        return problems
+    out, done = [], set()
+    for problem in problems:
+        path = problem.path.rsplit(".", 1)[0]
+        if problem.kind != ProblemKind.MISSING or path not in whole:
+            out.append(problem)
+        elif path not in done:
+            done.add(path)
+            out.append(Problem(ProblemKind.MISSING, path, f"no state in source ({', '.join(missing[path])})"))
+    return out
+
+
+def _held_only(states: dict, not_held: set[str]) -> tuple[dict, list[str]]:
     """The states of held parameters (and of paths the model lacks, which stay unexpected); the
     ``path.key`` of every state of a model parameter the optimizer does not hold."""
-    held_paths = {h.path for h in held}
-    others = {path for path, _ in model.named_parameters(remove_duplicate=False)} - held_paths
-    ignored = [f"{p}.{k}" for p, state in states.items() if p in others for k in state]
-    return {p: s for p, s in states.items() if p not in others}, ignored
+    ignored = [f"{p}.{k}" for p, state in states.items() if p in not_held for k in state]
+    return {p: s for p, s in states.items() if p not in not_held}, ignored
 
 
 def _source_tree(states: dict) -> dict:
-    tree: dict = {}
-    for path, state in states.items():
-        insert(tree, path, dict(state))
-    return tree
+    """The source as the plan reads it: flat, ``param_path.state_key`` -> leaf, like the destination."""
+    return {f"{path}.{key}": leaf for path, state in states.items() for key, leaf in state.items()}
 
 
 def _mapping(model, states: dict, source_model, align, rename, convert):

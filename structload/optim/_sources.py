@@ -11,6 +11,8 @@ source stays lazy: nothing here reads tensor data.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
@@ -18,6 +20,7 @@ import torch
 from .._report import Problem, ProblemKind
 from ..sources import SKIP, MemoryTensor, SourceTensor, to_source_tree
 from ..sources._leaves import Value
+from ..sources.memory import leaf_from_value, tensor_leaf
 from ._order import Group, index_paths
 
 
@@ -29,23 +32,41 @@ class SourceStates(NamedTuple):
 
 
 def read_states(src, source_model, model: torch.nn.Module, rename=None) -> SourceStates:
-    """The states of `src`, whatever kind of optimizer-state source it is (`rename` is the load's)."""
-    node = to_source_tree(src)
-    if type(node) is not dict:
+    """The states of `src`, whatever kind of optimizer-state source it is (`rename` is the load's).
+
+    An in-memory nested dict is read as it is (its tensors become leaves one by one, much faster
+    than building its source tree first); anything else, flat dotted names included (a flattened
+    ``get_optimizer_state_dict``), through `to_source_tree`, which nests them."""
+    raw = (type(src) is dict or type(src) is OrderedDict) and not any("." in str(k) for k in src)  # else: nest
+    node = src if raw else to_source_tree(src)
+    leaf = _raw_leaf if raw else _same
+    if not isinstance(node, Mapping):
         return SourceStates({}, [Problem(ProblemKind.SOURCE, "", "the source is a single value, not optimizer state")])
     if "state" in node and "param_groups" in node:
         groups = _groups(node["param_groups"])
-        state = node["state"] if type(node["state"]) is dict else {}
+        state = node["state"] if isinstance(node["state"], Mapping) else {}
         if groups is not None and _keyed_by_index(state, groups):
-            return _by_index(state, groups, source_model, model, rename)
+            return _by_index(state, groups, source_model, model, rename, leaf)
         node = state  # keyed by path (FQN): a tree like optimizer_state's
-    return _by_path(node)
+    return _by_path(node, leaf)
 
 
-def _by_path(tree: dict) -> SourceStates:
+def _raw_leaf(value):
+    """The source leaf of an in-memory value (a tensor, a number, ``None``...)."""
+    if type(value) is torch.Tensor:  # the common case, first
+        return tensor_leaf(value)
+    leaf = leaf_from_value(value)
+    return leaf if leaf is not None else Value(value, f"a value of type {type(value).__name__} is not a tensor")
+
+
+def _same(leaf):
+    return leaf
+
+
+def _by_path(tree: Mapping, leaf) -> SourceStates:
     states: dict[str, dict] = {}
     problems = []
-    for path, state in _param_nodes(tree, ""):
+    for path, state in _param_nodes(tree, "", leaf):
         if not path:
             message = f"state keys {sorted(state)} at the root: optimizer state is keyed by parameter path"
             problems.append(Problem(ProblemKind.SOURCE, "", message))
@@ -54,17 +75,29 @@ def _by_path(tree: dict) -> SourceStates:
     return SourceStates(states, problems)
 
 
-def _param_nodes(tree: dict, path: str):
-    """``(path, state)`` for every node whose children are leaves (or that is empty)."""
-    leaves = {k: v for k, v in tree.items() if type(v) is not dict}
-    if leaves or (not tree and path):
-        yield path, leaves
+def _param_nodes(tree: Mapping, path: str, leaf):
+    """``(path, state)`` for every node whose children are leaves (or that is empty). A dotted
+    name among the leaves is a flat ``param_path.state_key`` (a flat dict, a safetensors file)."""
+    state: dict = {}
+    flat: dict[str, dict] = {}
+    for name, value in tree.items():
+        if type(value) is dict or isinstance(value, Mapping):
+            continue
+        name = str(name)
+        if "." in name:
+            param, key = name.rsplit(".", 1)
+            flat.setdefault(f"{path}.{param}" if path else param, {})[key] = leaf(value)
+        else:
+            state[name] = leaf(value)
+    if state or (not tree and path):
+        yield path, state
+    yield from flat.items()
     for name, child in tree.items():
-        if type(child) is dict:
-            yield from _param_nodes(child, f"{path}.{name}" if path else name)
+        if type(child) is dict or isinstance(child, Mapping):
+            yield from _param_nodes(child, f"{path}.{name}" if path else str(name), leaf)
 
 
-def _by_index(state: dict, groups: list[Group], source_model, model, rename) -> SourceStates:
+def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, leaf) -> SourceStates:
     order, problems = index_paths(groups, source_model, model, rename)
     if problems:
         return SourceStates({}, problems)
@@ -74,6 +107,7 @@ def _by_index(state: dict, groups: list[Group], source_model, model, rename) -> 
         if path is None:
             problems.append(Problem(ProblemKind.SOURCE, f"state.{key}", "state for an index no param group holds"))
             continue
+        entry = {str(k): leaf(v) for k, v in entry.items()}
         states[path] = entry
         problems += _order_checks(path, key, entry, order.shapes.get(path))
     return SourceStates({} if problems else states, problems)  # nothing mapped by a wrong order is kept
@@ -106,22 +140,27 @@ def fits(state_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> bool:
 
 def _groups(node) -> list[Group] | None:
     """The param groups of a torch state dict, or ``None`` when they do not list integer indices."""
-    if type(node) is not dict:
-        return None
     groups = []
-    for group in node.values():
-        params = [_plain(v) for v in group.get("params", {}).values()] if type(group) is dict else []
+    for group in _sequence(node):
+        params = [_plain(v) for v in _sequence(group.get("params", ()))] if isinstance(group, Mapping) else []
         if not all(type(i) is int for i in params):
             return None
-        names = group.get("param_names") if type(group) is dict else None
-        plain_names = [_plain(v) for v in names.values()] if type(names) is dict else None
+        names = group.get("param_names") if isinstance(group, Mapping) else None
+        plain_names = [_plain(v) for v in _sequence(names)] if names is not None else None
         valid = plain_names is not None and all(isinstance(n, str) for n in plain_names)
         groups.append(Group(params, plain_names if valid else None))
     return groups
 
 
-def _keyed_by_index(state: dict, groups: list[Group]) -> bool:
-    return any(g.params for g in groups) and all(k.isdigit() for k in state)
+def _sequence(node) -> list:
+    """The items of a list: itself in memory, a dict ``{"0": ..., "1": ...}`` in a source tree."""
+    if isinstance(node, (list, tuple)):
+        return list(node)
+    return list(node.values()) if isinstance(node, Mapping) else []
+
+
+def _keyed_by_index(state: Mapping, groups: list[Group]) -> bool:
+    return any(g.params for g in groups) and all(str(k).isdigit() for k in state)
 
 
 def _plain(leaf):

@@ -18,26 +18,36 @@ class Held(NamedTuple):
     group: int
 
 
-def held_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> tuple[list[Held], list[Problem]]:
-    """The parameters `optimizer` holds, in the model's order, each at its first path (a tied
-    parameter is held once); a problem for each parameter of the optimizer the model lacks."""
+class Parameters(NamedTuple):
+    """The model's parameters as the optimizer sees them."""
+
+    held: list[Held]  # in the model's order, each at its first path (a tied parameter is held once)
+    not_held: set[str]  # every path of a model parameter the optimizer does not hold (frozen, say)
+    problems: list[Problem]  # a parameter of the optimizer that the model does not have
+
+
+def held_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> Parameters:
+    """The parameters `optimizer` holds, by path in `model`, and the model's others."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(f"expected a torch.optim.Optimizer, got {type(optimizer).__name__}")
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected the optimizer's nn.Module, got {type(model).__name__}")
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
-    held, seen = [], set()
-    for path, param in model.named_parameters():
-        if id(param) in group_of:
-            held.append(Held(path, param, group_of[id(param)]))
-            seen.add(id(param))
+    held, seen, not_held = [], set(), set()
+    for path, param in model.named_parameters(remove_duplicate=False):
+        key = id(param)
+        if key not in group_of:
+            not_held.add(path)
+        elif key not in seen:
+            held.append(Held(path, param, group_of[key]))
+            seen.add(key)
     problems = []
     for g, group in enumerate(optimizer.param_groups):
         for i, param in enumerate(group["params"]):
             if id(param) not in seen:
                 message = f"the optimizer holds a parameter of shape {tuple(param.shape)} that the model does not have"
                 problems.append(Problem(ProblemKind.TYPE, f"param_groups.{g}.params.{i}", message))
-    return held, problems
+    return Parameters(held, not_held, problems)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
@@ -68,11 +78,11 @@ def optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module) ->
         >>> sl.load_optimizer(adam, model, tree).loaded[:3]
         ['1.weight.step', '1.weight.exp_avg', '1.weight.exp_avg_sq']
     """
-    held, problems = held_parameters(optimizer, model)
-    if problems:
-        raise ValueError("; ".join(str(p) for p in problems))
+    parameters = held_parameters(optimizer, model)
+    if parameters.problems:
+        raise ValueError("; ".join(str(p) for p in parameters.problems))
     tree: dict = {}
-    for path, param, _ in held:
+    for path, param, _ in parameters.held:
         state = optimizer.state.get(param, {})
         entry = {key: value.detach() if isinstance(value, torch.Tensor) else value for key, value in state.items()}
         insert(tree, path, entry)
