@@ -49,21 +49,19 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
             entries[path] = {}
             empty.add(path)
             continue
-        wanted = source if source is not None else templates
-        entry: dict[str, torch.Tensor] = {k: v for k, v in existing.items() if isinstance(v, torch.Tensor)}
-        for key, leaf in wanted.items():
-            if key in entry or not isinstance(leaf, SourceTensor):
-                continue
-            entry[key] = new_state_tensor(param, leaf, optimizer.param_groups[group])
-            fresh.setdefault(path, []).append(key)
-            if isinstance(leaf, MemoryTensor) and leaf.number is not None:
-                numbers[f"{path}.{key}"] = type(leaf.number)
+        entry: dict[str, torch.Tensor] = {}
         for key, value in existing.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and key in entry:
+            if isinstance(value, torch.Tensor):
+                entry[key] = tree[f"{path}.{key}"] = value
+            elif type(value) in (int, float):
                 numbers[f"{path}.{key}"] = type(value)
+        for key, leaf in (source if source is not None else templates).items():
+            if key not in entry and isinstance(leaf, SourceTensor):
+                entry[key] = tree[f"{path}.{key}"] = new_state_tensor(param, leaf, optimizer.param_groups[group])
+                fresh.setdefault(path, []).append(key)
+                if isinstance(leaf, MemoryTensor) and leaf.number is not None:
+                    numbers[f"{path}.{key}"] = type(leaf.number)
         entries[path] = entry
-        for key, tensor in entry.items():
-            tree[f"{path}.{key}"] = tensor
     return DestStates(tree, entries, fresh, numbers, empty)
 
 

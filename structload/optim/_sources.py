@@ -65,36 +65,31 @@ def _same(leaf):
 
 def _by_path(tree: Mapping, leaf) -> SourceStates:
     states: dict[str, dict] = {}
+    _param_nodes(tree, "", leaf, states)
     problems = []
-    for path, state in _param_nodes(tree, "", leaf):
-        if not path:
-            message = f"state keys {sorted(state)} at the root: optimizer state is keyed by parameter path"
-            problems.append(Problem(ProblemKind.SOURCE, "", message))
-            continue
-        states[path] = state
+    if "" in states:
+        message = f"state keys {sorted(states.pop(''))} at the root: optimizer state is keyed by parameter path"
+        problems.append(Problem(ProblemKind.SOURCE, "", message))
     return SourceStates(states, problems)
 
 
-def _param_nodes(tree: Mapping, path: str, leaf):
-    """``(path, state)`` for every node whose children are leaves (or that is empty). A dotted
-    name among the leaves is a flat ``param_path.state_key`` (a flat dict, a safetensors file)."""
+def _param_nodes(tree: Mapping, path: str, leaf, states: dict[str, dict]) -> None:
+    """Add ``path: state`` to `states` for every node whose children are leaves (or that is empty).
+    A dotted name among the leaves is a flat ``param_path.state_key`` (a flat dict, a file)."""
     state: dict = {}
-    flat: dict[str, dict] = {}
+    subtrees = []
     for name, value in tree.items():
         if type(value) is dict or isinstance(value, Mapping):
-            continue
-        name = str(name)
-        if "." in name:
-            param, key = name.rsplit(".", 1)
-            flat.setdefault(f"{path}.{param}" if path else param, {})[key] = leaf(value)
-        else:
+            subtrees.append((name, value))
+        elif type(name) is str and "." not in name:
             state[name] = leaf(value)
+        else:
+            param, _, key = str(name).rpartition(".")
+            states.setdefault(f"{path}.{param}" if path and param else path or param, {})[key] = leaf(value)
     if state or (not tree and path):
-        yield path, state
-    yield from flat.items()
-    for name, child in tree.items():
-        if type(child) is dict or isinstance(child, Mapping):
-            yield from _param_nodes(child, f"{path}.{name}" if path else str(name), leaf)
+        states.setdefault(path, {}).update(state)
+    for name, child in subtrees:
+        _param_nodes(child, f"{path}.{name}" if path else str(name), leaf, states)
 
 
 def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, leaf) -> SourceStates:
