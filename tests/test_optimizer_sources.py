@@ -81,6 +81,8 @@ def test_no_names_and_no_source_model_says_what_to_pass():
     (problem,) = error.value.problems
     assert problem.kind == "source" and "keyed by index and has no param_names: pass source_model=" in problem.message
     assert not dst_opt.state
+    report = sl.load_optimizer(dst_opt, dst, src_opt.state_dict(), strict=False)  # the same one problem, no write
+    assert [p.kind for p in report.problems] == ["source"] and not report.missing and not dst_opt.state
 
 
 def test_source_model_as_a_list_of_names():

@@ -107,6 +107,11 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     # 2. the source's state per source parameter path, whatever its kind
     source = read_states(src, source_model, model, rename)
     problems += source.problems
+    if not source.readable:  # nothing to pair: only what says why, not a "missing" for every parameter
+        report = LoadReport(target=type(optimizer).__name__, problems=problems, applied=False)
+        if options["strict"]:
+            raise LoadError(problems, report)
+        return report
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
     rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
     states, found = rename_states(source.states, rename)

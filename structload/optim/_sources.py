@@ -29,6 +29,7 @@ class SourceStates(NamedTuple):
 
     states: dict[str, dict[str, object]]
     problems: list[Problem]
+    readable: bool = True  # False: the source says nothing usable (no order for its indices, say)
 
 
 def read_states(src, source_model, model: torch.nn.Module, rename=None) -> SourceStates:
@@ -41,7 +42,8 @@ def read_states(src, source_model, model: torch.nn.Module, rename=None) -> Sourc
     node = src if raw else to_source_tree(src)
     leaf = _raw_leaf if raw else _same
     if not isinstance(node, Mapping):
-        return SourceStates({}, [Problem(ProblemKind.SOURCE, "", "the source is a single value, not optimizer state")])
+        problem = Problem(ProblemKind.SOURCE, "", "the source is a single value, not optimizer state")
+        return SourceStates({}, [problem], readable=False)
     if "state" in node and "param_groups" in node:
         groups = _groups(node["param_groups"])
         state = node["state"] if isinstance(node["state"], Mapping) else {}
@@ -95,7 +97,7 @@ def _param_nodes(tree: Mapping, path: str, leaf, states: dict[str, dict]) -> Non
 def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, leaf) -> SourceStates:
     order, problems = index_paths(groups, source_model, model, rename)
     if problems:
-        return SourceStates({}, problems)
+        return SourceStates({}, problems, readable=False)
     states: dict[str, dict] = {path: {} for path in order.paths.values()}
     for key, entry in state.items():
         path = order.paths.get(int(key))
@@ -105,7 +107,7 @@ def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, 
         entry = {str(k): leaf(v) for k, v in entry.items()}
         states[path] = entry
         problems += _order_checks(path, key, entry, order.shapes.get(path))
-    return SourceStates({} if problems else states, problems)  # nothing mapped by a wrong order is kept
+    return SourceStates({} if problems else states, problems, readable=not problems)  # nothing from a wrong order
 
 
 def _order_checks(path: str, index: str, entry: dict, shape) -> list[Problem]:
