@@ -115,7 +115,7 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
     rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
     states, found = rename_states(source.states, rename)
-    fused = fuse_states(states, convert, {h.path: tuple(h.param.shape) for h in held})
+    fused = fuse_states(states, convert, {h.path: tuple(h.param.shape) for h in held} if convert else {})
     problems += found + fused.problems
     # 4. state of model parameters the optimizer does not hold is ignored, not unexpected
     states, ignored = _held_only(fused.states, parameters.not_held)

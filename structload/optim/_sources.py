@@ -79,19 +79,17 @@ def _param_nodes(tree: Mapping, path: str, leaf, states: dict[str, dict]) -> Non
     """Add ``path: state`` to `states` for every node whose children are leaves (or that is empty).
     A dotted name among the leaves is a flat ``param_path.state_key`` (a flat dict, a file)."""
     state: dict = {}
-    subtrees = []
+    prefix = f"{path}." if path else ""
     for name, value in tree.items():
         if type(value) is dict or isinstance(value, Mapping):
-            subtrees.append((name, value))
+            _param_nodes(value, prefix + str(name), leaf, states)
         elif type(name) is str and "." not in name:
             state[name] = leaf(value)
         else:
             param, _, key = str(name).rpartition(".")
-            states.setdefault(f"{path}.{param}" if path and param else path or param, {})[key] = leaf(value)
+            states.setdefault(prefix + param if param else path, {})[key] = leaf(value)
     if state or (not tree and path):
         states.setdefault(path, {}).update(state)
-    for name, child in subtrees:
-        _param_nodes(child, f"{path}.{name}" if path else str(name), leaf, states)
 
 
 def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, leaf) -> SourceStates:
