@@ -15,6 +15,7 @@ from ._load import load
 from ._rename import optional
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from .optim import load_optimizer, optimizer_state
 from .sources.pickled import Pickled
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
@@ -40,8 +41,10 @@ __all__ = [
     "init_empty_weights",
     "inspect",
     "load",
+    "load_optimizer",
     "open",
     "optional",
+    "optimizer_state",
     "state",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,231 @@
+"""`load_optimizer`: optimizer state matched by parameter path, through the load pipeline."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+
+from .._align import align as structural_align
+from .._alignment import Alignment
+from .._apply import apply_plan
+from .._distributed import holds_dtensors
+from .._load import _in_step
+from .._plan import Plan, make_plan
+from .._report import LoadError, LoadReport, Problem, ProblemKind
+from .._runtime import collector_paused
+from .._select import Selection
+from ..sources import SourceTensor
+from ..sources.tree import SourceTree
+from ._dest import DestStates, dest_states, install
+from ._fuse import fuse_states, rename_states
+from ._sources import read_states
+from ._tree import Held, held_parameters
+
+
+def load_optimizer(
+    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module,
+    src,
+    *,
+    source_model=None,
+    strict: bool = True,
+    include=None,
+    exclude=None,
+    filter=None,
+    rename=None,
+    convert=None,
+    align=False,
+    dry_run: bool = False,
+    progress: bool | None = None,
+) -> LoadReport:
+    """Load optimizer state into `optimizer` by parameter path, whatever changed in the model.
+
+    `model` is the module whose parameters `optimizer` holds. `src` is the tree
+    of `structload.optimizer_state` (in memory, or any file or `structload.open`
+    subtree holding it), a torch ``optimizer.state_dict()`` (its indices become
+    paths through its ``param_names``, else through `source_model`: the model
+    it was saved with, a list of parameter names in order, one list per param
+    group, or a torch-saved state dict of the model), or an FQN-keyed dict
+    (``get_optimizer_state_dict``). Whatever cannot give the order is a
+    ``source`` problem saying what to pass: state is never paired by shape.
+
+    Examples:
+        >>> import torch, structload as sl
+        >>> old = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2), "b": torch.nn.Linear(2, 1)})
+        >>> adam = torch.optim.Adam(old.parameters())
+        >>> old["b"](old["a"](torch.ones(1, 2))).sum().backward(); adam.step()
+        >>> saved = adam.state_dict()  # keyed by index: 0 is a.weight, 3 is b.bias
+
+        The new model registers its layers in another order; `load_state_dict`
+        would put a.weight's moments on b.weight. By path, each finds its own:
+
+        >>> new = torch.nn.ModuleDict({"b": torch.nn.Linear(2, 1), "a": torch.nn.Linear(2, 2)})
+        >>> new.load_state_dict(old.state_dict())
+        <All keys matched successfully>
+        >>> resumed = torch.optim.Adam(new.parameters())
+        >>> report = sl.load_optimizer(resumed, new, saved, source_model=old)
+        >>> report.loaded[:3]
+        ['b.weight.step', 'b.weight.exp_avg', 'b.weight.exp_avg_sq']
+        >>> torch.equal(resumed.state[new["a"].weight]["exp_avg"], adam.state[old["a"].weight]["exp_avg"])
+        True
+
+    Options are `structload.load`'s, matched on parameter paths: ``strict``,
+    ``include`` / ``exclude`` / ``filter`` (on the model's paths), ``rename``
+    and ``convert`` (the same mapping as the weights': a ``Concat`` into a
+    fused qkv concatenates ``exp_avg`` the same way), ``align``,
+    ``dry_run`` and ``progress``. Report paths are ``param_path.state_key``.
+
+    Extended help -- the rules:
+
+    - State tensors of the parameter's shape go through its converters;
+      scalar state (``step``) is copied, and pieces fused into one parameter
+      must agree (else ``tied``); a converted state of any other shape is a
+      ``type`` problem.
+    - A held parameter with no source state is ``missing`` (non-strict: it
+      starts fresh, as a new parameter would; so does one with any key
+      missing or mismatched). A parameter the source holds with ``{}`` starts
+      fresh without a problem. Source state of a model parameter the
+      optimizer does not hold (frozen here) is listed in ``report.ignored``.
+    - The optimizer's param groups and hyperparameters are kept; existing
+      state tensors are written in place; new ones are made as the optimizer
+      would (the parameter's dtype and device) and installed only after
+      every write succeeded. A strict failure leaves the optimizer unchanged.
+    """
+    options = {"strict": strict, "dry_run": dry_run, "progress": progress, "align": align, "convert": convert}
+    with collector_paused():  # as in `load`: a load allocates small objects per tensor; see structload._runtime
+        return _load(optimizer, model, src, source_model, Selection(include, exclude, filter), rename, options)
+
+
+def _load(optimizer, model, src, source_model, selection: Selection, rename, options: dict) -> LoadReport:
+    # 1. the parameters the optimizer holds, by path in the model
+    parameters = held_parameters(optimizer, model)
+    held, problems = parameters.held, list(parameters.problems)
+    # 2. the source's state per source parameter path, whatever its kind
+    source = read_states(src, source_model, model, rename)
+    problems += source.problems
+    if not source.readable:  # nothing to pair: only what says why, not a "missing" for every parameter
+        report = LoadReport(target=type(optimizer).__name__, problems=problems, applied=False)
+        if options["strict"]:
+            raise LoadError(problems, report)
+        return report
+    # 3. the mapping: align (if asked), rename and convert, on parameter paths
+    rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
+    states, found = rename_states(source.states, rename)
+    fused = fuse_states(states, convert, {h.path: tuple(h.param.shape) for h in held} if convert else {})
+    problems += found + fused.problems
+    # 4. state of model parameters the optimizer does not hold is ignored, not unexpected
+    states, ignored = _held_only(fused.states, parameters.not_held)
+    # 5. include / exclude / filter on the model's paths
+    left_out = selection.left_out(model)
+    problems += selection.unmatched_patterns()
+    left_out_params = frozenset(h.path for h in held if left_out is not None and h.path in left_out.paths)
+    # 6. the destination tree, planned against the source tree, written, installed
+    dest = dest_states(optimizer, held, states)
+    load = _Load(optimizer, held, dest, left_out_params, fused.rejected)
+    report = load.run(_source_tree(states), problems, options)
+    report.ignored += ignored
+    return report
+
+
+class _Load(NamedTuple):
+    """Step 6 of `load_optimizer`: plan, raise or write, install. The ranks of a sharded optimizer
+    agree after each step, so all raise the same error or none does."""
+
+    optimizer: torch.optim.Optimizer
+    held: list[Held]
+    dest: DestStates
+    left_out: frozenset[str]  # parameter paths include / exclude / filter leave out
+    reset: set[str]  # parameters whose state cannot be used: they start fresh
+
+    def run(self, tree: dict, problems: list, options: dict) -> LoadReport:
+        collective = holds_dtensors(self.dest.tree)
+        target = type(self.optimizer).__name__
+        plan = _in_step(collective, target, functools.partial(self.plan, tree, problems, options["strict"], target))
+        if options["dry_run"]:
+            return plan.report(applied=False)
+        return _in_step(collective, target, functools.partial(self.write, plan, options["progress"]))
+
+    def plan(self, tree: dict, problems: list, strict: bool, target: str) -> Plan:
+        left_out = self.left_out
+        keep = Selection(filter=lambda path, _node: path.rsplit(".", 1)[0] not in left_out) if left_out else Selection()
+        plan = make_plan(self.dest.tree, tree, keep, problems)
+        plan.target = target
+        plan.problems = by_parameter(plan.problems, self.dest.entries)
+        if strict and plan.problems:
+            raise LoadError(plan.problems, plan.report(applied=False))
+        return plan
+
+    def write(self, plan: Plan, progress) -> LoadReport:
+        apply_plan(plan, torch.device("cpu"), progress)
+        report = plan.report(applied=True)
+        install(self.optimizer, self.held, self.dest, report, self.left_out, self.reset)
+        return report
+
+
+def by_parameter(problems: list[Problem], entries: dict[str, dict]) -> list[Problem]:
+    """One ``missing`` problem per parameter whose state the source lacks entirely, instead of one
+    per state key (the plan sees the flat ``param_path.state_key`` names)."""
+    missing: dict[str, list[str]] = {}
+    for problem in problems:
+        if problem.kind == ProblemKind.MISSING and problem.message == "missing in source":
+            path, key = problem.path.rsplit(".", 1)
+            missing.setdefault(path, []).append(key)
+    whole = {path for path, keys in missing.items() if path in entries and len(keys) == len(entries[path])}
+    if not whole:
+        return problems
+    out, done = [], set()
+    for problem in problems:
+        path = problem.path.rsplit(".", 1)[0]
+        if problem.kind != ProblemKind.MISSING or path not in whole:
+            out.append(problem)
+        elif path not in done:
+            done.add(path)
+            out.append(Problem(ProblemKind.MISSING, path, f"no state in source ({', '.join(missing[path])})"))
+    return out
+
+
+def _held_only(states: dict, not_held: set[str]) -> tuple[dict, list[str]]:
+    """The states of held parameters (and of paths the model lacks, which stay unexpected); the
+    ``path.key`` of every state of a model parameter the optimizer does not hold."""
+    ignored = [f"{p}.{k}" for p, state in states.items() if p in not_held for k in state]
+    return {p: s for p, s in states.items() if p not in not_held}, ignored
+
+
+def _source_tree(states: dict) -> dict:
+    """The source as the plan reads it: flat, ``param_path.state_key`` -> leaf, like the destination."""
+    return {f"{path}.{key}": leaf for path, state in states.items() for key, leaf in state.items()}
+
+
+def _mapping(model, states: dict, source_model, align, rename, convert):
+    """The ``rename`` and ``convert`` the load uses: the ones given, or an alignment's (API section 7)
+    of the model against the source's weights (`source_model`, or each parameter's largest state tensor)."""
+    if align is False or align is None:
+        return rename, convert
+    if isinstance(align, Alignment):
+        alignment = align
+    else:
+        if align is not True and not isinstance(align, dict):
+            raise TypeError(f"align must be True, an Alignment or a dict of align options, got {type(align).__name__}")
+        weights = source_model if _has_weights(source_model) else _weights_like(states)
+        options = dict(align) if isinstance(align, dict) else {}
+        options.setdefault("rename", rename)
+        alignment = structural_align(model, weights, **options)
+    return alignment.rename, list(alignment.convert) + list(convert or [])
+
+
+def _has_weights(source_model) -> bool:
+    return isinstance(source_model, (torch.nn.Module, Mapping, SourceTree, str, os.PathLike))
+
+
+def _weights_like(states: dict) -> dict:
+    """A stand-in for the source's weights: each parameter's largest state tensor has its shape."""
+    weights = {}
+    for path, state in states.items():
+        tensors = [leaf for leaf in state.values() if isinstance(leaf, SourceTensor) and leaf.shape]
+        if tensors:
+            weights[path] = max(tensors, key=lambda leaf: leaf.nbytes)
+    return weights
