@@ -73,7 +73,7 @@ def adapt_tree(dst, tree, adapt) -> Adaptation:
     ties: dict[int, list[str]] = {}
     for pair in tensors:
         ties.setdefault(id(pair.slot.tensor), []).append(pair.path)
-    stem = _stem(tensors)
+    stem = stem_of(tensors)
     result = Adaptation(tree)
     replaced: dict[str, object] = {}
     scratches: dict = {}  # modules on meta that Reinit / Resize(init="keep") initialize, one copy each
@@ -102,7 +102,7 @@ def adapt_tree(dst, tree, adapt) -> Adaptation:
     return result
 
 
-def _stem(tensors: list[Pair]) -> str | None:
+def stem_of(tensors: list[Pair]) -> str | None:
     """The path of the model's first convolution or linear weight, in module order."""
     for pair in tensors:
         if pair.slot.name == "weight" and isinstance(pair.slot.owner, (nn.modules.conv._ConvNd, nn.Linear)):

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from ._adapt_align import pair_adaptable
 from ._adapting import adapt_tree, finish_plan
 from ._align import align as structural_align
 from ._alignment import Alignment
@@ -139,6 +140,8 @@ def load(
     if align is not False and align is not None:
         src = open_source(src)  # opened once, for the alignment and the load
         alignment = _alignment(dst, src, align, options)
+        if adapt is not None and adapt is not False:  # leftovers of another shape an adapter pairs
+            alignment = pair_adaptable(alignment, dst, src, adapt, options["rename"])
         if strict and not alignment.ok:
             problems = alignment_problems(alignment)
             report = LoadReport(target=dest_name(dst), problems=problems, applied=False)

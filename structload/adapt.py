@@ -248,7 +248,7 @@ class PosEmbed(Adapter):
     (timm's ``resample_abs_pos_embed``): ``n = h * w + p`` with `p` prefix tokens (class,
     registers) kept as they are and the grid resized as an image. `p` is `prefix_tokens`,
     or what the destination's grid leaves, or the one count up to 16 that makes both
-    grids square. The destination's grid is `grid`, or read from the module holding the
+    grids square with more cells than prefix tokens. The destination's grid is `grid`, or read from the module holding the
     embeddings or its children (``grid_size``, ``patch_grid``, ``patches_resolution``, or
     ``image_size`` / ``patch_size``), or square; the source's is `source_grid` or square.
 
@@ -287,7 +287,7 @@ class PosEmbed(Adapter):
         if prefix is None and grid is not None:
             prefix = n_dst - grid[0] * grid[1]
         if prefix is None:
-            fits = [p for p in range(MOST_PREFIX_TOKENS + 1) if _square(n_src - p) and _square(n_dst - p)]
+            fits = [p for p in range(MOST_PREFIX_TOKENS + 1) if _grids_with(p, n_src, n_dst)]
             if len(fits) != 1:
                 found = f"for {fits} prefix tokens" if fits else "for no prefix count up to 16"
                 raise CannotAdapt(f"{n_src} and {n_dst} tokens make square grids {found}; give prefix_tokens=")
@@ -302,6 +302,11 @@ def _grid_fits(what: str, tokens: int, grid: tuple[int, int] | None, prefix: int
         shown = f"a {grid[0]} x {grid[1]} grid" if grid else "a square grid"
         raise CannotAdapt(f"the {what}'s {tokens} tokens are not {shown} + {prefix} prefix tokens; give grid=")
     return grid
+
+
+def _grids_with(prefix: int, *tokens: int) -> bool:
+    """Whether every token count is a square grid of more cells than `prefix` tokens before it."""
+    return all(_square(n - prefix) and n - prefix > prefix for n in tokens)
 
 
 def _square(count: int) -> tuple[int, int] | None:

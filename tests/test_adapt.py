@@ -77,6 +77,24 @@ def test_adapt_true_needs_the_shape_as_well_as_the_name():
     assert "give prefix_tokens=" in problem.message
 
 
+def test_align_pairs_position_embeddings_of_another_size_and_adapts_them(tmp_path):
+    from ports import TimmViT, tiny_vit
+
+    hf = tiny_vit()  # transformers' ViT at 16 x 16 (a 4 x 4 grid)
+    with torch.no_grad():
+        hf.embeddings.position_embeddings.normal_()
+    safetensors.torch.save_file(hf.state_dict(), str(tmp_path / "vit.safetensors"))
+    model = TimmViT(32, 4, 3, 32, 2, 4, 64)  # another implementation, at 32 x 32 (8 x 8)
+    with pytest.raises(sl.LoadError, match="pos_embed: no source tensor matches it"):
+        sl.load(model, str(tmp_path / "vit.safetensors"), align=True)  # without adapt: unmatched
+    report = sl.load(model, str(tmp_path / "vit.safetensors"), align=True, adapt=True)
+    assert [(a.path, a.src_shape, a.dst_shape) for a in report.adapted] == [("pos_embed", (1, 17, 32), (1, 65, 32))]
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # transformers interpolates in its forward what structload adapted once
+        expected = hf(images, interpolate_pos_encoding=True).last_hidden_state
+        assert torch.allclose(model(images), expected, atol=1e-5)
+
+
 # --- values: the published formulas and transformers' own interpolation --------------------------
 
 
