@@ -180,3 +180,27 @@ def finish_plan(plan, adaptation: Adaptation) -> None:
             else p
             for p in plan.problems
         ]
+
+
+def suggest_adapting(plan) -> None:
+    """For a load without ``adapt=``: each shape problem ``adapt=True`` would solve says so."""
+    mismatched = [e for e in plan.entries if e.mismatch == ProblemKind.SHAPE and isinstance(e.leaf, SourceTensor)]
+    if not mismatched:
+        return
+    stem = stem_of([e for e in plan.entries if e.slot.kind in TENSOR_SLOTS])
+    notes = {}
+    for entry in mismatched:
+        slot = entry.slot
+        target = Target(entry.path, slot.tensor, entry.leaf, slot.owner, slot.name, entry.path == stem)
+        adapter = next((a for a in DETECTED if a.named(target) and _adapts(a, target)), None)
+        if adapter is not None:
+            notes[entry.path] = f"adapt=True would adapt it ({adapter!r}, see structload.adapt)"
+    finish_plan(plan, Adaptation(None, notes=notes))
+
+
+def _adapts(adapter: Adapter, target: Target) -> bool:
+    try:
+        adapter.adapt(target)
+    except CannotAdapt:
+        return False
+    return True

@@ -8,7 +8,7 @@ import os
 import torch
 
 from ._adapt_align import pair_adaptable
-from ._adapting import adapt_tree, finish_plan
+from ._adapting import adapt_tree, finish_plan, suggest_adapting
 from ._align import align as structural_align
 from ._alignment import Alignment
 from ._apply import apply_plan
@@ -249,6 +249,8 @@ def _plan(
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
     if adaptation is not None:
         finish_plan(plan, adaptation)
+    elif plan.problems:
+        suggest_adapting(plan)
     if isinstance(src, (str, os.PathLike, SourceTree)):
         plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:

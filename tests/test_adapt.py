@@ -37,6 +37,7 @@ def test_off_by_default_a_shape_mismatch_stays_a_shape_problem():
     with pytest.raises(sl.LoadError) as info:
         sl.load(dst, src.state_dict())
     assert [(p.kind, p.path) for p in info.value.problems] == [("shape", "pos_embed")]
+    assert info.value.problems[0].message.endswith("; adapt=True would adapt it (PosEmbed(), see structload.adapt)")
     assert_unchanged(dst, before)
 
 
@@ -399,3 +400,15 @@ def test_the_report_shows_what_was_adapted():
     console = Console(record=True, width=120)
     console.print(report)
     assert "adapted pos_embed: (1, 17, 16) -> (1, 37, 16) by PosEmbed()" in console.export_text()
+
+
+def test_adapted_tensors_are_computed_under_mmap_and_the_rest_mapped(tmp_path):
+    src = randomized(SmallViT(image=32), 15)
+    safetensors.torch.save_file(src.state_dict(), str(tmp_path / "vit.safetensors"))
+    with sl.init_empty_weights():
+        dst = SmallViT(image=48)
+    report = sl.load(dst, str(tmp_path / "vit.safetensors"), adapt=True, mmap=True)
+    assert [a.path for a in report.adapted] == ["pos_embed"] and "pos_embed" not in report.mapped
+    assert "head.weight" in report.mapped and torch.equal(dst.head.weight, src.head.weight)
+    expected = timm_resample_abs_pos_embed(src.pos_embed.detach(), (6, 6))
+    assert torch.allclose(dst.pos_embed, expected, atol=1e-6, rtol=0)
