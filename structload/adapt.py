@@ -248,7 +248,9 @@ class PosEmbed(Adapter):
     (timm's ``resample_abs_pos_embed``): ``n = h * w + p`` with `p` prefix tokens (class,
     registers) kept as they are and the grid resized as an image. `p` is `prefix_tokens`,
     or what the destination's grid leaves, or the one count up to 16 that makes both
-    grids square with more cells than prefix tokens. The destination's grid is `grid`, or read from the module holding the
+    grids square with more cells than prefix tokens. ``adapt=True`` detects ``(1, n, d)``
+    embeddings only; pin ``(n, d)`` ones (CLIP's ``position_embedding``): a text model's
+    position table has that shape too. The destination's grid is `grid`, or read from the module holding the
     embeddings or its children (``grid_size``, ``patch_grid``, ``patches_resolution``, or
     ``image_size`` / ``patch_size``), or square; the source's is `source_grid` or square.
 
@@ -267,7 +269,9 @@ class PosEmbed(Adapter):
     source_grid: tuple[int, int] | None = None
 
     def named(self, target: Target) -> bool:
-        return target.own_name in POS_EMBED_NAMES
+        """A known name on a ``(1, n, d)`` tensor: an ``(n, d)`` table (an ``nn.Embedding``) is as
+        likely a text model's positions, which are no grid, so those are adapted only where pinned."""
+        return target.own_name in POS_EMBED_NAMES and target.tensor.dim() == 3
 
     def adapt(self, target: Target) -> AdaptedTensor:
         src, dst = tuple(target.source.shape), tuple(target.tensor.shape)

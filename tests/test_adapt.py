@@ -71,6 +71,9 @@ def test_adapt_true_needs_the_shape_as_well_as_the_name():
             super().__init__()
             self.pos_embed = nn.Parameter(torch.zeros(1, tokens, 4))
 
+    text = {"position_embeddings": {"weight": torch.zeros(64, 4)}}  # (n, d): a text model's positions, no grid
+    with pytest.raises(sl.LoadError):
+        sl.load(text, {"position_embeddings": {"weight": torch.ones(16, 4)}}, adapt=True)
     with pytest.raises(sl.LoadError) as info:  # 20 and 30 tokens: no prefix count makes both grids square
         sl.load(Odd(30), Odd(20).state_dict(), adapt=True)
     [problem] = info.value.problems
