@@ -6,14 +6,14 @@
 True
 """
 
-from . import convert
+from . import adapt, convert
 from ._align import align
 from ._alignment import Alignment, Ambiguity, Match
 from ._empty import init_empty_weights
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._rename import optional
-from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
+from ._report import Adapted, Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
 from .optim import load_optimizer, optimizer_state
 from .sources.pickled import Pickled
@@ -21,6 +21,7 @@ from .sources.tree import SourceTree
 from .sources.tree import open_source as open
 
 __all__ = [
+    "Adapted",
     "Alignment",
     "Ambiguity",
     "Cast",
@@ -35,6 +36,7 @@ __all__ = [
     "SourceError",
     "SourceTree",
     "TensorInfo",
+    "adapt",
     "align",
     "convert",
     "diff",

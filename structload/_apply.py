@@ -184,6 +184,7 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     report.zeroed = [p for p in report.zeroed if p in was_written]
     report.cast = [c for c in report.cast if c.path in was_written]
     report.converted = [c for c in report.converted if c.path in was_written]
+    report.adapted = [a for a in report.adapted if a.path in was_written]
     cause = error.problems[0].message if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
     message = (
         f"{cause}; the load stopped at '{failed.path}' after writing "

@@ -7,6 +7,8 @@ import os
 
 import torch
 
+from ._adapt_align import pair_adaptable
+from ._adapting import adapt_tree, finish_plan, suggest_adapting
 from ._align import align as structural_align
 from ._alignment import Alignment, by_subtree
 from ._apply import apply_plan
@@ -39,6 +41,7 @@ def load(
     dtype: torch.dtype | str | None = None,
     align=False,
     mmap: bool = False,
+    adapt=None,
 ) -> LoadReport:
     """Copy state from `src` into `dst` in place, walking both trees side by side.
 
@@ -103,6 +106,11 @@ def load(
       the model lives.
     - ``dtype``: the dtype ``meta`` tensors of `dst` are materialized in;
       ``"auto"`` keeps the checkpoint's dtype (a bf16 file gives a bf16 model).
+    - ``adapt``: ``True``, a list of adapters or ``{glob: adapter}`` from
+      `structload.adapt`: source tensors of another shape (input channels, image,
+      patch or window size, vocabulary, a new head) are adapted to the
+      destination's, after ``rename`` / ``convert`` and checked in the plan; listed
+      in ``report.adapted``. Off by default: a shape mismatch is a problem.
 
     Extended help -- the rules:
 
@@ -129,9 +137,12 @@ def load(
     """
     options = {"strict": strict, "include": include, "exclude": exclude, "filter": filter, "rename": rename}
     options["convert"] = convert
+    options["adapt"] = adapt
     if align is not False and align is not None:
         src = open_source(src)  # opened once, for the alignment and the load
         alignment = _alignment(dst, src, align, options)
+        if adapt is not None and adapt is not False:  # leftovers of another shape an adapter pairs
+            alignment = pair_adaptable(alignment, dst, src, adapt, options["rename"])
         if strict and not alignment.ok:
             problems = alignment_problems(alignment)
             report = LoadReport(target=dest_name(dst), problems=problems, applied=False)
@@ -195,8 +206,10 @@ def run_load(
 
     maps = bool(mmap) and target_device.type == "cpu"  # a mapping lives in host memory
 
+    adapt = options.get("adapt")
+
     def plan_step():
-        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final, maps)
+        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final, maps, adapt)
 
     with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
         plan = _in_step(collective, target, plan_step)
@@ -222,8 +235,10 @@ def _in_step(collective: bool, target: str, step):
     return result
 
 
-def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool, mmap: bool):
-    """Open the source, rename, convert and plan the load (no writes); a strict load with
+def _plan(
+    dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool, mmap: bool, adapt=None
+):
+    """Open the source, rename, convert, adapt and plan the load (no writes); a strict load with
     problems raises here, before anything is written."""
     tree = to_source_tree(src)
     earlier: list[Problem] = []
@@ -235,8 +250,16 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
+    adaptation = None
+    if adapt is not None and adapt is not False:
+        adaptation = adapt_tree(dst, tree, adapt)
+        tree, earlier = adaptation.tree, earlier + adaptation.problems
     metadata = functools.partial(source_metadata, src)  # versions, for modules' own loading code
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
+    if adaptation is not None:
+        finish_plan(plan, adaptation)
+    elif plan.problems:
+        suggest_adapting(plan)
     if isinstance(src, (str, os.PathLike, SourceTree)):
         plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:

@@ -23,12 +23,13 @@ import torch
 from ._customised import CustomLoading, record_own_loading
 from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
-from ._report import Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
+from ._report import Adapted, Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
 from ._rules import WRITES, Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
 from ._text import option_text
 from ._ties import settle_ties
 from ._walk import Pair, Unpaired, Walk, walk
+from .adapt import AdaptedTensor
 from .sources import SKIP, BadLeaf, MemoryTensor, iter_leaves
 from .sources._files import file_tensor
 from .sources._leaves import ConvertedTensor
@@ -119,8 +120,11 @@ def _add_changes(report: LoadReport, entry: Entry, dtype) -> None:
         src_dtype = None if dst_dtype.is_floating_point or dst_dtype.is_complex else torch.float64  # truncated
     if src_dtype is not None and src_dtype != dst_dtype:
         report.cast.append(Cast(entry.path, src_dtype, dst_dtype))
-    if isinstance(entry.leaf, ConvertedTensor):
-        report.converted.append(Converted(entry.path, entry.leaf.made_by, entry.leaf.sources))
+    if isinstance(leaf, AdaptedTensor):  # made by an adapter, perhaps from a converted tensor
+        report.adapted.append(Adapted(entry.path, leaf.src_shape, tuple(tensor.shape), leaf.adapter))
+        leaf = leaf.base
+    if isinstance(leaf, ConvertedTensor):
+        report.converted.append(Converted(entry.path, leaf.made_by, leaf.sources))
 
 
 def make_plan(

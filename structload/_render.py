@@ -147,6 +147,7 @@ def report_tree(report: LoadReport):
         converters = dict.fromkeys(c.made_by.rsplit(" of ", 1)[0] for c in report.converted)
         text = f"converted: {plural(len(report.converted), 'tensor')}, by " + "; ".join(converters)
         parts.append(Text(text, style="cyan"))
+    parts += [Text(f"adapted {item}", style="cyan") for item in report.adapted]
     if report.pickled:
         parts.append(Text(f"source: {pickled_text(report.pickled)}", style="magenta"))
     parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import torch
 
-from ._text import display_path, dtype_text, plural
+from ._text import display_path, dtype_text, plural, shape_text
 
 
 class ProblemKind(StrEnum):
@@ -109,6 +109,28 @@ class Converted:
         return {"path": self.path, "made_by": self.made_by, "sources": list(self.sources)}
 
 
+@dataclass(frozen=True)
+class Adapted:
+    """A destination tensor an adapter of ``load(adapt=...)`` made from a source tensor of another
+    shape; `adapter` is the adapter itself (its repr shows its name and parameters)."""
+
+    path: str
+    src_shape: tuple[int, ...]
+    dst_shape: tuple[int, ...]
+    adapter: object
+
+    def __str__(self) -> str:
+        return f"{self.path}: {shape_text(self.src_shape)} -> {shape_text(self.dst_shape)} by {self.adapter!r}"
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "src_shape": list(self.src_shape),
+            "dst_shape": list(self.dst_shape),
+            "adapter": repr(self.adapter),
+        }
+
+
 @dataclass
 class LoadReport:
     """What a load did, or would do, path by path.
@@ -123,6 +145,7 @@ class LoadReport:
     registered as absent whose source tensor was all zeros.
 
     `converted` lists the destination tensors made by ``convert=`` converters;
+    `adapted` those made by ``adapt=`` adapters from a source of another shape (`Adapted`);
     `mapped` those that ``mmap=True`` made views of the mapped file (no copy).
     `pickled` maps source paths to the type names of objects in a torch file's
     pickle that were read without importing their code (a whole pickled model's
@@ -150,6 +173,7 @@ class LoadReport:
     cast: list[Cast] = field(default_factory=list)
     tied: list[tuple[str, ...]] = field(default_factory=list)
     converted: list[Converted] = field(default_factory=list)
+    adapted: list[Adapted] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
     pickled: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
@@ -201,6 +225,7 @@ class LoadReport:
         data["cast"] = [c.to_dict() for c in self.cast]
         data["tied"] = [list(group) for group in self.tied]
         data["converted"] = [c.to_dict() for c in self.converted]
+        data["adapted"] = [a.to_dict() for a in self.adapted]
         data["problems"] = [p.to_dict() for p in self.problems]
         data["ok"] = self.ok
         return data
@@ -209,6 +234,7 @@ class LoadReport:
         lines = [self.summary()]
         if self.pickled:
             lines.append(f"  source: {pickled_text(self.pickled)}")
+        lines += [f"  adapted {item}" for item in self.adapted]
         lines += [f"  {problem}" for problem in self.problems]
         lines += [f"  hint: {hint}" for hint in self.hints]
         return "\n".join(lines)
