@@ -18,6 +18,7 @@ from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
+from .integrations import declared_library
 from .sources import iter_leaves, to_source_tree
 from .sources.tree import SourceTree, open_source
 
@@ -224,12 +225,25 @@ def _plan(dst, src, selection: Selection, renamer, convert, strict: bool, dtype,
         if isinstance(renamer, Renamer) and not renamer.all_used:
             earlier += renamer.unmatched([p for p, _ in iter_leaves(tree)])
         tree = renamed
+    declared: list[str] = []
+    if declared_library(dst) is not None and not isinstance(src, torch.nn.Module):  # a module holds its own layout
+        tree, declared_problems, declared = _declared(tree, dst)
+        earlier += declared_problems
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap)
+    plan.declared = declared
     if isinstance(src, (str, os.PathLike, SourceTree)):
         plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan
+
+
+def _declared(tree, dst):
+    """The conversions `dst`'s library declares for its checkpoints, applied to the source tree
+    (see `structload.integrations`); imported only for such a destination."""
+    from .integrations.transformers import apply_declared
+
+    return apply_declared(tree, dst)

@@ -149,6 +149,7 @@ def report_tree(report: LoadReport):
         parts.append(Text(text, style="cyan"))
     if report.pickled:
         parts.append(Text(f"source: {pickled_text(report.pickled)}", style="magenta"))
+    parts += [Text(f"declared: {line}", style="cyan") for line in report.declared]
     parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]
     return Group(*parts)
 
