@@ -66,40 +66,74 @@ _DERIVED = {"layer_types", "out_features", "out_indices", "stage_names", "mlp_la
 _OFFLINE = {"use_timm_backbone": False, "use_pretrained_backbone": False}
 
 
-def _shrink_dict(data: dict) -> None:
-    """Shrink the size fields of a config's ``to_dict()``, at every depth, in place."""
+def _shrink_dict(data: dict, names: frozenset[str]) -> None:
+    """Shrink the size fields among `names` of a config's ``to_dict()``, at every depth, in place."""
+    if data.get("model_type") == "timm_backbone":  # timm is not installed: transformers' own ResNet instead
+        data.clear()
+        data.update(_RESNET)
+        return
     for name in list(data):
         value = data[name]
         if isinstance(value, dict):
-            _shrink_dict(value)
-        elif name in _DERIVED:
+            _shrink_dict(value, names)
+        elif name in _DERIVED and "num_hidden_layers" in names:
             del data[name]
         elif name in _OFFLINE:
             data[name] = _OFFLINE[name]
-        elif name in _SMALL and isinstance(value, int) and not isinstance(value, bool):
+        elif name in names and name in _SMALL and isinstance(value, int) and not isinstance(value, bool):
             data[name] = min(value, _SMALL[name]) if name in _CAPS else _SMALL[name]
-        elif name in _HEAD_DIMS and isinstance(value, int):
+        elif name in names and name in _HEAD_DIMS and isinstance(value, int):
             data[name] = 8
+    token_ids = [v for k, v in data.items() if str(k).endswith(("_token_id", "_token_index")) and isinstance(v, int)]
+    if isinstance(data.get("vocab_size"), int) and token_ids:  # special tokens must stay inside the vocabulary
+        data["vocab_size"] = max(data["vocab_size"], max(token_ids) + 1)
 
 
 _HEAD_DIMS = {"head_dim", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim", "attention_head_dim"}
+_RESNET = {"model_type": "resnet", "embedding_size": 8, "hidden_sizes": [8, 16, 16, 32], "depths": [1, 1, 1, 1]}
+_RESNET["out_features"] = ["stage1", "stage2", "stage3", "stage4"]
+_LAYERS = frozenset(k for k in _SMALL if "layer" in k or k == "depth")
+# From the smallest build to the mildest: the first that builds (and stays small) is used.
+_VARIANTS = (
+    frozenset(_SMALL) | _HEAD_DIMS,
+    frozenset(_SMALL) - {"hidden_size", "d_model", "n_embd", "embed_dim", "dim", "hidden_dim"} - _LAYERS | _LAYERS,
+    _LAYERS | {"vocab_size", "max_position_embeddings", "num_experts", "num_local_experts", "n_routed_experts"},
+    _LAYERS,
+)
+_MAX_PARAMETERS = 40_000_000
 
 
 _CONFIGS: dict[str, object] = {}
 
 
 def tiny_config(model_type: str):
-    """A shrunken default config of `model_type` (cached for the session: configs are cheap to
-    copy and some are slow to build)."""
+    """A shrunken default config of `model_type`: the smallest of a few shrinking variants that
+    builds (on meta, to check) with at most 40M parameters. Cached for the session; raises with
+    the first variant's error when none builds."""
     import copy
 
     from transformers import CONFIG_MAPPING
 
     if model_type not in _CONFIGS:
         config_class = CONFIG_MAPPING[model_type]
-        data = config_class().to_dict()
-        _shrink_dict(data)
-        _CONFIGS[model_type] = config_class.from_dict(data)
+        first_error: Exception | None = None
+        for names in _VARIANTS:
+            try:
+                data = config_class().to_dict()
+                _shrink_dict(data, names)
+                config = config_class.from_dict(data)
+                with _quiet(), sl.init_empty_weights():
+                    size = sum(p.numel() for p in _build(model_type, config).parameters())
+                if size <= _MAX_PARAMETERS:
+                    _CONFIGS[model_type] = config
+                    break
+                first_error = first_error or ValueError(f"{size / 1e6:.0f}M parameters even shrunk")
+            except Exception as error:
+                first_error = first_error or error
+        else:
+            _CONFIGS[model_type] = first_error
+    if isinstance(_CONFIGS[model_type], Exception):
+        raise _CONFIGS[model_type]  # type: ignore[misc]
     return copy.deepcopy(_CONFIGS[model_type])
 
 
