@@ -22,7 +22,6 @@ Imported only when the destination is a transformers model (`declared_library`).
 
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -79,7 +78,7 @@ class _Declaration:
         self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         self.converters = [t for t in transforms if isinstance(t, WeightConverter)]
         self.by_pattern = {p: c for c in self.converters for p in c.source_patterns}
-        self.expected = dict.fromkeys(model.state_dict(), True)
+        self.expected = dict.fromkeys(model.state_dict(keep_vars=True), True)  # names only: no detach
         self.uses: Counter = Counter()
 
     def rename(self, key: str) -> tuple[str, str | None]:
@@ -135,8 +134,8 @@ def _apply_for(flat: dict, prefix: str, model: torch.nn.Module, applied: list[st
     for key in keys:
         renamed, pattern = declaration.rename(key)
         if pattern is not None and renamed in declaration.expected:
-            converter, collected = groups.setdefault(renamed, (copy.deepcopy(declaration.by_pattern[pattern]), {}))
-            collected.setdefault(pattern, []).append(key)
+            converter, collected = groups.setdefault(renamed, (declaration.by_pattern[pattern], {}))
+            collected.setdefault(pattern, []).append(key)  # (the converter is copied before it runs: it keeps state)
         elif renamed != key and pattern is None:
             renames[key] = renamed
     problems = _move(flat, head, renames)
@@ -171,12 +170,14 @@ def _convert_group(flat, head, model, target, converter, collected: dict[str, li
     for path, leaf in zip(sources, (leaf for group in leaves.values() for leaf in group)):
         if not isinstance(leaf, SourceTensor):
             return [Problem(ProblemKind.TYPE, path, f"{describe(converter)} needs a tensor at '{path}'")]
-    try:
-        planned = _ops.on_meta(converter, target, model, leaves)
-    except Exception as error:  # transformers' own code refused the shapes: the plan says so, nothing is read
-        message = f"{describe(converter)} cannot convert {', '.join(sources)}: {type(error).__name__}: {error}"
-        return [Problem(ProblemKind.SHAPE, head + target, message)]
-    made = _ops.lazy(converter, leaves, planned) or _ops.computed(converter, target, model, leaves, planned)
+    made = _ops.lazy(converter, target, leaves)
+    if made is None:  # no lazy form: transformers' own code, run on meta stand-ins now to know the outputs
+        try:
+            planned = _ops.on_meta(converter, target, model, leaves)
+        except Exception as error:  # it refused the shapes: the plan says so, nothing is read
+            message = f"{describe(converter)} cannot convert {', '.join(sources)}: {type(error).__name__}: {error}"
+            return [Problem(ProblemKind.SHAPE, head + target, message)]
+        made = _ops.computed(converter, target, model, leaves, planned)
     made_by = f"transformers {describe(converter)}"
     problems = []
     for name, leaf in made.items():
