@@ -86,6 +86,9 @@ def load(
       (``Transpose``, ``Reshape``, ``Split``, ``Concat``, ``Stack``,
       ``Unstack``, ``Apply``) for tensors laid out differently; they run
       after ``rename`` and are checked in the plan like everything else.
+      When `dst` is (or contains) a transformers model, the renamings and
+      converters transformers declares for its checkpoints run between the two,
+      as ``from_pretrained`` runs them (listed in ``report.declared``).
     - ``device``: where ``meta`` tensors of `dst` are materialized (CPU by
       default); real tensors stay where they are.
     - ``dry_run=True``: validate and return the report without writing (a
