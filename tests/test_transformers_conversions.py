@@ -164,6 +164,29 @@ def test_a_model_inside_a_plain_module_gets_its_declaration_under_its_path(saved
     assert "declared: transformers DeiTModel at 'backbone'" in str(report)
 
 
+def test_user_renames_run_first_as_from_pretrained_key_mapping(saved_dir):
+    directory, config, reference = saved_dir("deit")
+    wrapped = {f"module.{k}": v for k, v in load_file(directory / "model.safetensors").items()}  # saved under DDP
+    model = build("deit", config, meta=True)
+    report = sl.load(model, wrapped, rename={r"^module\.": ""})
+    assert_same_state(model, reference)
+    assert any("attention.key" in line for line in report.declared)
+
+
+def test_two_entries_renamed_onto_one_name_is_a_problem(saved_dir):
+    directory, config, _ = saved_dir("deit")
+    on_disk = load_file(directory / "model.safetensors")
+    on_disk["layers.0.attention.k_proj.weight"] = on_disk["encoder.layer.0.attention.attention.key.weight"] + 1
+    model = build("deit", config, meta=False)
+    with pytest.raises(sl.LoadError) as caught:
+        sl.load(model, on_disk)
+    assert any(
+        p.path == "encoder.layer.0.attention.attention.key.weight"
+        and "both become 'layers.0.attention.k_proj.weight'" in p.message
+        for p in caught.value.problems
+    ), caught.value
+
+
 def test_operations_without_a_lazy_form_run_transformers_own_code(tmp_path):
     """A declaration registered through transformers' public API, with ``PermuteForRope`` (no lazy form here:
     transformers' code runs when the tensor is read) and ``Chunk`` (narrowed views of the file)."""
