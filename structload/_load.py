@@ -21,6 +21,7 @@ from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import convert_tree
+from .integrations import declared_library
 from .sources import iter_leaves, to_source_tree
 from .sources.tree import SourceTree, open_source
 
@@ -89,6 +90,9 @@ def load(
       (``Transpose``, ``Reshape``, ``Split``, ``Concat``, ``Stack``,
       ``Unstack``, ``Apply``) for tensors laid out differently; they run
       after ``rename`` and are checked in the plan like everything else.
+      When `dst` is (or contains) a transformers model, the renamings and
+      converters transformers declares for its checkpoints run between the two,
+      as ``from_pretrained`` runs them (listed in ``report.declared``).
     - ``device``: where ``meta`` tensors of `dst` are materialized (CPU by
       default); real tensors stay where they are.
     - ``dry_run=True``: validate and return the report without writing (a
@@ -247,6 +251,10 @@ def _plan(
         if isinstance(renamer, Renamer) and not renamer.all_used:
             earlier += renamer.unmatched([p for p, _ in iter_leaves(tree)])
         tree = renamed
+    declared: list[str] = []
+    if declared_library(dst) is not None and not isinstance(src, torch.nn.Module):  # a module holds its own layout
+        tree, declared_problems, declared = _declared(tree, dst)
+        earlier += declared_problems
     if convert is not None:
         tree, converter_problems = convert_tree(tree, convert)
         earlier += converter_problems
@@ -256,6 +264,7 @@ def _plan(
         tree, earlier = adaptation.tree, earlier + adaptation.problems
     metadata = functools.partial(source_metadata, src)  # versions, for modules' own loading code
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
+    plan.declared = declared
     if adaptation is not None:
         finish_plan(plan, adaptation)
     elif plan.problems:
@@ -265,3 +274,11 @@ def _plan(
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan
+
+
+def _declared(tree, dst):
+    """The conversions `dst`'s library declares for its checkpoints, applied to the source tree
+    (see `structload.integrations`); imported only for such a destination."""
+    from .integrations.transformers import apply_declared
+
+    return apply_declared(tree, dst)

@@ -60,6 +60,7 @@ class Plan:
     mmap: bool = False  # `load(mmap=True)`: casting reads of local files go through short-lived mappings too
     pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
     post_hooks: list = field(default_factory=list)  # (path, module) whose load post-hooks apply runs last
+    declared: list[str] = field(default_factory=list)  # conversions the destination's library declares, applied
 
     def writes(self) -> list[Entry]:
         """The entries apply must carry out, in module order (`Entry.writes`, without a call each)."""
@@ -92,6 +93,7 @@ class Plan:
         report.tied = [tuple(e.path for e in group) for group in self.groups]
         report.mapped = [e.path for e in self.entries if e.path in self.mapped] if self.mapped else []
         report.pickled = dict(self.pickled)
+        report.declared = list(self.declared)
         return report
 
 

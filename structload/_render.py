@@ -150,6 +150,7 @@ def report_tree(report: LoadReport):
     parts += [Text(f"adapted {item}", style="cyan") for item in report.adapted]
     if report.pickled:
         parts.append(Text(f"source: {pickled_text(report.pickled)}", style="magenta"))
+    parts += [Text(f"declared: {line}", style="cyan") for line in report.declared]
     parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]
     return Group(*parts)
 

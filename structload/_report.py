@@ -150,6 +150,9 @@ class LoadReport:
     `pickled` maps source paths to the type names of objects in a torch file's
     pickle that were read without importing their code (a whole pickled model's
     modules: ``{"": "models.yolo.DetectionModel", "model.0": ...}``).
+    `declared` lists the checkpoint conversions the destination's own library
+    declares and the load applied (transformers' renamings and converters for
+    its models), one line per transform with how many entries it touched.
     `applied` is ``False`` for a dry run and for a strict load that raised:
     the lists then describe what the load would have done.
 
@@ -176,6 +179,7 @@ class LoadReport:
     adapted: list[Adapted] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
     pickled: dict[str, str] = field(default_factory=dict)
+    declared: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
     applied: bool = True
@@ -235,6 +239,7 @@ class LoadReport:
         if self.pickled:
             lines.append(f"  source: {pickled_text(self.pickled)}")
         lines += [f"  adapted {item}" for item in self.adapted]
+        lines += [f"  declared: {line}" for line in self.declared]
         lines += [f"  {problem}" for problem in self.problems]
         lines += [f"  hint: {hint}" for hint in self.hints]
         return "\n".join(lines)

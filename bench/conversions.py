@@ -1,0 +1,84 @@
+"""Applying transformers' declared conversions: a Mixtral-shaped checkpoint in its hub layout against the same bytes without them.
+
+Run: python bench/conversions.py [--repeat N] [--dir DIR]
+
+Builds a MixtralModel (transformers' own class, random init: hidden 512, 8 experts of 1024, 4 layers: 200 MiB in fp32)
+and writes it twice into --dir: with ``save_pretrained`` (the hub layout: one tensor per expert,
+``block_sparse_moe.experts.{e}.w1/w2/w3``, that ``from_pretrained`` fuses through the conversions
+transformers declares) and as its own ``state_dict()`` (already fused ``mlp.experts.gate_up_proj``:
+the same bytes, nothing to convert). Both files are read once so they sit in the page cache; then,
+alternating, ``sl.load`` fills the same real model from each, --repeat times, and the medians are
+compared.
+
+Target: the declared conversions cost at most 1.2x the load of the same bytes without them
+(checked; results as JSON in bench/results/conversions.json or --json PATH; exit status 1 if missed).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from targets import Targets, options, warm
+
+import structload as sl
+
+
+def mixtral():
+    from transformers import MixtralConfig, MixtralModel
+
+    config = MixtralConfig(
+        hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,
+        num_local_experts=8, num_experts_per_tok=2, vocab_size=1024, max_position_embeddings=128,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return MixtralModel(config)
+
+
+def write(directory: Path, model) -> tuple[Path, Path]:
+    """The hub layout (save_pretrained) and the model's own layout, as safetensors files."""
+    hub, own = directory / "hub", directory / "own.safetensors"
+    if not (hub / "model.safetensors").exists():
+        model.save_pretrained(hub)
+    if not own.exists():
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, own)
+    return hub, own
+
+
+def timed(model, source: str) -> tuple[float, sl.LoadReport]:
+    start = time.perf_counter()
+    report = sl.load(model, source)
+    return time.perf_counter() - start, report
+
+
+def main() -> None:
+    args = options(__doc__, "conversions", repeat=21, directory="/tmp/structload-bench/conversions").parse_args()
+    directory = Path(args.dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    model = mixtral()
+    hub, own = write(directory, model)
+    warm([hub / "model.safetensors", own])
+    _, report = timed(model, str(hub))  # once untimed each: imports, first-touch of the model's pages
+    assert report.converted, "the hub layout should need the declared converters"
+    timed(model, str(own))
+    times: dict[str, list[float]] = {"declared conversions (hub layout)": [], "same bytes, no conversion": []}
+    for _ in range(args.repeat):
+        times["declared conversions (hub layout)"].append(timed(model, str(hub))[0])
+        times["same bytes, no conversion"].append(timed(model, str(own))[0])
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    ratio = medians["declared conversions (hub layout)"] / medians["same bytes, no conversion"]
+    nbytes = (hub / "model.safetensors").stat().st_size
+    for name, value in medians.items():
+        print(f"{name}: {value * 1e3:.1f} ms (median of {args.repeat})")
+    print(f"ratio {ratio:.3f}; {nbytes / 2**20:.1f} MiB; {len(report.converted)} tensors converted")
+    targets = Targets("conversions")
+    targets.at_most("declared conversions / same bytes without them", ratio, 1.2)
+    results = {"medians_s": medians, "ratio": ratio, "file_bytes": nbytes, "converted": len(report.converted)}
+    targets.finish(results, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""transformers' declared checkpoint conversions (API.md §10): a strict ``sl.load(model, save_pretrained_dir)``
+gives ``from_pretrained``'s state for checkpoints transformers keeps in their historical layout, because the
+model's library declares how to convert them; and nothing of transformers is imported otherwise.
+
+The models are transformers' own classes from tiny configs (``tests/zoo.py``), saved with their own
+``save_pretrained``; the expected values are computed here from the saved file, independently of structload."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import structload as sl
+
+transformers = pytest.importorskip("transformers")
+import zoo  # noqa: E402  (after the importorskip: it needs transformers)
+
+_SAVED: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def saved_dir(tmp_path_factory):
+    """`saved_dir(model_type)` -> (directory, config, from_pretrained's state), built once per module."""
+
+    def get(model_type: str):
+        if model_type not in _SAVED:
+            directory = tmp_path_factory.mktemp(model_type.replace("-", "_")) / model_type
+            built = zoo.saved(model_type, directory)
+            assert not isinstance(built, zoo.Outcome), built
+            reference = zoo.reference_state(directory)
+            assert not isinstance(reference, zoo.Outcome), reference
+            _SAVED[model_type] = (directory, built[0], reference)
+        return _SAVED[model_type]
+
+    return get
+
+
+def build(model_type: str, config, meta: bool):
+    if meta:
+        with sl.init_empty_weights():
+            return zoo._build(model_type, config)
+    return zoo._build(model_type, config)
+
+
+def assert_same_state(model, reference):
+    assert (where := zoo.difference(zoo._full_state(model), reference)) is None, where
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["built", "meta"])
+@pytest.mark.parametrize(
+    ("model_type", "old_key", "new_key"),
+    [
+        ("beit", "encoder.layer.1.attention.attention.key.weight", "layers.1.attention.k_proj.weight"),
+        ("deit", "encoder.layer.0.attention.attention.key.weight", "layers.0.attention.k_proj.weight"),
+        ("dinov2", "encoder.layer.0.attention.attention.key.weight", "encoder.layer.0.attention.k_proj.weight"),
+        ("gemma3", "language_model.model.embed_tokens.weight", "language_model.embed_tokens.weight"),
+        ("aya_vision", "language_model.model.embed_tokens.weight", "language_model.embed_tokens.weight"),
+        ("fuyu", "language_model.model.embed_tokens.weight", "language_model.embed_tokens.weight"),
+    ],
+)
+def test_renamings_give_from_pretrained_state_and_map_with_mmap(saved_dir, model_type, old_key, new_key, meta):
+    directory, config, reference = saved_dir(model_type)
+    on_disk = load_file(directory / "model.safetensors")
+    assert old_key in on_disk and new_key not in on_disk  # the historical layout, as on the hub
+    model = build(model_type, config, meta)
+    report = sl.load(model, str(directory), mmap=meta)
+    assert_same_state(model, reference)
+    assert torch.equal(model.state_dict()[new_key], on_disk[old_key])
+    assert report.converted == [] and any("WeightRenaming" in line for line in report.declared)
+    if meta:  # renamed entries are still the file's bytes: mapped, not copied
+        assert report.mapped and set(report.mapped) == set(report.loaded)
+
+
+def experts(on_disk: dict, layer: str, name: str, n: int) -> torch.Tensor:
+    return torch.stack([on_disk[f"{layer}.experts.{e}.{name}.weight"] for e in range(n)])
+
+
+@pytest.mark.parametrize("meta", [False, True], ids=["built", "meta"])
+@pytest.mark.parametrize(
+    ("model_type", "layer", "gate", "up", "down"),
+    [
+        ("mixtral", "layers.0.block_sparse_moe", "w1", "w3", "w2"),
+        ("qwen2_moe", "layers.0.mlp", "gate_proj", "up_proj", "down_proj"),
+        ("deepseek_v2", "layers.1.mlp", "gate_proj", "up_proj", "down_proj"),
+    ],
+)
+def test_per_expert_weights_fuse_into_gate_up_proj(saved_dir, model_type, layer, gate, up, down, meta):
+    directory, config, reference = saved_dir(model_type)
+    on_disk = load_file(directory / "model.safetensors")
+    model = build(model_type, config, meta)
+    report = sl.load(model, str(directory), mmap=meta)
+    assert_same_state(model, reference)
+    fused = layer.replace("block_sparse_moe", "mlp") + ".experts"
+    n = model.get_submodule(fused).gate_up_proj.shape[0]
+    expected = torch.cat([experts(on_disk, layer, gate, n), experts(on_disk, layer, up, n)], dim=1)
+    assert torch.equal(model.get_submodule(fused).gate_up_proj, expected)
+    assert torch.equal(model.get_submodule(fused).down_proj, experts(on_disk, layer, down, n))
+    made = {c.path: c for c in report.converted}
+    assert f"{layer}.experts.0.{gate}.weight" in made[f"{fused}.gate_up_proj"].sources
+    assert "MergeModulelist" in made[f"{fused}.gate_up_proj"].made_by
+    if meta:  # gathered tensors are copied; everything else is mapped
+        assert f"{fused}.gate_up_proj" not in report.mapped and len(report.mapped) == len(report.loaded) - len(made)
+
+
+def test_detr_backbone_renamed_and_frozen_batch_norm_left_to_its_own_code(saved_dir):
+    directory, config, reference = saved_dir("detr")
+    on_disk = load_file(directory / "model.safetensors")
+    assert "backbone.conv_encoder.model.embedder.embedder.convolution.weight" in on_disk
+    model = build("detr", config, meta=False)
+    # DetrFrozenBatchNorm2d loads through its own _load_from_state_dict (issue 22, part A): excluded here
+    report = sl.load(model, str(directory), exclude="*normalization*")
+    assert any("'backbone.conv_encoder' -> 'backbone'" in line for line in report.declared)
+    for path, tensor in model.state_dict().items():
+        if "normalization" not in path:
+            assert torch.equal(tensor, reference[path]), path
+    assert torch.equal(
+        model.backbone.model.embedder.embedder.convolution.weight,
+        on_disk["backbone.conv_encoder.model.embedder.embedder.convolution.weight"],
+    )
+
+
+def test_a_broken_checkpoint_is_a_load_error_and_nothing_is_written(saved_dir, tmp_path):
+    directory, config, _ = saved_dir("mixtral")
+    on_disk = load_file(directory / "model.safetensors")
+    del on_disk["layers.1.block_sparse_moe.experts.2.w3.weight"]  # one expert short on one side
+    on_disk["layers.0.block_sparse_moe.experts.1.w1.weight"] = on_disk["layers.0.block_sparse_moe.experts.1.w1.weight"][
+        :, :-1
+    ]
+    torch.save(on_disk, tmp_path / "broken.bin")
+    model = build("mixtral", config, meta=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(sl.LoadError) as caught:
+        sl.load(model, str(tmp_path / "broken.bin"))
+    paths = {p.path for p in caught.value.problems}
+    assert "layers.0.mlp.experts.gate_up_proj" in paths  # an expert of another shape: cannot stack
+    assert "layers.1.mlp.experts.gate_up_proj" in paths  # 4 gates and 3 ups do not make the fused tensor
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_module_source_is_taken_in_its_own_layout(saved_dir):
+    directory, config, reference = saved_dir("mixtral")
+    source = build("mixtral", config, meta=False)
+    sl.load(source, str(directory))
+    model = build("mixtral", config, meta=True)
+    report = sl.load(model, source)
+    assert report.declared == [] and report.converted == []
+    assert_same_state(model, reference)
+
+
+def test_a_model_inside_a_plain_module_gets_its_declaration_under_its_path(saved_dir):
+    directory, config, reference = saved_dir("deit")
+    wrapper = torch.nn.ModuleDict({"backbone": build("deit", config, meta=False), "head": torch.nn.Linear(32, 3)})
+    on_disk = {f"backbone.{k}": v for k, v in load_file(directory / "model.safetensors").items()}
+    on_disk |= {"head.weight": torch.ones(3, 32), "head.bias": torch.zeros(3)}
+    report = sl.load(wrapper, on_disk)
+    assert any(line.startswith("transformers DeiTModel at 'backbone'") for line in report.declared)
+    assert_same_state(wrapper["backbone"], reference)
+    assert "declared: transformers DeiTModel at 'backbone'" in str(report)
+
+
+def test_user_renames_run_first_as_from_pretrained_key_mapping(saved_dir):
+    directory, config, reference = saved_dir("deit")
+    wrapped = {f"module.{k}": v for k, v in load_file(directory / "model.safetensors").items()}  # saved under DDP
+    model = build("deit", config, meta=True)
+    report = sl.load(model, wrapped, rename={r"^module\.": ""})
+    assert_same_state(model, reference)
+    assert any("attention.key" in line for line in report.declared)
+
+
+def test_two_entries_renamed_onto_one_name_is_a_problem(saved_dir):
+    directory, config, _ = saved_dir("deit")
+    on_disk = load_file(directory / "model.safetensors")
+    on_disk["layers.0.attention.k_proj.weight"] = on_disk["encoder.layer.0.attention.attention.key.weight"] + 1
+    model = build("deit", config, meta=False)
+    with pytest.raises(sl.LoadError) as caught:
+        sl.load(model, on_disk)
+    assert any(
+        p.path == "encoder.layer.0.attention.attention.key.weight"
+        and "both become 'layers.0.attention.k_proj.weight'" in p.message
+        for p in caught.value.problems
+    ), caught.value
+
+
+def test_operations_without_a_lazy_form_run_transformers_own_code(tmp_path):
+    """A declaration registered through transformers' public API, with ``PermuteForRope`` (no lazy form here:
+    transformers' code runs when the tensor is read) and ``Chunk`` (narrowed views of the file)."""
+    from transformers import LlamaConfig, LlamaModel
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import Chunk, PermuteForRope, WeightConverter, WeightRenaming
+
+    class StructloadRopeLlama(LlamaModel):
+        pass
+
+    register_checkpoint_conversion_mapping(
+        "StructloadRopeLlama",
+        [
+            WeightRenaming(r"\.attention\.", ".self_attn."),
+            WeightConverter(r"self_attn\.wq", "self_attn.q_proj", operations=[PermuteForRope()]),
+            WeightConverter("self_attn.kv.weight", ["self_attn.k_proj.weight", "self_attn.v_proj.weight"], [Chunk(0)]),
+        ],
+        overwrite=True,
+    )
+    config = LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=32)  # fmt: skip
+    original = StructloadRopeLlama(config)
+    zoo.perturb(original)
+    state = dict(original.state_dict())
+    q, k, v = (state.pop(f"layers.0.self_attn.{n}_proj.weight") for n in "qkv")
+    interleaved = q.view(2, 2, 4, 16).transpose(1, 2).reshape(16, 16)  # rotate-half -> interleaved, by hand
+    state |= {"layers.0.attention.wq.weight": interleaved, "layers.0.attention.kv.weight": torch.cat([k, v])}
+    from safetensors.torch import save_file
+
+    save_file({n: t.contiguous() for n, t in state.items()}, tmp_path / "model.safetensors")
+    with sl.init_empty_weights():
+        model = StructloadRopeLlama(config)
+    report = sl.load(model, str(tmp_path / "model.safetensors"), mmap=True)
+    assert_same_state(model, zoo._full_state(original))
+    made = {c.path: c.made_by for c in report.converted}
+    assert "PermuteForRope" in made["layers.0.self_attn.q_proj.weight"]
+    assert "layers.0.self_attn.v_proj.weight" in made and "layers.0.self_attn.q_proj.weight" not in report.mapped
+
+
+def test_nothing_of_transformers_is_imported_for_other_models(tmp_path):
+    code = textwrap.dedent(
+        """
+        import sys, torch, structload as sl
+        model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+        torch.save(model.state_dict(), sys.argv[1])
+        report = sl.load(torch.nn.Sequential(torch.nn.Linear(2, 3)), sys.argv[1])
+        assert report.ok and report.declared == []
+        loaded = sorted(m for m in sys.modules if m.startswith(("transformers", "structload.integrations.")))
+        print(loaded)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "plain.pt")], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_the_report_lists_what_was_applied(saved_dir):
+    directory, config, _ = saved_dir("mixtral")
+    report = sl.load(build("mixtral", config, meta=True), str(directory), dry_run=True)
+    assert report.declared[0] == "transformers MixtralModel: 3 of the 8 declared transforms"
+    assert "transformers MixtralModel: WeightRenaming('.block_sparse_moe.' -> '.mlp.') on" in report.declared[1]
+    assert report.to_dict()["declared"] == report.declared
+    from rich.console import Console
+
+    console = Console(record=True, width=400)
+    console.print(report)
+    assert "declared: transformers MixtralModel: WeightConverter" in console.export_text()
+
+
+def test_zoo_helpers_find_the_saved_layout(saved_dir):
+    directory, _, _ = saved_dir("vit")
+    assert Path(directory, "config.json").exists()
