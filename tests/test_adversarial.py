@@ -637,3 +637,27 @@ def test_tar_format_torch_file_is_refused_with_a_way_out(tmp_path):
             member.size = len(data)
             archive.addfile(member, io.BytesIO(data))
     assert "tar-format torch.save file" in str(expect_source_error(path, dst={}))
+
+
+def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_path):
+    def memo_bomb(index: int) -> bytes:  # LONG_BINPUT `index`: the C unpickler zero-fills 16 * index bytes
+        return PROTO2 + EMPTY_DICT + b"r" + index.to_bytes(4, "little") + STOP
+
+    _, peak = peak_traced(lambda: pickle.loads(memo_bomb(1 << 22)))
+    assert peak > 64 << 20  # the bomb is real: 20 bytes of pickle, 64 MiB of memo
+    bomb = memo_bomb(1 << 25)  # 512 MiB (2**31 - 1 would be 32 GiB: the process, or its neighbours, killed)
+    put = PROTO2 + EMPTY_DICT + b"p33554432\n" + STOP  # the same with protocol 0's PUT
+    magic, version = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2)
+    files = {
+        "zip.pt": torch_zip(tmp_path / "zip.pt", bomb),
+        "zip_put.pt": torch_zip(tmp_path / "zip_put.pt", put),
+        "legacy.pt": legacy_file(tmp_path / "legacy.pt", bomb),
+        "legacy_header.pt": legacy_file(tmp_path / "legacy_header.pt", bomb, header=magic + version + put),
+    }
+    for name, path in files.items():
+        error, peak = peak_traced(lambda path=path: expect_source_error(path, dst={}))
+        assert "memo index 33554432" in str(error) and peak < 16 << 20, name
+    for name in ("first_bytes.bin", "first_bytes"):  # told apart by their first bytes: never unpickled whole
+        (tmp_path / name).write_bytes(bomb)
+        _, peak = peak_traced(lambda name=name: expect_source_error(tmp_path / name, dst={}))
+        assert peak < 16 << 20, name

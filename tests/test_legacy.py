@@ -347,3 +347,19 @@ def test_a_slice_of_a_bigger_storage_reads_only_its_own_bytes(tmp_path, monkeypa
     original = FileHandle._read_range
     monkeypatch.setattr(FileHandle, "_read_range", lambda self, b, o: (read.append(len(b)), original(self, b, o))[1])
     assert leaf.shape == (4,) and torch.equal(leaf.read(), big[10:14]) and read == [16]
+
+
+def test_a_legacy_file_behind_a_url(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    state = randomized(Net(n=2), 10).state_dict()
+    path = save_legacy(state, tmp_path / "net.pt")
+    url = "memory://structload-legacy/net.pt"
+    with fsspec.open(url, "wb") as stream:
+        stream.write(Path(path).read_bytes())
+    try:
+        assert list(sl.inspect(url)) == list(state)
+        model = Net(n=2)
+        assert sl.load(model, url).ok
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    finally:
+        fsspec.filesystem("memory").rm(url)

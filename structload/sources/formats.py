@@ -9,7 +9,7 @@ from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
 from .sharded import find_in_directory, open_index
-from .torch_file import open_torch_file
+from .torch_file import NotZipArchive, open_torch_file
 from .torch_legacy import HEAD_BYTES, is_legacy_torch_file, open_legacy_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -52,17 +52,21 @@ def _open_by_content(path: str) -> dict:
 
 
 def _open_torch(path: str, handle: FileHandle) -> dict:
-    """A ``torch.save`` file: the zip format, or the legacy one (before PyTorch 1.6) by its magic number."""
-    head = handle.read_bytes(0, min(_TAR_MAGIC_END, handle.size))
-    if is_legacy_torch_file(head):
-        return open_legacy_torch_file(path, handle)
-    if head[_TAR_MAGIC_END - 5 :] == b"ustar":
-        raise SourceError(
-            f"{path}: a tar-format torch.save file (the format of the earliest PyTorch releases), "
-            "which structload does not read; convert a trusted one with "
-            "torch.save(torch.load(path, weights_only=False), new_path)"
-        )
-    return open_torch_file(path, handle)
+    """A ``torch.save`` file: the zip format (its reader checks the zip magic first), else the
+    legacy one (before PyTorch 1.6), known by its pickled magic number."""
+    try:
+        return open_torch_file(path, handle)
+    except NotZipArchive as not_zip:
+        head = handle.read_bytes(0, min(_TAR_MAGIC_END, handle.size))
+        if is_legacy_torch_file(head):
+            return open_legacy_torch_file(path, handle)
+        if head[_TAR_MAGIC_END - 5 :] == b"ustar":
+            raise SourceError(
+                f"{path}: a tar-format torch.save file (the format of the earliest PyTorch releases), "
+                "which structload does not read; convert a trusted one with "
+                "torch.save(torch.load(path, weights_only=False), new_path)"
+            ) from None
+        raise not_zip
 
 
 #: A tar archive has "ustar" at bytes 257..262.

@@ -37,6 +37,7 @@ import reprlib
 from .._report import SourceError
 from ._files import FileHandle, FileTensor
 from ._paths import open_handle
+from .pickle_scan import Incomplete, scan
 from .torch_file import (
     _LEGACY_STORAGES,
     MAX_PICKLE_BYTES,
@@ -55,7 +56,7 @@ PROTOCOL_VERSION = 1001
 HEAD_BYTES = 64
 #: Each storage's bytes follow its element count, an 8-byte little-endian integer.
 HEADER_BYTES = 8
-#: The pickles are read in blocks of at least this size (``pickle`` itself asks for 128 KiB ahead).
+#: The pickles are read in blocks of at least this size, each next block twice the last.
 BLOCK_BYTES = 64 << 10
 
 _SHORT = reprlib.Repr()
@@ -70,8 +71,9 @@ def is_legacy_torch_file(head: bytes) -> bool:
     >>> is_legacy_torch_file(b"PK\\x03\\x04" + bytes(60)), is_legacy_torch_file(pickle.dumps(12345))
     (False, False)
     """
+    head = head[:HEAD_BYTES]
     try:
-        return _PlainUnpickler(io.BytesIO(head[:HEAD_BYTES])).load() == MAGIC_NUMBER
+        return _PlainUnpickler(io.BytesIO(head[: scan(head)])).load() == MAGIC_NUMBER
     except Exception:  # anything that is not a small plain pickle is not this format
         return False
 
@@ -80,31 +82,66 @@ def open_legacy_torch_file(path: str, file: FileHandle | None = None) -> dict:
     """The nested source tree of a legacy ``torch.save`` file, reading only its pickles and the
     storages' headers; `file` is its handle when the caller has opened it already."""
     file = file or open_handle(path)
-    stream = _PickleStream(file, MAX_PICKLE_BYTES)
-    unpickler = _LegacyUnpickler(file, stream)
+    pickles = _Pickles(file, MAX_PICKLE_BYTES)
+    unpickler = _LegacyUnpickler(file)
 
     def unpickle():
-        _check_preamble(stream)
-        unpickled = unpickler.load()
-        keys = _PlainUnpickler(stream).load()
-        _locate_storages(file, unpickler, keys, stream.position)
+        _check_preamble(pickles)
+        unpickled = unpickler.load_from(pickles.next())
+        keys = _plain(pickles.next())
+        _locate_storages(file, unpickler, keys, pickles.end)
         return unpickled
 
     return tree_of_pickle(path, file, unpickler, unpickle)
 
 
-def _check_preamble(stream: _PickleStream) -> None:
+def _check_preamble(pickles: _Pickles) -> None:
     """The three small pickles before the main one: magic number, protocol version, sys info."""
-    if _PlainUnpickler(stream).load() != MAGIC_NUMBER:
+    if _plain(pickles.next()) != MAGIC_NUMBER:
         raise _Refused("not a legacy torch.save file (wrong magic number)")
-    version = _PlainUnpickler(stream).load()
+    version = _plain(pickles.next())
     if version != PROTOCOL_VERSION:
         raise _Refused(f"legacy torch.save protocol version {_SHORT.repr(version)}; only {PROTOCOL_VERSION} exists")
-    info = _PlainUnpickler(stream).load()
+    info = _plain(pickles.next())
     if not isinstance(info, dict):
         raise _Refused(f"the system information is {type(info).__name__}, not a dict")
     if info.get("little_endian", True) is not True:
         raise _Refused("tensors are stored big-endian; structload reads little-endian files only")
+
+
+def _plain(data: bytes):
+    return _PlainUnpickler(io.BytesIO(data)).load()
+
+
+class _Pickles:
+    """The pickles at the start of the file, one after the other, each checked by
+    `structload.sources.pickle_scan` before it is unpickled. The file is read in growing blocks
+    as the scan needs them, never past `limit` bytes: after the pickles, at most as many bytes
+    again (or `BLOCK_BYTES`) are read."""
+
+    def __init__(self, file: FileHandle, limit: int):
+        self.file, self.limit = file, limit
+        self.buffer = bytearray()
+        self.end = 0  # where the next pickle starts: after the last one, where the storages start
+
+    def next(self) -> bytes:
+        while True:
+            try:
+                stop = scan(self.buffer, self.end)
+                break
+            except Incomplete as incomplete:
+                self._read_up_to(self.end + incomplete.needed)
+        start, self.end = self.end, stop
+        return bytes(self.buffer[start:stop])
+
+    def _read_up_to(self, needed: int) -> None:
+        readable = min(self.file.size, self.limit)
+        if needed > readable:
+            if self.file.size > self.limit:
+                raise SourceError(f"{self.file.path}: the pickles are over the {self.limit}-byte limit")
+            raise SourceError(f"{self.file.path}: the file ends inside its pickles (truncated, or corrupt)")
+        have = len(self.buffer)
+        self.buffer += self.file.read_bytes(have, min(readable, max(needed, 2 * have, BLOCK_BYTES)) - have)
 
 
 class _PlainUnpickler(pickle.Unpickler):
@@ -123,13 +160,16 @@ class _LegacyUnpickler(_WeightsUnpickler):
     known only once the whole pickle is read: tensors are made at offsets inside their storage and
     moved to the file's by `_locate_storages`."""
 
-    def __init__(self, file: FileHandle, stream: _PickleStream):  # no archive: the zip reader's __init__ does not apply
-        pickle.Unpickler.__init__(self, stream, encoding="utf-8")  # as torch.load: Python 2 strings are UTF-8
+    def __init__(self, file: FileHandle):  # no archive: the zip reader's __init__ does not apply
         self.file = file
         self.storages: dict[str, _Storage] = {}  # by root key, at offset 0 of themselves
         self.views: dict[str, _Storage] = {}  # storage views (older torch versions), by view key
         self.placeholders = {}
         self.tensors: list[tuple[FileTensor, str]] = []  # each tensor made, and its storage's root key
+
+    def load_from(self, data: bytes):
+        pickle.Unpickler.__init__(self, io.BytesIO(data), encoding="utf-8")  # as torch.load: Python 2 str is UTF-8
+        return self.load()
 
     def find_class(self, module: str, name: str):
         module, name = _python3_name(str(module), str(name))
@@ -235,46 +275,3 @@ def _text(value) -> str | None:
 
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-class _PickleStream:
-    """The start of the file as a stream for ``pickle``: buffered positioned reads, never past
-    `limit` bytes, so no pickle can make structload read (or hold) more than that. Has ``peek``,
-    so the unpickler reads ahead in blocks and leaves the position just after each pickle."""
-
-    def __init__(self, file: FileHandle, limit: int):
-        self.file, self.limit, self.position = file, limit, 0
-        self.end = min(file.size, limit)
-        self.buffer, self.buffer_start = b"", 0
-
-    def _window(self, n: int) -> bytes:
-        """Up to `n` bytes from the position, without moving it."""
-        n = max(0, min(n, self.end - self.position))
-        low = self.position - self.buffer_start
-        if low + n > len(self.buffer):
-            kept = self.buffer[low:]
-            wanted = min(self.end - self.position, max(n, BLOCK_BYTES)) - len(kept)
-            self.buffer = kept + self.file.read_bytes(self.position + len(kept), wanted)
-            self.buffer_start, low = self.position, 0
-        return self.buffer[low : low + n]
-
-    def peek(self, n: int = 1) -> bytes:
-        return self._window(max(n, 1))
-
-    def read(self, n: int = -1) -> bytes:
-        wanted = self.end - self.position if n is None or n < 0 else n
-        data = self._window(wanted)
-        if len(data) < wanted and self.end < self.file.size:
-            raise SourceError(f"{self.file.path}: the pickles are over the {self.limit}-byte limit")
-        self.position += len(data)
-        return data
-
-    def readline(self) -> bytes:
-        size = 256
-        while True:
-            data = self._window(size)
-            newline = data.find(b"\n")
-            if newline >= 0 or len(data) < size:
-                break
-            size *= 2
-        return self.read(newline + 1 if newline >= 0 else len(data))
