@@ -140,9 +140,7 @@ def test_storages_saved_on_a_gpu_are_read_onto_the_destinations_device(tmp_path,
 
 def test_a_training_checkpoint_loads_its_parts(tmp_path):
     model = randomized(Net(n=2), 5)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    _train_step(model, optimizer)
-    checkpoint = {"model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(), "step": 1234}
+    checkpoint = {"model_state": model.state_dict(), "optimizer_state": adamw_state(model), "step": 1234}
     path = save_legacy(checkpoint, tmp_path / "checkpoint.pt")
     expected = assert_every_value_matches_torch(path)
     tree = sl.open(path)
@@ -155,10 +153,22 @@ def test_a_training_checkpoint_loads_its_parts(tmp_path):
         sl.load(Net(n=2), path)
 
 
-def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    loss = sum(p.square().sum() for p in model.parameters())
-    loss.backward()
-    optimizer.step()
+def adamw_state(model: nn.Module) -> dict:
+    """What ``torch.optim.AdamW(model.parameters(), lr=0.01).state_dict()`` holds after some steps,
+    written out (building an optimizer imports torch._dynamo: seconds)."""
+    params = list(model.parameters())
+    moments = torch.Generator().manual_seed(0)
+    state = {
+        i: {
+            "step": torch.tensor(3.0),
+            "exp_avg": torch.randn(p.shape, generator=moments),
+            "exp_avg_sq": torch.rand(p.shape),
+        }
+        for i, p in enumerate(params)
+    }
+    group = {"lr": 0.01, "betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 0.01, "amsgrad": False}
+    group |= {"foreach": None, "maximize": False, "capturable": False, "differentiable": False, "fused": None}
+    return {"state": state, "param_groups": [{**group, "params": list(range(len(params)))}]}
 
 
 TRAINING_CODE = """
