@@ -16,12 +16,16 @@ just before loading, minus the RSS of the constructed model):
   a partial load (include="h.0.*") next to the full one;
   files as users hold them: the whole model pickled (torch.save(model)), a
   Lightning-style checkpoint (state_dict beside an argparse.Namespace and
-  numpy scalars; the load reads its "state_dict"), and an .npz export.
+  numpy scalars; the load reads its "state_dict"), and an .npz export;
+  a legacy (pre-1.6, non-zip) torch.save file, beside
+  load_state_dict(torch.load(p, weights_only=True, map_location="cpu")).
 
 Targets: sl.load within 1.1x the fastest baseline and 1.3x the floor; added
 peak RSS under 5% of the file for a real model, at most 1.05x the file for a
 meta model; the three user files within 1.1x of sl.load from the plain .pt, and
-under 5% of the file in added peak RSS (checked; results as JSON in
+under 5% of the file in added peak RSS; the legacy file within 1.3x of
+torch.load + load_state_dict and under 5% of the file in added peak RSS
+(checked; results as JSON in
 bench/results/files.json or --json PATH; exit status 1 if one is missed).
 """
 
@@ -52,6 +56,8 @@ CASES = {
     "sl.load whole pickled model": ("whole", "real"),
     "sl.load lightning ckpt": ("lightning", "real"),
     "sl.load npz": ("npz", "real"),
+    "sl.load legacy pt": ("legacy", "real"),
+    "torch.load legacy + load_state_dict": ("legacy", "real"),
 }
 USER_FILES = ("sl.load whole pickled model", "sl.load lightning ckpt", "sl.load npz")
 
@@ -108,6 +114,8 @@ def child(case: str, path: str) -> None:
             return model.load_state_dict(torch.load(path, mmap=True, weights_only=True), strict=False)
         if case == "load_state_dict(torch.load)":
             return model.load_state_dict(torch.load(path, weights_only=True), strict=False)
+        if case == "torch.load legacy + load_state_dict":
+            return model.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"), strict=False)
         view = memoryview(floor_buffer)  # the floor: the same bytes into memory we already own
         with open(path, "rb", buffering=0) as f:
             while view:
@@ -138,7 +146,7 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
     from overhead import GPT
 
     names = {"safetensors": "gpt2.safetensors", "pt": "gpt2.pt", "whole": "gpt2-whole.pt"}
-    names |= {"lightning": "gpt2-lightning.ckpt", "npz": "gpt2.npz"}
+    names |= {"lightning": "gpt2-lightning.ckpt", "npz": "gpt2.npz", "legacy": "gpt2-legacy.pt"}
     directory.mkdir(parents=True, exist_ok=True)
     paths = {kind: directory / name for kind, name in names.items()}
     if not all(p.exists() for p in paths.values()):
@@ -153,6 +161,7 @@ def write_checkpoints(directory: Path) -> dict[str, str]:
         extra = {"loss": np.float32(3.25), "step": np.int64(600_000), "epoch": 4}
         torch.save({"state_dict": state, "hyper_parameters": hparams, **extra}, paths["lightning"])
         np.savez(paths["npz"], **{k: v.numpy() for k, v in state.items()})
+        torch.save(state, paths["legacy"], _use_new_zipfile_serialization=False)
     warm(paths.values())
     return {k: str(v) for k, v in paths.items()}
 
@@ -191,6 +200,10 @@ def main() -> None:
         print(f"{case}: {t / plain:.2f}x sl.load from the plain .pt")
         targets.at_most(f"{case} / sl.load pt", t / plain, 1.1)
         targets.at_most(f"{case}: added peak RSS / file", results[case][1] / results[case][2], 0.05)
+    legacy, torch_legacy = results["sl.load legacy pt"], results["torch.load legacy + load_state_dict"][0]
+    print(f"sl.load legacy pt: {legacy[0] / torch_legacy:.2f}x torch.load + load_state_dict")
+    targets.at_most("sl.load legacy pt / torch.load + load_state_dict", legacy[0] / torch_legacy, 1.3)
+    targets.at_most("sl.load legacy pt: added peak RSS / file", legacy[1] / legacy[2], 0.05)
     part, full = results["sl.load safetensors include=h.0.*"][0], results["sl.load safetensors"][0]
     print(f"partial load (h.0.*): {part / full:.1%} of the full load's time")
     table = {case: {"seconds": s, "added_rss": a, "file_bytes": f} for case, (s, a, f) in results.items()}

@@ -474,3 +474,196 @@ def test_safetensors_header_length_past_the_end_names_the_bytes_after_the_prefix
     path = tmp_path / "short.safetensors"
     path.write_bytes((16).to_bytes(8, "little") + b"{}" + b"\0" * 8)  # 18 bytes: 10 after the prefix
     assert "header length 16 exceeds the 10 bytes after the length prefix" in str(expect_source_error(path))
+
+
+# --- legacy (pre-1.6, non-zip) torch files ------------------------------------------------------
+
+LEGACY_HEADER = b"".join(
+    pickle.dumps(value, protocol=2)
+    for value in (
+        0x1950A86A20F9469CFC6C,  # the magic number
+        1001,  # the protocol version
+        {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+    )
+)
+
+
+def legacy_file(path, main: bytes, keys=(), storages: bytes = b"", header: bytes = LEGACY_HEADER) -> str:
+    """A legacy torch.save file laid out as torch writes it: the three small pickles, the main
+    pickle, the list of storage keys, then each storage (an 8-byte element count and its bytes)."""
+    path.write_bytes(header + main + pickle.dumps(list(keys), protocol=2) + storages)
+    return str(path)
+
+
+def legacy_storage(values: torch.Tensor) -> bytes:
+    return values.numel().to_bytes(8, "little") + values.numpy().tobytes()
+
+
+def legacy_tensor_pickle(numel: int, size: tuple, offset: int = 0, key: str = "0", view=None) -> bytes:
+    """A main pickle {"w": tensor} over legacy storage `key` of `numel` floats, as torch.save writes it."""
+
+    class Tensor:
+        def __reduce__(self):
+            stride = tuple(reversed([1] + [size[-1 - i] for i in range(len(size) - 1)]))
+            return torch._utils._rebuild_tensor_v2, (StorageRef(), offset, size, stride, False, None)
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, StorageRef):
+                return ("storage", torch.FloatStorage, key, "cuda:0", numel, view)
+            return None
+
+    buffer = io.BytesIO()
+    Pickler(buffer, protocol=2).dump({"w": Tensor()})
+    return buffer.getvalue()
+
+
+def test_crafted_legacy_files_are_what_torch_save_writes(tmp_path):
+    path = legacy_file(tmp_path / "good.pt", legacy_tensor_pickle(3, (3,)), ["0"], legacy_storage(torch.arange(3.0)))
+    assert torch.equal(torch.load(path, weights_only=True, map_location="cpu")["w"], torch.arange(3.0))
+    dst = {"w": torch.zeros(3)}
+    assert sl.load(dst, path).ok and torch.equal(dst["w"], torch.arange(3.0))
+
+
+def test_truncated_legacy_file_at_many_cut_points(tmp_path, state):
+    whole = tmp_path / "whole.pt"
+    torch.save(state, whole, _use_new_zipfile_serialization=False)
+    raw = whole.read_bytes()
+    cut = tmp_path / "cut.pt"
+    for point in cut_points(len(raw)):
+        cut.write_bytes(raw[:point])
+        expect_source_error(cut)
+
+
+def test_legacy_storage_header_claiming_more_than_the_file_holds(tmp_path, state):
+    whole = tmp_path / "whole.pt"
+    torch.save(state, whole, _use_new_zipfile_serialization=False)
+    raw = bytearray(whole.read_bytes())
+    last = max(leaf.offset for leaf in sl.open(str(whole)).tensors().values()) - 8  # its header
+    count = int.from_bytes(raw[last : last + 8], "little")
+    raw[last : last + 8] = (1 << 40).to_bytes(8, "little")
+    lying = tmp_path / "lying.pt"
+    lying.write_bytes(bytes(raw))
+    error, peak = peak_traced(lambda: expect_source_error(lying))
+    assert f"header of 1099511627776 elements where the pickle says {count}" in str(error) and peak < 4 << 20
+    huge = legacy_file(
+        tmp_path / "huge.pt", legacy_tensor_pickle(1 << 40, (1 << 40,)), ["0"], legacy_storage(torch.ones(2))
+    )
+    error, peak = peak_traced(lambda: expect_source_error(huge, dst={"w": torch.zeros(2)}))
+    assert "runs past the end of the file" in str(error) and peak < 4 << 20
+
+
+def test_legacy_storage_keys_listed_twice_unused_or_missing(tmp_path):
+    data = legacy_storage(torch.ones(2))
+    twice = legacy_file(tmp_path / "twice.pt", legacy_tensor_pickle(2, (2,)), ["0", "0"], data + data)
+    assert "storage '0' is listed twice" in str(expect_source_error(twice, dst={"w": torch.zeros(2)}))
+    unused = legacy_file(tmp_path / "unused.pt", legacy_tensor_pickle(2, (2,)), ["0", "1"], data + data)
+    assert "storage '1' is listed, but no tensor uses it" in str(expect_source_error(unused, dst={"w": torch.zeros(2)}))
+    missing = legacy_file(tmp_path / "missing.pt", legacy_tensor_pickle(2, (2,)), [], data)
+    assert "not stored in the file" in str(expect_source_error(missing, dst={"w": torch.zeros(2)}))
+    not_keys = legacy_file(tmp_path / "keys.pt", legacy_tensor_pickle(2, (2,)), [0], data)
+    assert "storage keys" in str(expect_source_error(not_keys, dst={"w": torch.zeros(2)}))
+
+
+def test_legacy_storage_references_and_views_are_validated(tmp_path):
+    data = legacy_storage(torch.arange(4.0))
+    view = legacy_file(tmp_path / "view.pt", legacy_tensor_pickle(4, (2,), view=("v", 2, 2)), ["0"], data)
+    assert torch.equal(sl.open(view)["w"].read(), torch.tensor([2.0, 3.0]))  # a storage view of PyTorch < 1.0
+    assert torch.equal(torch.load(view, weights_only=True, map_location="cpu")["w"], torch.tensor([2.0, 3.0]))
+    past = legacy_file(tmp_path / "past.pt", legacy_tensor_pickle(4, (2,), view=("v", 3, 2)), ["0"], data)
+    assert "storage view reaches past the end" in str(expect_source_error(past, dst={"w": torch.zeros(2)}))
+    offset = legacy_file(tmp_path / "offset.pt", legacy_tensor_pickle(4, (4,), offset=1), ["0"], data)
+    assert "reaches past the end of its storage" in str(expect_source_error(offset, dst={"w": torch.zeros(4)}))
+    pid = MARK + text("storage") + glob("evil", "Storage") + text("0") + text("cpu") + b"K\x04" + NONE + TUPLE
+    placeholder = legacy_file(tmp_path / "type.pt", PROTO2 + EMPTY_DICT + text("w") + pid + BINPERSID + SETITEM + STOP)
+    assert "invalid storage reference" in str(expect_source_error(placeholder, dst={}))
+    zip_style = MARK + text("storage") + glob("torch", "FloatStorage") + text("0") + text("cpu") + b"K\x04" + TUPLE
+    unknown = legacy_file(tmp_path / "pid.pt", PROTO2 + EMPTY_DICT + text("w") + zip_style + BINPERSID + SETITEM + STOP)
+    assert "unknown persistent id" in str(expect_source_error(unknown, dst={}))
+
+
+@pytest.mark.parametrize(("module", "name"), [d for d in DANGEROUS if d != ("torch._utils", "_rebuild_tensor")])
+def test_a_legacy_pickle_that_calls_code_runs_nothing(tmp_path, module, name):
+    marker = tmp_path / "ran"
+    path = legacy_file(tmp_path / "evil.pt", global_call(module, name, payload_for(name, marker)))
+    error = expect_inert(path, marker, python3_name(module, name), "not imported or run")
+    assert str(path) in str(error) and "\n" not in str(error)
+    call = glob(module, name) + text(payload_for(name, marker)) + TUPLE1 + REDUCE
+    inside = legacy_file(tmp_path / "inside.pt", PROTO2 + EMPTY_DICT + text("hook") + call + SETITEM + STOP)
+    assert sl.open(inside)["hook"].type_name == python3_name(module, name)
+    expect_inert(inside, marker, "hook: unexpected in source")
+
+
+def test_legacy_header_pickles_and_older_rebuilds_run_nothing(tmp_path):
+    marker = tmp_path / "ran"
+    magic, version = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2)
+    evil = global_call("os", "system", shell(marker))
+    path = legacy_file(tmp_path / "sysinfo.pt", PROTO2 + EMPTY_DICT + STOP, header=magic + version + evil)
+    assert "a header pickle names 'os'.'system'" in str(expect_source_error(path, dst={}))
+    keys = tmp_path / "keys.pt"  # the storage keys' pickle, after the main one
+    keys.write_bytes(LEGACY_HEADER + PROTO2 + EMPTY_DICT + STOP + evil)
+    assert "a header pickle names" in str(expect_source_error(keys, dst={}))
+    rebuild = legacy_file(tmp_path / "v1.pt", global_call("torch._utils", "_rebuild_tensor", shell(marker)))
+    assert "corrupt" in str(expect_source_error(rebuild, dst={}))  # the PyTorch 0.3 rebuild, on a string
+    assert not marker.exists()
+
+
+def test_legacy_pickles_are_bounded(tmp_path, monkeypatch):
+    from structload.sources import torch_legacy
+
+    monkeypatch.setattr(torch_legacy, "MAX_PICKLE_BYTES", 1 << 20)
+    big = PROTO2 + EMPTY_DICT + text("x") + text("y" * (2 << 20)) + SETITEM + STOP
+    error, peak = peak_traced(lambda: expect_source_error(legacy_file(tmp_path / "big.pt", big), dst={}))
+    assert "over the 1048576-byte limit" in str(error) and peak < 8 << 20
+    declared = PROTO2 + b"\x8e" + (1 << 50).to_bytes(8, "little") + b"abc" + STOP  # BINBYTES8 of 1 PiB
+    error, peak = peak_traced(lambda: expect_source_error(legacy_file(tmp_path / "declared.pt", declared), dst={}))
+    assert "corrupt" in str(error) and peak < 8 << 20
+
+
+def test_legacy_header_values_are_checked(tmp_path):
+    magic, version = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2)
+    big_endian = magic + version + pickle.dumps({"little_endian": False}, protocol=2)
+    path = legacy_file(tmp_path / "big.pt", PROTO2 + EMPTY_DICT + STOP, header=big_endian)
+    assert "big-endian" in str(expect_source_error(path, dst={}))
+    other = magic + pickle.dumps(1002, protocol=2) + pickle.dumps({}, protocol=2)
+    path = legacy_file(tmp_path / "version.pt", PROTO2 + EMPTY_DICT + STOP, header=other)
+    assert "protocol version 1002" in str(expect_source_error(path, dst={}))
+    path = legacy_file(tmp_path / "magic.pt", PROTO2 + EMPTY_DICT + STOP, header=pickle.dumps(12345, protocol=2))
+    assert "not a torch.save file" in str(expect_source_error(path, dst={}))
+
+
+def test_tar_format_torch_file_is_refused_with_a_way_out(tmp_path):
+    import tarfile
+
+    path = tmp_path / "ancient.pt"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as archive:
+        for name in ("storages", "tensors", "pickle"):
+            data = pickle.dumps(0)
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+    assert "tar-format torch.save file" in str(expect_source_error(path, dst={}))
+
+
+def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_path):
+    def memo_bomb(index: int) -> bytes:  # LONG_BINPUT `index`: the C unpickler zero-fills 16 * index bytes
+        return PROTO2 + EMPTY_DICT + b"r" + index.to_bytes(4, "little") + STOP
+
+    _, peak = peak_traced(lambda: pickle.loads(memo_bomb(1 << 22)))
+    assert peak > 64 << 20  # the bomb is real: 20 bytes of pickle, 64 MiB of memo
+    bomb = memo_bomb(1 << 25)  # 512 MiB (2**31 - 1 would be 32 GiB: the process, or its neighbours, killed)
+    put = PROTO2 + EMPTY_DICT + b"p33554432\n" + STOP  # the same with protocol 0's PUT
+    magic, version = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2), pickle.dumps(1001, protocol=2)
+    files = {
+        "zip.pt": torch_zip(tmp_path / "zip.pt", bomb),
+        "zip_put.pt": torch_zip(tmp_path / "zip_put.pt", put),
+        "legacy.pt": legacy_file(tmp_path / "legacy.pt", bomb),
+        "legacy_header.pt": legacy_file(tmp_path / "legacy_header.pt", bomb, header=magic + version + put),
+    }
+    for name, path in files.items():
+        error, peak = peak_traced(lambda path=path: expect_source_error(path, dst={}))
+        assert "memo index 33554432" in str(error) and peak < 16 << 20, name
+    for name in ("first_bytes.bin", "first_bytes"):  # told apart by their first bytes: never unpickled whole
+        (tmp_path / name).write_bytes(bomb)
+        _, peak = peak_traced(lambda name=name: expect_source_error(tmp_path / name, dst={}))
+        assert peak < 16 << 20, name

@@ -9,7 +9,8 @@ from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
 from .sharded import find_in_directory, open_index
-from .torch_file import open_torch_file
+from .torch_file import NotZipArchive, open_torch_file
+from .torch_legacy import HEAD_BYTES, is_legacy_torch_file, open_legacy_torch_file
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
@@ -29,7 +30,7 @@ def open_file(path: str) -> dict:
     if path.endswith(".safetensors"):
         return open_safetensors(path)
     if path.endswith(TORCH_SUFFIXES):
-        return open_torch_file(path)
+        return _open_torch(path, paths.open_handle(path))
     if path.endswith(".npz"):
         return open_npz(path)
     return _open_by_content(path)
@@ -37,15 +38,39 @@ def open_file(path: str) -> dict:
 
 def _open_by_content(path: str) -> dict:
     handle = paths.open_handle(path)
-    head = handle.read_bytes(0, min(9, handle.size))
+    head = handle.read_bytes(0, min(HEAD_BYTES, handle.size))
     if head.startswith(b"PK\x03\x04"):
         return open_npz(path, handle) if _holds_npy_arrays(handle) else open_torch_file(path, handle)
-    if len(head) == 9 and head[8:9] == b"{":
+    if len(head) >= 9 and head[8:9] == b"{":
         return open_safetensors(path, handle)
+    if is_legacy_torch_file(head):
+        return open_legacy_torch_file(path, handle)
     raise SourceError(
         f"{path}: unknown checkpoint format (expected .safetensors, a torch.save file "
         f"({', '.join(TORCH_SUFFIXES)}), a numpy .npz file, a *.index.json or a directory holding one)"
     )
+
+
+def _open_torch(path: str, handle: FileHandle) -> dict:
+    """A ``torch.save`` file: the zip format (its reader checks the zip magic first), else the
+    legacy one (before PyTorch 1.6), known by its pickled magic number."""
+    try:
+        return open_torch_file(path, handle)
+    except NotZipArchive as not_zip:
+        head = handle.read_bytes(0, min(_TAR_MAGIC_END, handle.size))
+        if is_legacy_torch_file(head):
+            return open_legacy_torch_file(path, handle)
+        if head[_TAR_MAGIC_END - 5 :] == b"ustar":
+            raise SourceError(
+                f"{path}: a tar-format torch.save file (the format of the earliest PyTorch releases), "
+                "which structload does not read; convert a trusted one with "
+                "torch.save(torch.load(path, weights_only=False), new_path)"
+            ) from None
+        raise not_zip
+
+
+#: A tar archive has "ustar" at bytes 257..262.
+_TAR_MAGIC_END = 262
 
 
 def _holds_npy_arrays(handle: FileHandle) -> bool:

@@ -20,7 +20,8 @@ code from the pickle, ever:
 - a whole pickled ``nn.Module`` becomes its state tree, numpy scalars and
   arrays their values, and other placeholders read-only values.
 
-Legacy (pre-1.6, non-zip) files are refused with instructions to convert them.
+Legacy (pre-1.6, non-zip) files are read by `structload.sources.torch_legacy`, through the same
+unpickler.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ._leaves import BadLeaf
 from ._paths import open_handle
 from ._zip import open_zip, record_data_offset
 from .memory import tree_from_object
+from .pickle_scan import PickleRefused, scan
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
 
 _LEGACY_STORAGES = {
@@ -68,6 +70,10 @@ MAX_PICKLE_BYTES = 512 << 20
 
 class _Refused(Exception):
     pass
+
+
+class NotZipArchive(SourceError):
+    """The file does not start like a zip archive (`formats` then tries the legacy format)."""
 
 
 class _Sealed:
@@ -137,12 +143,23 @@ def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
         raise SourceError(f"{path}: tensors are stored {byteorder}-endian; structload reads little-endian files only")
     data = _read_pickle(path, archive, pickle_name)
     unpickler = _WeightsUnpickler(file, archive, prefix)
+
+    def unpickle():
+        scan(data)  # first: a memo index the C unpickler would allocate gigabytes for is refused
+        return unpickler.load_from(data)
+
+    return tree_of_pickle(path, file, unpickler, unpickle)
+
+
+def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, unpickle) -> dict:
+    """The source tree of what `unpickle()` returns (through `unpickler`); whatever goes wrong is a
+    `SourceError` naming `path`. Shared with the legacy format (`structload.sources.torch_legacy`)."""
     try:
-        unpickled = unpickler.load_from(data)
+        unpickled = unpickle()
         if unpickler.placeholders:
             file.hold_pickled_types(types_in(unpickled))
         tree = tree_from_object(unpickled)
-    except _Refused as refused:
+    except (_Refused, PickleRefused) as refused:
         raise SourceError(f"{path}: {refused}") from None
     except SourceError:
         raise
@@ -159,9 +176,9 @@ def _open_archive(file: FileHandle) -> zipfile.ZipFile:
     if magic != b"PK\x03\x04":
         if file.size == 0:
             raise SourceError(f"{path}: the file is empty")
-        raise SourceError(
-            f"{path}: not a zip-format torch file (a legacy torch.save file, or not a checkpoint at all). "
-            "Convert a trusted legacy file with: torch.save(torch.load(old, weights_only=True), new)"
+        raise NotZipArchive(
+            f"{path}: not a torch.save file: neither a zip archive nor the legacy format "
+            "(a damaged legacy torch.save file, or not a checkpoint at all)"
         )
     return open_zip(file, "torch.save file")
 

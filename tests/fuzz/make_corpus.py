@@ -23,9 +23,15 @@ def main() -> None:
     safetensors.torch.save_file({"w": torch.arange(4, dtype=torch.bfloat16)}, str(CORPUS / "one.safetensors"))
     torch.save(state, CORPUS / "small.pt")
     base = torch.arange(12.0)
-    torch.save(
-        {"model": {"a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, "epoch": 3, "lr": 0.1}, CORPUS / "views.pt"
-    )
+    views = {"model": {"a": base[2:8].view(2, 3), "b": base.view(3, 4).t()}, "epoch": 3, "lr": 0.1}
+    torch.save(views, CORPUS / "views.pt")
+    write_legacy(state, views)
+
+
+def write_legacy(state: dict, views: dict) -> None:
+    """The same checkpoints in the legacy (pre-1.6, non-zip) format."""
+    torch.save(state, CORPUS / "small_legacy.pt", _use_new_zipfile_serialization=False)
+    torch.save(views, CORPUS / "views_legacy.pt", _use_new_zipfile_serialization=False)
 
 
 if __name__ == "__main__":
