@@ -124,6 +124,8 @@ class LoadReport:
 
     `converted` lists the destination tensors made by ``convert=`` converters;
     `mapped` those that ``mmap=True`` made views of the mapped file (no copy).
+    `torn` names the tensor a load that failed while reading it may have left
+    partly written (some bytes new, some old); it is not in `loaded`.
     `pickled` maps source paths to the type names of objects in a torch file's
     pickle that were read without importing their code (a whole pickled model's
     modules: ``{"": "models.yolo.DetectionModel", "model.0": ...}``).
@@ -151,6 +153,7 @@ class LoadReport:
     tied: list[tuple[str, ...]] = field(default_factory=list)
     converted: list[Converted] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
     pickled: dict[str, str] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     hints: list[str] = field(default_factory=list)
