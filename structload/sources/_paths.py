@@ -15,7 +15,7 @@ import zipfile
 from .._report import SourceError
 from ._files import FileHandle
 from ._identity import before_read
-from ._remote import RemoteFile, filesystem, is_url, with_retries
+from ._remote import NotFound, RemoteFile, filesystem, is_url, with_retries
 
 
 def open_handle(path: str) -> FileHandle:
@@ -38,24 +38,23 @@ def basename(path: str) -> str:
 def kind(path: str) -> str | None:
     """``"directory"``, ``"file"``, or ``None`` when nothing is there. For a URL, one metadata
     request (fsspec's ``info``; over HTTP a ``HEAD``, where ``isdir`` would fetch the whole URL
-    to look for links in it)."""
+    to look for links in it), retried like every request; ``None`` only for a real not-found."""
     if not is_url(path):
         return "directory" if os.path.isdir(path) else "file" if os.path.exists(path) else None
     fs, inner = filesystem(path)
     try:
-        info = fs.info(inner)
-    except FileNotFoundError:
+        info = with_retries(path, "looking it up", lambda: fs.info(inner))
+    except NotFound:
         return None
-    except Exception:  # anything else: the reader's own request says what is wrong, retried
-        return "file"
     return "directory" if info.get("type") == "directory" else "file"
 
 
 def isfile(path: str) -> bool:
+    """Whether a file is there; for a URL one metadata request (fsspec's HTTP ``isfile`` would
+    ``GET`` the whole file)."""
     if not is_url(path):
         return os.path.isfile(path)
-    fs, inner = filesystem(path)
-    return bool(with_retries(path, "looking it up", lambda: fs.isfile(inner)))
+    return kind(path) == "file"
 
 
 def listdir(directory: str) -> list[str]:
