@@ -26,7 +26,7 @@
 >>> is_weak('W/"abc"'), is_weak('"abc"'), is_weak(None)
 (True, False, False)
 >>> client_timeout(5).sock_read, client_timeout({"connect": 1, "read": 60}).sock_connect
-(5, 1)
+(5.0, 1)
 """
 
 from __future__ import annotations
