@@ -233,22 +233,31 @@ def test_inspecting_a_sharded_url_fetches_only_the_headers(served):
     assert served.served <= index + headers
 
 
-def test_ctrl_c_during_an_http_load_gets_the_note(served, monkeypatch):
+@pytest.mark.parametrize("when", ["opening", "writing"])
+def test_ctrl_c_during_an_http_load_gets_the_note(served, monkeypatch, when):
     monkeypatch.setattr(_remote, "WINDOW_PIECES", 0)  # one request per tensor, in order
     monkeypatch.setattr(_remote, "COALESCE_GAP", -1)
     state = {f"w{i}": torch.full((300,), float(i)) for i in range(6)}
-    tree = sl.open(publish(served, "net.safetensors", state))
+    url = publish(served, "net.safetensors", state)
 
-    def ctrl_c():
-        os.kill(os.getpid(), signal.SIGINT)  # the load is waiting for this answer
+    def ctrl_c():  # SIGINT to the main thread while the load waits for this answer
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(0.2)
 
-    served.faults = [None, None, ctrl_c]
+    if when == "opening":
+        served.head_faults = [ctrl_c]  # the load's own lookup of the URL
+    else:
+        served.faults = [None, None, None, ctrl_c]  # length, header, w0, then w1
+    dst = {k: torch.zeros(300) for k in state}
     with pytest.raises(KeyboardInterrupt) as info:
-        sl.load({k: torch.zeros(300) for k in state}, tree)
+        sl.load(dst, url)
     notes = getattr(info.value, "__notes__", [])
-    assert len(notes) == 1 and notes[0].startswith("structload: the load was interrupted")
-    assert "the destination is partly loaded" in notes[0] or "unchanged" in notes[0]
+    assert len(notes) == 1 and notes[0].startswith("structload: the load was interrupted"), notes
+    if when == "opening":
+        assert notes[0].endswith("before writing anything; the destination is unchanged")
+        assert not any(t.any() for t in dst.values())
+    else:
+        assert "the destination is partly loaded" in notes[0] and "'w1' may be partly written" in notes[0]
 
 
 def test_http_loads_leave_no_reference_cycles(served):
