@@ -181,6 +181,8 @@ def _files_read(plan: Plan, writes: list[Entry]) -> list:
     reads each require the ETag seen at open needs no check); files read through converters'
     computations are checked before their first read."""
     files: dict[int, FileHandle] = {}
+    if not FileHandle.alive and not RemoteFile.opened:  # an in-memory source: no pass over the writes
+        return []
     for entry in writes:
         leaf = entry.leaf.resolve() if hasattr(entry.leaf, "resolve") else entry.leaf  # a shard's tensor
         file = getattr(leaf, "file", None)  # a file tensor's, a compressed array's

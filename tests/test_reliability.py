@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import os
 import stat
 import threading
@@ -239,6 +240,13 @@ def write_each_format(folder) -> dict[str, str]:
     paths = {fmt: save(folder / f"m.{fmt}", state, fmt) for fmt in ("safetensors", "pt", "npz")}
     paths["npz-stored"] = str(folder / "s.npz")
     np.savez(paths["npz-stored"], **{k: v.numpy() for k, v in state.items()})
+    names, weight_map = list(state), {}
+    for i in range(2):  # a sharded checkpoint as transformers writes it: an index and its shards
+        shard = {k: state[k] for k in names[i::2]}
+        safetensors.torch.save_file(shard, str(folder / f"shard{i}.safetensors"))
+        weight_map.update(dict.fromkeys(shard, f"shard{i}.safetensors"))
+    paths["sharded"] = str(folder / "model.safetensors.index.json")
+    Path(paths["sharded"]).write_text(json.dumps({"weight_map": weight_map}))
     return paths
 
 

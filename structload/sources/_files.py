@@ -46,6 +46,8 @@ class FileHandle:
     """
 
     local = True
+    #: Every local file open (weakly held): a load with none (an in-memory source) checks no file.
+    alive: ClassVar[weakref.WeakSet[FileHandle]] = weakref.WeakSet()
     #: Every open file whose pickle held objects that were not imported (weakly held): while there
     #: is none, asking a source tree for its pickled types costs nothing, not a pass over its leaves.
     holding_pickled_types: ClassVar[weakref.WeakSet[FileHandle]] = weakref.WeakSet()
@@ -63,6 +65,7 @@ class FileHandle:
         #: Dotted path -> type name of the objects a torch file's pickle holds that were not imported.
         self.pickled_types: dict[str, str] = {}
         weakref.finalize(self, os.close, self.fd)
+        FileHandle.alive.add(self)
 
     def hold_pickled_types(self, types: dict[str, str]) -> None:
         """Record the pickled types of this file (`structload.sources.pickled`)."""
