@@ -26,7 +26,7 @@ import torch
 
 from .._report import SourceError
 from .._runtime import READERS, ReaderPool
-from ._identity import Identity, before_read, changed_since, special_kind
+from ._identity import Identity, before_read, changed_since, open_regular
 from ._leaves import SourceTensor, iter_leaves
 
 #: Casting loads go through a buffer of at most this many bytes.
@@ -55,7 +55,7 @@ class FileHandle:
     def __init__(self, path: str, readers: ReaderPool = READERS):
         self.path = path
         self.readers = readers
-        self.fd = _open_regular(path)
+        self.fd = open_regular(path)
         self.identity = Identity.of(os.fstat(self.fd))  # checked before reading and mapping
         self.size = self.identity.size
         self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
@@ -179,21 +179,6 @@ class FileHandle:
         buffer = bytearray(length)
         self.read_into(memoryview(buffer), offset)
         return bytes(buffer)
-
-
-def _open_regular(path: str) -> int:
-    """A descriptor of the regular file at `path`; a FIFO, device or socket is refused without
-    blocking (``O_NONBLOCK``: opening a FIFO with no writer would wait forever)."""
-    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as error:
-        raise SourceError(f"{path}: cannot open ({error.strerror})", path="") from None
-    kind = special_kind(os.fstat(fd).st_mode)
-    if kind is not None:
-        os.close(fd)
-        raise SourceError(f"{path}: is {kind}, not a checkpoint file; structload reads regular files only", path="")
-    return fd
 
 
 def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -30,6 +30,8 @@ import threading
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
+from .._report import SourceError
+
 
 class Identity(NamedTuple):
     """What tells one file from another, and one version of a file from the next."""
@@ -75,6 +77,21 @@ def special_kind(mode: int) -> str | None:
         stat.S_IFDIR: "a directory",
     }
     return kinds.get(stat.S_IFMT(mode)) if not stat.S_ISREG(mode) else None
+
+
+def open_regular(path: str) -> int:
+    """A descriptor of the regular file at `path`; a FIFO, device or socket is refused without
+    blocking (``O_NONBLOCK``: opening a FIFO with no writer would wait forever)."""
+    flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot open ({error.strerror})", path="") from None
+    kind = special_kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise SourceError(f"{path}: is {kind}, not a checkpoint file; structload reads regular files only", path="")
+    return fd
 
 
 class Checked(Protocol):
