@@ -27,6 +27,7 @@ from .sources import ExtraState, MemoryTensor, SourceTensor
 from .sources._files import FileHandle, file_tensor
 from .sources._identity import checking
 from .sources._remote import RemoteFile
+from .sources.dcp import DCPCheckpoint
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
@@ -180,13 +181,15 @@ def _files_read(plan: Plan, writes: list[Entry]) -> list:
     """The files the writes read directly, to check before the first write (a remote file whose
     reads each require the ETag seen at open needs no check); files read through converters'
     computations are checked before their first read."""
-    files: dict[int, FileHandle] = {}
-    if not FileHandle.alive and not RemoteFile.opened:  # an in-memory source: no pass over the writes
+    files: dict[int, FileHandle | DCPCheckpoint] = {}
+    if not (FileHandle.alive or RemoteFile.opened or DCPCheckpoint.opened):  # from memory: no pass over the writes
         return []
     for entry in writes:
         leaf = entry.leaf.resolve() if hasattr(entry.leaf, "resolve") else entry.leaf  # a shard's tensor
-        file = getattr(leaf, "file", None)  # a file tensor's, a compressed array's
-        if isinstance(file, FileHandle) and not (isinstance(file, RemoteFile) and file.conditional_reads):
+        file = getattr(leaf, "file", None) or getattr(leaf, "checkpoint", None)  # a file's, a DCP directory's
+        if isinstance(file, (FileHandle, DCPCheckpoint)) and not (
+            isinstance(file, RemoteFile) and file.conditional_reads
+        ):
             files.setdefault(id(file), file)
     return list(files.values())
 

@@ -112,6 +112,23 @@ def test_a_file_rewritten_during_the_load_is_an_error_with_what_was_written(tmp_
     assert path in str(info.value) and info.value.report.loaded == ["a", "b"]
 
 
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")
+def test_a_dcp_checkpoint_saved_again_after_open_is_an_error(tmp_path):
+    import torch.distributed.checkpoint as dcp
+
+    folder = str(tmp_path / "dcp")
+    dcp.save(dict(randomized(Net(n=2), 1).state_dict()), checkpoint_id=folder)
+    tree = sl.open(folder)
+    time.sleep(0.02)
+    dcp.save(dict(randomized(Net(n=2), 2).state_dict()), checkpoint_id=folder)  # DCP's reader opens by path
+    model = randomized(Net(n=2), 3)
+    before = snapshot(model)
+    with pytest.raises(sl.SourceError, match="the DCP checkpoint changed since it was opened") as info:
+        sl.load(model, tree)
+    assert folder in str(info.value) and "nothing was written" in str(info.value)
+    assert_unchanged(model, before)
+
+
 def test_mapping_checks_the_file_first_and_maps_the_file_that_was_opened(tmp_path):
     path = save(tmp_path / "m.safetensors", {"w": torch.arange(8.0)}, "safetensors")
     leaf = sl.open(path).node["w"]
