@@ -59,7 +59,8 @@ def loaded_exactly(model, state: dict) -> bool:
     return all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 
 
-def test_a_server_stalled_at_open_is_a_source_error_in_bounded_time(served, short_timeouts):
+def test_a_server_stalled_at_open_is_a_source_error_in_bounded_time(served, short_timeouts, monkeypatch):
+    monkeypatch.setattr(_remote, "RETRIES", 1)  # two lookups (HEAD, then fsspec's GET), each timing out
     url = publish(served, "net.safetensors", state_of(1))
     served.head_faults = ["stall"] * 20
     began = time.monotonic()
@@ -67,7 +68,7 @@ def test_a_server_stalled_at_open_is_a_source_error_in_bounded_time(served, shor
         sl.open(url)
     assert str(info.value).startswith(url) and "timed out" in str(info.value).lower()
     assert "no such file" not in str(info.value)
-    assert time.monotonic() - began < 15  # 5 attempts of HEAD then GET, 0.3 s each
+    assert time.monotonic() - began < 8  # 2 attempts of HEAD then GET, 0.3 s each
 
 
 def test_a_server_stalled_mid_load_ends_the_load_naming_the_url(served, short_timeouts):
@@ -146,7 +147,6 @@ def test_weak_etags_load_and_still_catch_a_replaced_file(served):
     model = randomized(Net(n=2), 2)
     assert sl.load(model, url).ok and loaded_exactly(model, state)
     tree = sl.open(url)
-    time.sleep(1.1)  # Last-Modified counts whole seconds
     publish(served, "net.safetensors", state_of(3))
     model = randomized(Net(n=2), 2)
     before = snapshot(model)
@@ -265,12 +265,11 @@ def test_http_loads_leave_no_reference_cycles(served):
     for _ in range(3):
         sl.load(Net(n=2), url)
     gc.collect()
-    gc.disable()
+    gc.disable()  # whatever a load leaves in a cycle stays until collect(), which counts it
     try:
-        objects = len(gc.get_objects())
         for _ in range(20):
             sl.load(Net(n=2), url)
-        leaked = len(gc.get_objects()) - objects
+        in_cycles = gc.collect()
     finally:
         gc.enable()
-    assert leaked < 200, leaked
+    assert in_cycles == 0
