@@ -22,20 +22,45 @@ from ._dest import Slot, SlotKind, materialized_dtype
 from ._distributed import local_block
 from ._plan import Plan
 from ._progress import could_show, progress_bar, wants_progress
-from ._report import LoadError, Problem, ProblemKind, SourceError
+from ._report import LoadError, LoadReport, Problem, ProblemKind, SourceError
 from ._rules import Entry, Status
 from .sources import ExtraState, MemoryTensor, SourceTensor
-from .sources._files import file_tensor
+from .sources._files import FileHandle, file_tensor
+from .sources._identity import checking
 from .sources._remote import RemoteFile
+from .sources.dcp import DCPCheckpoint
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
-    """Carry out every write of `plan`; if a source fails mid-way, say exactly what was written."""
+    """Carry out every write of `plan`; if a source fails mid-way, say exactly what was written.
+
+    Every file the writes read is checked to be the file that was opened, unchanged, before the
+    first write (`structload.sources._identity`), and again after the last; an interruption
+    anywhere in here (Ctrl-C) gets a note saying how far the load got."""
     writes = plan.writes()
+    done: list[Entry] = []
+    try:
+        with checking(_files_read(plan, writes)) as checked:
+            _write_all(plan, writes, done, device, progress)
+        _check_after(plan, checked)
+    except SourceError as error:
+        if error.report is None:  # a file changed before the first write: nothing was written
+            raise SourceError(f"{error}; nothing was written", path="", report=_written(plan, [])) from None
+        raise
+    except Exception:
+        raise
+    except BaseException as interruption:  # Ctrl-C (KeyboardInterrupt), SystemExit: say where it stopped
+        stopped_at = writes[len(done)] if len(done) < len(writes) else None
+        torn = stopped_at.path if stopped_at is not None and _may_tear(plan, stopped_at) else None
+        add_note_once(interruption, _interrupted_note(done, len(writes), torn))
+        raise
+
+
+def _write_all(plan: Plan, writes: list[Entry], done: list[Entry], device: torch.device, progress) -> None:
+    """The writes, in order, appended to `done` as they are made."""
     showing = could_show(progress)
     total = sum(map(_nbytes, writes)) if showing else 0
     shared = {id(group[0].slot.tensor): [e.slot for e in group] for group in plan.groups}
-    done: list[Entry] = []
     remote = _remote_reads(plan, writes) if RemoteFile.opened else {}
     verb = "fetching" if remote else "loading"
     bar = progress_bar(wants_progress(progress, total), total, f"{verb} {plan.target}")
@@ -56,26 +81,16 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
                         write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)), plan.mmap)
                     done.append(entry)
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
-                raise _partial_failure(plan, done, run[len(done) - before], error) from (
+                failed = run[len(done) - before]
+                torn = not batched and _may_tear(plan, failed)
+                raise _partial_failure(plan, done, failed, error, torn) from (
                     None if isinstance(error, SourceError) else error
                 )
-            except BaseException as interruption:  # Ctrl-C (KeyboardInterrupt), SystemExit: say where it stopped
-                interruption.add_note(_interrupted_note(done, len(writes)))
-                raise
             if showing:
                 advance(sum(map(_nbytes, run)))
     if plan.post_hooks:  # modules' own load post-hooks, once each, after the last write
         report = plan.report(applied=True)
         run_post_hooks(plan.post_hooks, report.missing, report.unexpected)
-    for file in remote:
-        if file.conditional_reads:  # every read already required the ETag seen at open
-            continue
-        try:
-            file.check_unchanged()
-        except SourceError as error:
-            report = plan.report(applied=True)
-            message = f"{error}; every tensor was written, from a file that changed: load again"
-            raise SourceError(message, path="", report=report) from None
 
 
 #: Plain copies (`_runs`) are made this many at a time, by one call.
@@ -166,17 +181,60 @@ def _advance_by_bytes_fetched(advance, files: list[RemoteFile]):
     return advance_fetched
 
 
-def _interrupted_note(done: list[Entry], total: int) -> str:
+def _files_read(plan: Plan, writes: list[Entry]) -> list:
+    """The files the writes read directly, to check before the first write (a remote file whose
+    reads each require the ETag seen at open needs no check); files read through converters'
+    computations are checked before their first read."""
+    files: dict[int, FileHandle | DCPCheckpoint] = {}
+    if not (FileHandle.alive or RemoteFile.opened or DCPCheckpoint.opened):  # from memory: no pass over the writes
+        return []
+    for entry in writes:
+        leaf = entry.leaf.resolve() if hasattr(entry.leaf, "resolve") else entry.leaf  # a shard's tensor
+        file = getattr(leaf, "file", None) or getattr(leaf, "checkpoint", None)  # a file's, a DCP directory's
+        if isinstance(file, (FileHandle, DCPCheckpoint)) and not (
+            isinstance(file, RemoteFile) and file.conditional_reads
+        ):
+            files.setdefault(id(file), file)
+    return list(files.values())
+
+
+def _check_after(plan: Plan, checked: set) -> None:
+    """After the last write: every file read is still the file opened, unchanged."""
+    for file in checked:
+        if isinstance(file, RemoteFile) and file.conditional_reads:  # every read required the ETag seen at open
+            continue
+        try:
+            file.check_unchanged()
+        except SourceError as error:
+            message = f"{error}; every tensor was written, from a file that changed: load again"
+            raise SourceError(message, path="", report=plan.report(applied=True)) from None
+
+
+def add_note_once(interruption: BaseException, note: str) -> None:
+    """Add structload's note to an interruption, unless an inner step already said where it stopped."""
+    if not any(n.startswith("structload:") for n in getattr(interruption, "__notes__", ())):
+        interruption.add_note(note)
+
+
+def _interrupted_note(done: list[Entry], total: int, torn: str | None = None) -> str:
     last = f"; the last was '{done[-1].path}'" if done else ""
-    return f"structload: the load was interrupted after writing {len(done)} of {total} tensors{last}; the destination is partly loaded"
+    partly = f"; '{torn}' may be partly written" if torn else ""
+    return (
+        f"structload: the load was interrupted after writing {len(done)} of {total} tensors{last}{partly}; "
+        "the destination is partly loaded"
+    )
 
 
-def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Exception) -> LoadError:
-    """The error of a load that failed while writing, with a report of exactly what was written.
+def _may_tear(plan: Plan, entry: Entry) -> bool:
+    """Whether a write that stops midway can leave its tensor partly written: a file tensor is read
+    straight into it, piece by piece (any other source is read whole, then copied in one call)."""
+    if entry.status != Status.LOADED or entry.path in plan.mapped or entry.slot.kind == SlotKind.EXTRA:
+        return False
+    return isinstance(entry.leaf, SourceTensor) and file_tensor(entry.leaf) is not None
 
-    A source that could not be read stays a `SourceError`; any other failure
-    becomes a `LoadError` chained to it.
-    """
+
+def _written(plan: Plan, done: list[Entry]) -> LoadReport:
+    """The report of a load that stopped after the writes `done`: exactly what was written."""
     written = {e.path for e in done}
     was_written = written | {e.path for e in plan.entries if e.writer and e.writer in written}
     report = plan.report(applied=True)
@@ -185,10 +243,23 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     report.cast = [c for c in report.cast if c.path in was_written]
     report.converted = [c for c in report.converted if c.path in was_written]
     report.adapted = [a for a in report.adapted if a.path in was_written]
+    return report
+
+
+def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Exception, torn: bool = False) -> LoadError:
+    """The error of a load that failed while writing, with a report of exactly what was written
+    (and, in `torn`, the tensor the failed write may have left partly written).
+
+    A source that could not be read stays a `SourceError`; any other failure
+    becomes a `LoadError` chained to it.
+    """
+    report = _written(plan, done)
+    report.torn = [failed.path] if torn else []
     cause = error.problems[0].message if isinstance(error, SourceError) else f"{type(error).__name__}: {error}"
+    partly = f"; '{failed.path}' may be partly written (report.torn)" if torn else ""
     message = (
         f"{cause}; the load stopped at '{failed.path}' after writing "
-        f"{len(done)} of {len(plan.writes())} tensors (report.loaded lists them)"
+        f"{len(done)} of {len(plan.writes())} tensors (report.loaded lists them){partly}"
     )
     report.problems.append(Problem(ProblemKind.SOURCE, failed.path, message))
     if isinstance(error, SourceError):

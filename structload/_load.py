@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -11,14 +12,14 @@ from ._adapt_align import pair_adaptable
 from ._adapting import adapt_tree, finish_plan, suggest_adapting
 from ._align import align as structural_align
 from ._alignment import Alignment, by_subtree
-from ._apply import apply_plan
+from ._apply import add_note_once, apply_plan
 from ._customised import source_metadata
 from ._dest import dest_name
 from ._distributed import agree, holds_dtensors
 from ._plan import make_plan
 from ._rename import Renamer, compile_rename, rename_tree
 from ._report import LoadError, LoadReport, Problem, ProblemKind
-from ._runtime import collector_paused
+from ._runtime import collector_paused, destination_lock
 from ._select import Selection
 from .convert import convert_tree
 from .integrations import declared_library
@@ -143,10 +144,11 @@ def load(
     options["convert"] = convert
     options["adapt"] = adapt
     if align is not False and align is not None:
-        src = open_source(src)  # opened once, for the alignment and the load
-        alignment = _alignment(dst, src, align, options)
-        if adapt is not None and adapt is not False:  # leftovers of another shape an adapter pairs
-            alignment = pair_adaptable(alignment, dst, src, adapt, options["rename"])
+        with _interruptions_noted([NOTHING_WRITTEN]):
+            src = open_source(src)  # opened once, for the alignment and the load
+            alignment = _alignment(dst, src, align, options)
+            if adapt is not None and adapt is not False:  # leftovers of another shape an adapter pairs
+                alignment = pair_adaptable(alignment, dst, src, adapt, options["rename"])
         if strict and not alignment.ok:
             problems = alignment_problems(alignment)
             report = LoadReport(target=dest_name(dst), problems=problems, applied=False)
@@ -215,13 +217,31 @@ def run_load(
     def plan_step():
         return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final, maps, adapt)
 
-    with collector_paused():  # process-wide, for the load's duration only: see structload._runtime
+    stage = [NOTHING_WRITTEN]
+    with _interruptions_noted(stage), destination_lock(dst), collector_paused():  # see structload._runtime
         plan = _in_step(collective, target, plan_step)
         if not dry_run:
             _in_step(collective, target, functools.partial(apply_plan, plan, target_device, progress))
+            stage[0] = "after writing every tensor"
         report = plan.report(applied=not dry_run)
         del plan  # freed by reference counting before the collector comes back, not scanned by it
     return report
+
+
+NOTHING_WRITTEN = "before writing anything; the destination is unchanged"
+
+
+@contextlib.contextmanager
+def _interruptions_noted(stage: list[str]):
+    """An interruption (Ctrl-C) anywhere in a load gets a note saying how far it got: `stage`
+    holds where the load is (the writes add their own, finer note: how many were written)."""
+    try:
+        yield
+    except Exception:
+        raise
+    except BaseException as interruption:
+        add_note_once(interruption, f"structload: the load was interrupted {stage[0]}")
+        raise
 
 
 def _in_step(collective: bool, target: str, step):

@@ -147,6 +147,8 @@ class LoadReport:
     `converted` lists the destination tensors made by ``convert=`` converters;
     `adapted` those made by ``adapt=`` adapters from a source of another shape (`Adapted`);
     `mapped` those that ``mmap=True`` made views of the mapped file (no copy).
+    `torn` names the tensor a load that failed while reading it may have left
+    partly written (some bytes new, some old); it is not in `loaded`.
     `pickled` maps source paths to the type names of objects in a torch file's
     pickle that were read without importing their code (a whole pickled model's
     modules: ``{"": "models.yolo.DetectionModel", "model.0": ...}``).
@@ -178,6 +180,7 @@ class LoadReport:
     converted: list[Converted] = field(default_factory=list)
     adapted: list[Adapted] = field(default_factory=list)
     mapped: list[str] = field(default_factory=list)
+    torn: list[str] = field(default_factory=list)
     pickled: dict[str, str] = field(default_factory=dict)
     declared: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)

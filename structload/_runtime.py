@@ -1,10 +1,14 @@
 """The process-wide resources a load uses, all in one place.
 
-structload keeps no hidden global state. Two things are shared by the whole
-process, and both are here, explicit and documented:
+structload keeps no hidden global state. Three things are shared by the whole
+process, and all are here, explicit and documented:
 
 - `collector_paused`: the cyclic garbage collector is paused while a load runs
-  (`load` enters it around planning and writing);
+  (`load` enters it around planning and writing; loads on several threads
+  pause it once, and the last to finish resumes it);
+- `destination_lock`: one lock per destination object, held by a load from
+  planning to its last write, so two loads into the same model (from two
+  threads) run one after the other instead of mixing their tensors;
 - `ReaderPool`: the threads that read big file ranges in parallel. File
   handles hold the pool they use (`READERS` unless given another); it starts
   its threads on first use and starts afresh in a forked child, which inherits
@@ -31,13 +35,59 @@ def collector_paused() -> Iterator[None]:
     20,000-tensor load. Reference counting still frees everything as usual. The
     collector is re-enabled on exit (if it was enabled on entry), whatever happens.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _pausing, _resume
+    with _pause_lock:
+        if _pausing == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pausing += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _pause_lock:
+            _pausing -= 1
+            if _pausing == 0 and _resume:
+                gc.enable()
+
+
+_pause_lock = threading.Lock()
+_pausing = 0  # loads running now, on any thread
+_resume = False  # whether the collector was enabled when the first of them began
+
+
+@contextlib.contextmanager
+def destination_lock(dst: object) -> Iterator[None]:
+    """Hold the lock of the destination `dst` (one per object, by identity) for the block: loads
+    into the same model from several threads are serialised, so none ever sees another's
+    half-written tensors or writes into a tensor another is writing. Re-entrant: a load that
+    loads into its own destination again (from a load hook) does not wait for itself.
+
+    >>> model = object()
+    >>> with destination_lock(model), destination_lock(model):
+    ...     len(_destinations)
+    1
+    >>> len(_destinations)  # forgotten once no load holds it
+    0
+    """
+    key = id(dst)  # `dst` is alive for the block: its id names no other object meanwhile
+    with _destinations_lock:
+        lock, users = _destinations.get(key, (None, 0))
+        lock = lock or threading.RLock()
+        _destinations[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _destinations_lock:
+            lock, users = _destinations[key]
+            if users == 1:
+                del _destinations[key]
+            else:
+                _destinations[key] = (lock, users - 1)
+
+
+_destinations_lock = threading.Lock()
+_destinations: dict[int, tuple[threading.RLock, int]] = {}  # id(destination) -> (its lock, loads using it)
 
 
 class ReaderPool:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
-from structload.sources import _files
+from structload.sources import _files, iter_leaves
 
 
 @pytest.fixture
@@ -436,14 +436,24 @@ def test_file_shrinking_between_planning_and_writing_reports_what_was_written(tm
     opened = sl.open(path)  # header read now
     size = os.path.getsize(path)
     last = source.state_dict()["head.bias"].numel() * 4 + source.state_dict()["head.weight"].numel() * 4
-    os.truncate(path, size - last)
+    head_offset = opened.node["head"]["weight"].offset
+    original = _files.FileHandle.read_into
+
+    def cut_before_the_head(handle, buffer, offset):  # the file shrinks while the load is writing
+        if offset == head_offset:
+            os.truncate(path, size - last)
+        return original(handle, buffer, offset)
+
     dst = Net(n=3)
-    with pytest.raises(sl.SourceError) as info:
-        sl.load(dst, opened)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(_files.FileHandle, "read_into", cut_before_the_head)
+        with pytest.raises(sl.SourceError) as info:
+            sl.load(dst, opened)
     error = info.value
     assert path in str(error) and "head.weight" in str(error)
     report = error.report
     assert report.loaded == [k for k in source.state_dict() if not k.startswith("head.")]
+    assert report.torn == ["head.weight"] and "'head.weight' may be partly written" in str(error)
     assert torch.equal(dst.blocks[2].norm.bias, source.blocks[2].norm.bias)
 
 
@@ -457,8 +467,9 @@ def test_big_reads_split_into_parallel_pieces_give_the_same_values(tmp_path, mon
     assert torch.equal(dst["w"], values["w"]) and torch.equal(dst["v"], values["v"])
     opened = sl.open(path)
     os.truncate(path, os.path.getsize(path) - 10)  # a piece of the last read comes up short
-    with pytest.raises(sl.SourceError, match="file ended at byte"):
-        sl.load(dst, opened)
+    with pytest.raises(sl.SourceError, match="file ended at byte"):  # read directly: a load says "changed" first
+        for _, leaf in iter_leaves(opened.node):
+            leaf.read()
 
 
 @pytest.mark.parametrize("chunk", [64, 1 << 20])
@@ -543,4 +554,6 @@ def test_a_file_cut_during_an_overlapped_casting_read_is_a_source_error(tmp_path
         f.truncate(path.stat().st_size - 500)
     dst = {"w": torch.zeros(1000)}
     with pytest.raises(sl.SourceError, match="truncated, or changed since it was opened"):
+        tree.node["w"].read_into(dst["w"])  # read directly: a load finds the change before reading
+    with pytest.raises(sl.SourceError, match="the file changed since it was opened"):
         sl.load(dst, tree)

@@ -211,7 +211,7 @@ def test_without_fsspec_a_url_says_which_extra_to_install(monkeypatch):
 def test_a_missing_filesystem_package_says_what_to_install(monkeypatch):
     import fsspec
 
-    def missing(url):
+    def missing(url, **options):  # structload passes per-request options (the HTTP timeouts)
         raise ImportError('HTTPFileSystem requires "requests" and "aiohttp" to be installed')
 
     monkeypatch.setattr(fsspec.core, "url_to_fs", missing)

@@ -26,6 +26,7 @@ import torch
 
 from .._report import SourceError
 from .._runtime import READERS, ReaderPool
+from ._identity import Identity, before_read, changed_since, open_regular
 from ._leaves import SourceTensor, iter_leaves
 
 #: Casting loads go through a buffer of at most this many bytes.
@@ -45,6 +46,8 @@ class FileHandle:
     """
 
     local = True
+    #: Every local file open (weakly held): a load with none (an in-memory source) checks no file.
+    alive: ClassVar[weakref.WeakSet[FileHandle]] = weakref.WeakSet()
     #: Every open file whose pickle held objects that were not imported (weakly held): while there
     #: is none, asking a source tree for its pickled types costs nothing, not a pass over its leaves.
     holding_pickled_types: ClassVar[weakref.WeakSet[FileHandle]] = weakref.WeakSet()
@@ -52,11 +55,9 @@ class FileHandle:
     def __init__(self, path: str, readers: ReaderPool = READERS):
         self.path = path
         self.readers = readers
-        try:
-            self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as error:
-            raise SourceError(f"{path}: cannot open ({error.strerror})", path="") from None
-        self.size = os.fstat(self.fd).st_size
+        self.fd = open_regular(path)
+        self.identity = Identity.of(os.fstat(self.fd))  # checked before reading and mapping
+        self.size = self.identity.size
         self._lock = threading.Lock()  # for the seek-and-read fallback without preadv
         self._mapping: Any = None
         self._cast_buffers: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -64,12 +65,23 @@ class FileHandle:
         #: Dotted path -> type name of the objects a torch file's pickle holds that were not imported.
         self.pickled_types: dict[str, str] = {}
         weakref.finalize(self, os.close, self.fd)
+        FileHandle.alive.add(self)
 
     def hold_pickled_types(self, types: dict[str, str]) -> None:
         """Record the pickled types of this file (`structload.sources.pickled`)."""
         self.pickled_types = types
         if types:
             FileHandle.holding_pickled_types.add(self)
+
+    def check_unchanged(self) -> None:
+        """A `SourceError` naming the file if it changed since it was opened, or if its path now
+        names another file (`structload.sources._identity`)."""
+        how = changed_since(self.identity, self.fd, self.path)
+        if how is not None:
+            raise self.changed(how)
+
+    def changed(self, how: str) -> SourceError:
+        return SourceError(f"{self.path}: the file changed since it was opened ({how}); open it again", path="")
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
         """Fill `buffer` with the bytes at `offset`, or raise `SourceError` naming the file.
@@ -78,6 +90,7 @@ class FileHandle:
         (``preadv`` releases the GIL): the kernel's copy out of the page cache
         is the whole cost of a load, and one thread leaves cores idle.
         """
+        before_read(self)  # the first read of this file in a load checks that it is still the same
         if len(buffer) < PARALLEL_BYTES or self.readers.workers < 2 or not hasattr(os, "preadv"):
             return self._read_range(buffer, offset)
         starts = range(0, len(buffer), PIECE_BYTES)
@@ -107,11 +120,18 @@ class FileHandle:
         """The whole file mapped copy-on-write (``MAP_PRIVATE``): writes to tensors made from it
         stay in this process and never reach the file. Made on first use, shared by every tensor."""
         if self._mapping is None:
+            self.check_unchanged()
             try:
-                self._mapping = torch.UntypedStorage.from_file(self.path, shared=False, nbytes=self.size)
+                self._mapping = torch.UntypedStorage.from_file(self._same_file(), shared=False, nbytes=self.size)
             except (RuntimeError, OSError) as error:
                 raise SourceError(f"{self.path}: cannot map the file ({error})") from None
         return self._mapping
+
+    def _same_file(self) -> str:
+        """A name that opens the file this handle opened, even if its path now names another
+        (Linux's ``/proc/self/fd``); elsewhere its path, checked just before."""
+        by_descriptor = f"/proc/self/fd/{self.fd}"
+        return by_descriptor if os.path.exists(by_descriptor) else self.path
 
     @contextlib.contextmanager
     def cast_buffers(self, dtype: torch.dtype, numel: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -135,7 +155,10 @@ class FileHandle:
         just those bytes, unmapped before returning."""
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         length = target.numel() * dtype.itemsize
-        size = os.fstat(self.fd).st_size
+        status = os.fstat(self.fd)
+        size = status.st_size
+        if status.st_mtime_ns != self.identity.mtime_ns and offset + length <= size:  # rewritten
+            raise self.changed("it was rewritten (its modification time changed)")
         if offset + length > size:  # mapping past the end would raise SIGBUS on access
             raise self._ended(size, offset, offset + length)
         try:

@@ -14,7 +14,8 @@ import zipfile
 
 from .._report import SourceError
 from ._files import FileHandle
-from ._remote import RemoteFile, filesystem, is_url, with_retries
+from ._identity import before_read
+from ._remote import NotFound, RemoteFile, filesystem, is_url, with_retries
 
 
 def open_handle(path: str) -> FileHandle:
@@ -37,24 +38,23 @@ def basename(path: str) -> str:
 def kind(path: str) -> str | None:
     """``"directory"``, ``"file"``, or ``None`` when nothing is there. For a URL, one metadata
     request (fsspec's ``info``; over HTTP a ``HEAD``, where ``isdir`` would fetch the whole URL
-    to look for links in it)."""
+    to look for links in it), retried like every request; ``None`` only for a real not-found."""
     if not is_url(path):
         return "directory" if os.path.isdir(path) else "file" if os.path.exists(path) else None
     fs, inner = filesystem(path)
     try:
-        info = fs.info(inner)
-    except FileNotFoundError:
+        info = with_retries(path, "looking it up", lambda: fs.info(inner))
+    except NotFound:
         return None
-    except Exception:  # anything else: the reader's own request says what is wrong, retried
-        return "file"
     return "directory" if info.get("type") == "directory" else "file"
 
 
 def isfile(path: str) -> bool:
+    """Whether a file is there; for a URL one metadata request (fsspec's HTTP ``isfile`` would
+    ``GET`` the whole file)."""
     if not is_url(path):
         return os.path.isfile(path)
-    fs, inner = filesystem(path)
-    return bool(with_retries(path, "looking it up", lambda: fs.isfile(inner)))
+    return kind(path) == "file"
 
 
 def listdir(directory: str) -> list[str]:
@@ -75,10 +75,12 @@ def read_small(path: str, limit: int) -> bytes:
 
 
 class _RangeReader(io.RawIOBase):
-    """A seekable read-only file over a handle's ranged reads (for ``zipfile`` on remote files)."""
+    """A seekable read-only file over a handle's positioned or ranged reads (for ``zipfile``)."""
 
-    def __init__(self, handle: RemoteFile):
+    def __init__(self, handle: FileHandle):
         self.handle, self.position = handle, 0
+        # a local file's zip records are read as zipfile asks, like its own reads (not a tensor read)
+        self.read_range = handle.read_into if isinstance(handle, RemoteFile) else handle._read_range
 
     def readable(self) -> bool:
         return True
@@ -97,14 +99,16 @@ class _RangeReader(io.RawIOBase):
     def readinto(self, buffer) -> int:
         count = max(0, min(len(buffer), self.handle.size - self.position))
         if count:
-            self.handle.read_into(memoryview(buffer).cast("B")[:count], self.position)
+            before_read(self.handle)  # in a load, the file is checked before its first read
+            self.read_range(memoryview(buffer).cast("B")[:count], self.position)
             self.position += count
         return count
 
 
 def zip_archive(handle: FileHandle) -> zipfile.ZipFile:
-    """The zip archive in a file; a remote one is read with buffered ranged reads.
+    """The zip archive in a file, read through the handle (the file it opened, never its path
+    opened again: another file may be there now), with positioned or buffered ranged reads.
     Raises what ``zipfile`` raises: callers turn it into a `SourceError` with their own wording."""
-    if isinstance(handle, RemoteFile):
+    if isinstance(handle, RemoteFile):  # requests are costly: fetched in blocks
         return zipfile.ZipFile(io.BufferedReader(_RangeReader(handle), buffer_size=64 << 10))
-    return zipfile.ZipFile(handle.path)
+    return zipfile.ZipFile(_RangeReader(handle))  # a positioned read is cheap: exactly what zipfile asks

@@ -12,10 +12,16 @@ module adds what a load needs on top:
   to read, in order: ranges that touch in the file are fetched together (one
   request for a run of small tensors), and up to `WINDOW_PIECES` pieces are in
   flight ahead of the writes, so memory beyond the model stays bounded;
-- transient failures (a dropped connection, a 5xx or 429, a short read) are
-  retried with exponential backoff, `RETRIES` times;
-- a file whose size or ETag changes during the load is a `SourceError` (HTTP
-  reads send ``If-Match``; every failure and the end of a load check again).
+- transient failures (a dropped connection, a timeout, a 5xx or 429, a short
+  read) are retried with exponential backoff, `RETRIES` times, at open as at
+  read; only a real 404 (or not-found) is "no such file";
+- over HTTP, every request has a connect and a read timeout, and retries stop
+  in bounded time (`structload.sources._http`);
+- a file whose size or ETag changes after open is a `SourceError` (HTTP
+  reads send ``If-Match`` with a strong ETag; otherwise, and after every
+  failure, the file is checked before the first write and after the last);
+- prefetch state belongs to the thread that loads: several threads can load
+  from one opened tree at once.
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from typing import Any, ClassVar
 
 from .._report import SourceError
 from .._runtime import ReaderPool
+from . import _http as http
 from ._files import FileHandle
+from ._identity import before_read
 
 #: Pieces big reads are split into, and the most bytes one coalesced request fetches.
 PIECE_BYTES = 4 << 20
@@ -68,7 +76,7 @@ def filesystem(url: str) -> tuple[Any, str]:
             f"{url}: reading URLs needs fsspec; install it with: pip install 'structload[remote]'"
         ) from None
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **http.request_options(url))
     except ImportError as error:  # fsspec knows the protocol; its package is not installed
         raise SourceError(
             f"{url}: reading this URL needs a package that is not installed ({error}); install "
@@ -95,27 +103,53 @@ class _ShortRead(Exception):
     pass
 
 
+class NotFound(SourceError):
+    """The server says there is no such file (a 404, or the storage's not-found)."""
+
+
 def with_retries(url: str, what: str, action):
-    """Run `action()`, retrying transient failures; anything else is a `SourceError` naming `url`."""
+    """Run `action()`, retrying transient failures while a retry can end within
+    `structload.sources._http.TOTAL_SECONDS`; anything else is a `SourceError` naming `url`
+    (`NotFound` for a real not-found)."""
+    first = time.monotonic()
+    longest = 0.0
     for attempt in range(RETRIES + 1):
+        began = time.monotonic()
         try:
             return action()
         except SourceError:
             raise
-        except FileNotFoundError:
-            raise SourceError(f"{url}: no such file or directory", path="") from None
-        except Exception as error:  # fsspec and its backends raise many kinds
-            if attempt < RETRIES and (isinstance(error, _ShortRead) or _transient(error)):
-                time.sleep(BACKOFF_SECONDS * 2**attempt)
+        except Exception as raised:  # fsspec and its backends raise many kinds
+            error = _real_cause(raised)
+            if error is None:
+                raise NotFound(f"{url}: no such file or directory", path="") from None
+            longest = max(longest, time.monotonic() - began)
+            backoff = BACKOFF_SECONDS * 2**attempt
+            in_time = time.monotonic() + backoff + longest - first <= http.TOTAL_SECONDS
+            if attempt < RETRIES and in_time and (isinstance(error, _ShortRead) or _transient(error)):
+                time.sleep(backoff)
                 continue
-            tries = f" after {attempt + 1} attempts" if attempt else ""
+            tries = f" after {attempt + 1} attempts in {time.monotonic() - first:.1f} s" if attempt else ""
             raise SourceError(f"{url}: {what} failed{tries} ({_describe(error)})", path="") from None
     raise AssertionError("unreachable")
+
+
+def _real_cause(error: BaseException) -> BaseException | None:
+    """What went wrong, or ``None`` for a real not-found. fsspec's HTTP ``info`` turns every
+    failure (a 503, a refused connection) into ``FileNotFoundError``, keeping the cause."""
+    if not isinstance(error, FileNotFoundError):
+        return error
+    cause = error.__cause__
+    if cause is None or getattr(cause, "status", None) in (404, 410) or isinstance(cause, FileNotFoundError):
+        return None
+    return cause
 
 
 def _describe(error: BaseException) -> str:
     status = getattr(error, "status", None)
     text = str(error) or type(error).__name__
+    if isinstance(error, TimeoutError) or "Timeout" in type(error).__name__:  # aiohttp's, fsspec's, asyncio's
+        text = f"timed out: {text}" if str(error) else f"timed out ({type(error).__name__})"
     return f"HTTP {status}: {text}" if isinstance(status, int) and str(status) not in text else text
 
 
@@ -135,12 +169,14 @@ class RemoteFile(FileHandle):
             raise SourceError(f"{url}: is a directory", path="")
         self.size = int(info.get("size") or 0)
         self.etag = info.get("ETag") or info.get("etag")
+        self.last_modified = info.get("Last-Modified")
         self.pickled_types: dict[str, str] = {}
         self.fetched = 0  # bytes received, for tests, benchmarks and the progress bar
         self._lock = threading.Lock()
         self._buffer_lock = threading.Lock()
         self._cast_buffers = None
-        self._prefetch: _Prefetch | None = None
+        self._loads = threading.local()  # each loading thread's prefetch state
+        self._whole: http.WholeBody | None = None  # the body, when the server ignored Range and it was kept
         self._http = type(self.fs).__name__ == "HTTPFileSystem"
         RemoteFile.opened.add(self)
 
@@ -148,8 +184,11 @@ class RemoteFile(FileHandle):
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
         """Fill `buffer` with the bytes at `offset`: from prefetched pieces, else in parallel pieces."""
-        if self._prefetch is not None:
-            self._prefetch.read_into(buffer, offset)
+        if not self.conditional_reads:
+            before_read(self)  # in a load, the file is checked before its first read
+        prefetch = getattr(self._loads, "prefetch", None)
+        if prefetch is not None:
+            prefetch.read_into(buffer, offset)
             return
         self.fetch_into(buffer, offset)
 
@@ -184,6 +223,8 @@ class RemoteFile(FileHandle):
             )
 
         def attempt() -> bytes:
+            if self._whole is not None:  # the server ignored Range once: its body is kept
+                return self._whole.read(start, end)
             headers = {"headers": {"If-Match": self.etag}} if self.conditional_reads else {}
             try:
                 data = self.fs.cat_file(self.fs_path, start=start, end=end, **headers)
@@ -192,11 +233,7 @@ class RemoteFile(FileHandle):
                     raise self.changed("its ETag changed") from None
                 raise
             if len(data) > end - start:
-                raise SourceError(
-                    f"{self.path}: the server ignored the byte range (sent {len(data)} bytes for {end - start}); "
-                    "structload needs ranged reads",
-                    path="",
-                )
+                return self._range_ignored(data, start, end)
             if len(data) < end - start:
                 raise _ShortRead(f"short read: {len(data)} of {end - start} bytes")
             return data
@@ -210,11 +247,27 @@ class RemoteFile(FileHandle):
             self.fetched += len(data)
         return data
 
+    def _range_ignored(self, data: bytes, start: int, end: int) -> bytes:
+        """A server answered a ranged read with more bytes than asked: refused, or (``read-once``)
+        the whole body kept for every later read (`structload.sources._http`)."""
+        if len(data) != self.size or not http.reads_once():
+            raise SourceError(
+                f"{self.path}: the server ignored the byte range (sent {len(data)} bytes for {end - start}); "
+                f"structload needs ranged reads, or {http.RANGE_IGNORED}=read-once to download the file once",
+                path="",
+            )
+        with self._lock:
+            if self._whole is None:
+                self._whole = http.WholeBody(data)
+                weakref.finalize(self, self._whole.close)
+        return data[start:end]
+
     @property
     def conditional_reads(self) -> bool:
-        """Whether every read sends ``If-Match`` with the ETag seen at open (HTTP with an ETag):
-        a changed file then fails the read itself, and no check after the load is needed."""
-        return bool(self._http and self.etag)
+        """Whether every read sends ``If-Match`` with the ETag seen at open (HTTP with a strong
+        ETag): a changed file then fails the read itself, and no check after the load is needed.
+        A weak ETag cannot be sent (the server compares strongly): the file is checked instead."""
+        return bool(self._http and self.etag and not http.is_weak(self.etag) and self._whole is None)
 
     def check_unchanged(self) -> None:
         """A `SourceError` if the file's size or ETag differs from when it was opened."""
@@ -225,8 +278,11 @@ class RemoteFile(FileHandle):
         if int(info.get("size") or 0) != self.size:
             raise self.changed(f"its size went from {self.size} to {info.get('size')} bytes")
         etag = info.get("ETag") or info.get("etag")
-        if self.etag and etag and etag != self.etag:
+        if self.etag and etag and etag != self.etag:  # weak ETags compare weakly: the same string
             raise self.changed("its ETag changed")
+        modified = info.get("Last-Modified")
+        if self.last_modified and modified and modified != self.last_modified:
+            raise self.changed(f"Last-Modified went from {self.last_modified} to {modified}")
 
     def changed(self, how: str) -> SourceError:
         return SourceError(f"{self.path}: the file changed during the load ({how})", path="")
@@ -237,12 +293,13 @@ class RemoteFile(FileHandle):
     def prefetching(self, ranges: Sequence[tuple[int, int]]) -> Iterator[None]:
         """Within the block, reads of these ``(offset, length)`` ranges come from coalesced pieces
         fetched ahead, in the order the ranges are given."""
-        self._prefetch = _Prefetch(self, ranges)
+        outer = getattr(self._loads, "prefetch", None)
+        prefetch = self._loads.prefetch = _Prefetch(self, ranges)  # this thread's load's own
         try:
             yield
         finally:
-            self._prefetch.cancel()
-            self._prefetch = None
+            prefetch.cancel()
+            self._loads.prefetch = outer
 
 
 def coalesce(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int, int]]:

@@ -11,11 +11,15 @@ into the destination. Non-tensor entries (bytes) are left out of the tree.
 from __future__ import annotations
 
 import functools
+import os
+import weakref
+from typing import ClassVar
 
 import torch
 
 from .._report import SourceError
 from . import _paths as paths
+from ._identity import Identity, before_read
 from ._leaves import SourceTensor
 from ._remote import is_url
 from .nesting import insert, numbered_in_order
@@ -26,7 +30,12 @@ def is_dcp_directory(path: str) -> bool:
 
 
 class DCPCheckpoint:
-    """One DCP directory: its reader, set up once."""
+    """One DCP directory: its reader, set up once. DCP's reader opens its files by path at each
+    read, so the identity of every file of a local directory is recorded at open and checked
+    by a load (`check_unchanged`) like a file's (`structload.sources._identity`)."""
+
+    #: Every DCP checkpoint open (weakly held): a load with no file and none of these checks nothing.
+    opened: ClassVar[weakref.WeakSet[DCPCheckpoint]] = weakref.WeakSet()
 
     def __init__(self, path: str):
         from torch.distributed.checkpoint import FileSystemReader
@@ -40,10 +49,24 @@ class DCPCheckpoint:
                 self.reader = FsspecReader(path)
             else:
                 self.reader = FileSystemReader(path)
+            self.files = {} if is_url(path) else _identities(path)
             self.metadata = self.reader.read_metadata()
             self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
         except Exception as error:  # pickle, OSError, ...: never raw
             raise SourceError(f"{path}: cannot read the DCP metadata ({type(error).__name__}: {error})") from None
+        DCPCheckpoint.opened.add(self)
+
+    def check_unchanged(self) -> None:
+        """A `SourceError` naming the directory if a file of it changed, came or went since open."""
+        if is_url(self.path):
+            return
+        now = _identities(self.path)
+        changed = sorted(name for name in now.keys() | self.files.keys() if now.get(name) != self.files.get(name))
+        if changed:
+            raise SourceError(
+                f"{self.path}: the DCP checkpoint changed since it was opened ({', '.join(changed)}); open it again",
+                path="",
+            )
 
     def read_block(self, fqn: str, target: torch.Tensor, starts, sizes) -> None:
         """Fill `target` with the block ``starts .. starts + sizes`` of tensor `fqn`."""
@@ -51,6 +74,7 @@ class DCPCheckpoint:
         from torch.distributed.checkpoint.planner import LoadPlan
         from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
+        before_read(self)  # in a load, the directory is checked before its first read
         entry = self.metadata.state_dict_metadata[fqn]
         if not isinstance(entry, TensorStorageMetadata):
             raise SourceError(f"{self.path}: '{fqn}' is stored as bytes, not as a tensor")
@@ -62,6 +86,15 @@ class DCPCheckpoint:
             raise
         except Exception as error:
             raise SourceError(f"{self.path}: reading '{fqn}' failed ({type(error).__name__}: {error})") from None
+
+
+def _identities(directory: str) -> dict[str, Identity]:
+    """The identity of every file of a local DCP directory, by name."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError as error:
+        raise SourceError(f"{directory}: cannot list the DCP directory ({error.strerror})", path="") from None
+    return {e.name: Identity.of(e.stat()) for e in entries if e.is_file()}
 
 
 @functools.cache

@@ -18,6 +18,7 @@ from .._report import SourceError
 from . import _paths as paths
 from ._files import refuse_duplicate_keys
 from ._leaves import SourceTensor
+from ._remote import is_url
 from .nesting import insert, numbered_in_order
 
 #: Checkpoint files a directory is searched for, in order of preference.
@@ -115,7 +116,9 @@ def open_index(path: str) -> dict:
         shard = shards.get(filename)
         if shard is None:
             shard_path = paths.join(directory, filename)
-            if not paths.isfile(shard_path):
+            # a local shard is looked up now (a stat); a remote one when first opened, so that a load
+            # needing one shard sends no request for the others
+            if not is_url(shard_path) and not paths.isfile(shard_path):
                 raise SourceError(f"{path}: shard '{filename}' (holding '{name}') does not exist")
             shard = shards[filename] = Shard(shard_path, path)
         insert(tree, name, ShardTensor(shard, name))

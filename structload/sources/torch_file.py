@@ -165,6 +165,9 @@ def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, un
         raise
     except Exception as error:  # a corrupt pickle can fail in many ways; none may escape raw
         raise SourceError(f"{path}: the pickle data is corrupt ({type(error).__name__}: {error})") from None
+    finally:  # the memo holds the unpickler's bound methods (a cycle through it): freed now, not by the collector
+        unpickler.memo.clear()
+        archive.close()
     if isinstance(tree, BadLeaf):
         raise SourceError(f"{path}: nothing to load: the pickle holds {tree.reason}")
     return tree
