@@ -14,6 +14,7 @@ from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
 from ._report import Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from ._verify import Verification, verify
 from .sources.pickled import Pickled
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
@@ -33,6 +34,7 @@ __all__ = [
     "SourceError",
     "SourceTree",
     "TensorInfo",
+    "Verification",
     "align",
     "convert",
     "diff",
@@ -41,5 +43,6 @@ __all__ = [
     "load",
     "open",
     "state",
+    "verify",
 ]
 __version__ = "0.1.0"
