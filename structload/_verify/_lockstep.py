@@ -50,6 +50,7 @@ class Lockstep:
         self.on_pair = on_pair
         self.ran_alone: list[tuple[str, str]] = []
         self._buffer: dict[Key, Ran] = {}
+        self.peak_buffered = 0  # the most reference calls held at once, for the memory test
         self._calls: dict[tuple[str, str], int] = {}
         self._wanted: Key | None = None
         self._turn = "model"
@@ -148,9 +149,10 @@ class Lockstep:
             return
         inputs = _input_tensors(args, kwargs)
         if key != self._wanted:  # kept until asked for, while the reference goes on: a copy
-            inputs, output = _copied(inputs), _copied(output)
+            inputs, output = [t.detach().clone() for t in inputs], _copied(output)
         with self._cond:
             self._buffer[key] = Ran(inputs, output)
+            self.peak_buffered = max(self.peak_buffered, len(self._buffer))
             if key == self._wanted:
                 self._turn = "model"
                 self._cond.notify_all()

@@ -29,9 +29,10 @@ Mapping = Callable[[str], "str | None"]  # reference tensor path -> model tensor
 
 
 def module_pairs(model: torch.nn.Module, reference: torch.nn.Module, mapping: Mapping | None) -> dict[str, str]:
-    """``{model module path: reference module path}``."""
-    model_paths = {path for path, _ in model.named_modules()}
-    reference_paths = [path for path, _ in reference.named_modules()]
+    """``{model module path: reference module path}``, for modules that can run (a ``ModuleList`` or
+    ``ModuleDict`` has no forward: a counterpart paired with it would wait for it in vain)."""
+    model_paths = {path for path, module in model.named_modules() if _runs(module)}
+    reference_paths = [path for path, module in reference.named_modules() if _runs(module)]
     if mapping is None:
         return {path: path for path in reference_paths if path in model_paths}
     owners = _owner_images(model, reference, mapping)
@@ -99,6 +100,10 @@ def _renamed_module(path: str, mapping: Mapping) -> str | None:
     if not isinstance(image, str) or not image.endswith("__module__"):
         return None
     return image.removesuffix("__module__").removesuffix(".")
+
+
+def _runs(module: torch.nn.Module) -> bool:
+    return type(module).forward is not torch.nn.Module.forward
 
 
 def _owner(path: str) -> str:
