@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn as nn
-from ports import MetaLlama, NanoGPT, tiny_gpt2, tiny_llama
+from ports import MetaLlama, NanoGPT, SplitGPT, tiny_gpt2, tiny_llama
 from traps import (
     ConvBNNet,
     FacenetONet,
@@ -386,8 +386,10 @@ def test_modules_that_ran_on_one_side_only_are_listed(gpt2):
     assert {c.path for c in result.compared} >= {"", "transformer.h.0.attn.c_attn", "lm_head"}
 
 
-def test_the_reference_keeps_only_what_is_compared_now(gpt2, monkeypatch):
-    """Memory: run in the same order, the reference hands over one module's outputs at a time."""
+@pytest.mark.parametrize("destination", ["nanogpt", "splitgpt"])
+def test_the_reference_keeps_only_what_is_compared_now(gpt2, monkeypatch, destination):
+    """Memory: the reference hands over one module's outputs at a time, also when a module of the
+    model is paired but never called (SplitGPT's mlp Sequential, whose layers it calls directly)."""
     from structload._verify import _lockstep
 
     runs = []
@@ -398,11 +400,13 @@ def test_the_reference_keeps_only_what_is_compared_now(gpt2, monkeypatch):
         return original(self, *args)
 
     monkeypatch.setattr(_lockstep.Lockstep, "run", spy)
-    model = NanoGPT(97, 16, 32, 2, 4)
-    sl.load(model, gpt2, align=True)
-    result = sl.verify(model, gpt2, IDS)
-    assert result.ok and len(result.compared) > 20
+    model = NanoGPT(97, 16, 32, 2, 4) if destination == "nanogpt" else SplitGPT(97, 16, 32, 2, 4)
+    alignment = sl.align(model, gpt2)
+    sl.load(model, gpt2, align=alignment)
+    result = sl.verify(model, gpt2, IDS, align=alignment)
+    assert result.ok and len(result.compared) > 15
     assert runs[0].peak_buffered == 1
+    assert ("reference", "transformer.h.0.mlp") in result.unpaired or destination == "nanogpt"
 
 
 def test_an_error_in_either_model_is_raised_and_nothing_is_left_running(gpt2):

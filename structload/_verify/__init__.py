@@ -76,7 +76,7 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
             fallback.append((key, reference_key, mine, theirs, compared))
             return
         module, other = modules[key[0]], reference_modules[reference_key[0]]
-        seen = _observe(module, key[0], mine, theirs, inputs, result, pairs, rtol, atol)
+        seen = _observe(module, key[0], mine, theirs, inputs, result, rtol, atol)
         first.append(_divergence(compared, explain(module, key[0], other, reference_key[0], seen), seen))
 
     lockstep = Lockstep(pairs, on_pair)
@@ -108,20 +108,26 @@ def _divergence(compared: Compared, message: str, seen: Observed) -> Divergence:
     )
 
 
-def _observe(module, path: str, mine: Ran, theirs: Ran, inputs: str, result: Verification, pairs, rtol, atol):
+def _observe(module, path: str, mine: Ran, theirs: Ran, inputs: str, result: Verification, rtol, atol) -> Observed:
     """What the message can tell about the diverging module, from its inputs, outputs and children."""
     seen = Observed(inputs_reordered=inputs == "reordered")
     seen.outputs_reordered = outputs_reordered(mine.output, theirs.output, rtol, atol)
-    weight = getattr(module, "weight", None)
-    if isinstance(module, torch.nn.Linear) and weight.shape[0] == weight.shape[1] and mine.inputs and inputs == "agree":
-        with torch.no_grad():
-            flipped = torch.nn.functional.linear(mine.inputs[0], weight.T, module.bias)
-        leaves = compare_outputs(flipped, theirs.output, rtol, atol)
-        seen.transposed_agrees = leaves.agree
+    if isinstance(module, torch.nn.Linear) and inputs == "agree" and mine.inputs:
+        seen.transposed_agrees = _agrees_transposed(module, mine.inputs[0], theirs.output, rtol, atol)
     below = [c for c in result.compared if c.path != path and c.path.startswith(path + "." if path else "")]
     children = {c.path: c for c in below if c.path.count(".") == (path.count(".") + 1 if path else 0)}
     seen.children = [(c.path, c.reference_path, c.agree) for c in children.values()]
     return seen
+
+
+def _agrees_transposed(linear: torch.nn.Linear, x: torch.Tensor, expected, rtol: float, atol: float) -> bool:
+    """Whether a linear layer with a square weight computes the reference's output once transposed."""
+    weight = linear.weight
+    if weight.shape[0] != weight.shape[1]:
+        return False
+    with torch.no_grad():
+        flipped = torch.nn.functional.linear(x, weight.T, linear.bias)
+    return compare_outputs(flipped, expected, rtol, atol).agree
 
 
 def _mapping(model, reference, rename, align):

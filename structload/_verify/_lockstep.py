@@ -47,10 +47,13 @@ class Lockstep:
     def __init__(self, pairs: dict[str, str], on_pair: Callable[[Key, Key, Ran, Ran], None]):
         self.pairs = pairs  # model path -> reference path
         self.paired_reference = set(pairs.values())
+        self.model_of = {reference: model for model, reference in pairs.items()}
         self.on_pair = on_pair
         self.ran_alone: list[tuple[str, str]] = []
         self._buffer: dict[Key, Ran] = {}
-        self.peak_buffered = 0  # the most reference calls held at once, for the memory test
+        # what the hooks hold, for the memory test and bench/verify.py: the most reference calls and
+        # bytes (inputs and outputs) held at once, and the bytes of every paired output together
+        self.peak_buffered = self.peak_bytes = self.all_output_bytes = 0
         self._calls: dict[tuple[str, str], int] = {}
         self._wanted: Key | None = None
         self._turn = "model"
@@ -85,6 +88,13 @@ class Lockstep:
         if threading.current_thread() is self._thread:
             return  # a module shared by both models, running in the reference
         key = (path, self._count("model", path))
+        try:
+            self._compare_with_counterpart(key, args, kwargs, output)
+        finally:
+            self._forget_inside(path)
+
+    def _compare_with_counterpart(self, key: Key, args, kwargs, output) -> None:
+        path = key[0]
         counterpart = self.pairs.get(path)
         if counterpart is None:
             self.ran_alone.append(("model", path))
@@ -95,6 +105,14 @@ class Lockstep:
             self.ran_alone.append(("model", path))
             return
         self.on_pair(key, reference_key, Ran(_input_tensors(args, kwargs), output), found)
+
+    def _forget_inside(self, path: str) -> None:
+        """`path` has finished: reference outputs still waiting for a module inside it wait in vain
+        (a container such as an ``nn.Sequential`` whose forward is never called, only its layers)."""
+        with self._cond:
+            for key in [k for k in self._buffer if _inside(self.model_of[k[0]], path)]:
+                del self._buffer[key]
+                self.ran_alone.append(("reference", key[0]))
 
     def _reference_ran(self, key: Key) -> Ran | None:
         """Let the reference run until `key` has run (or it has finished); what it computed."""
@@ -144,21 +162,38 @@ class Lockstep:
         key = (path, self._count("reference", path))
         if self._aborted:
             raise _Aborted
+        # what the model asked for is inside this module, which has finished: it did not run
+        passed = self._wanted is not None and _inside(self._wanted[0], path)
         if path not in self.paired_reference or self._draining:
             self.ran_alone.append(("reference", path))
+            if passed:
+                self._hand_back()
             return
         inputs = _input_tensors(args, kwargs)
-        if key != self._wanted:  # kept until asked for, while the reference goes on: a copy
+        if key == self._wanted:  # the model finished its counterpart: nothing inside that will come
+            self._forget_inside(self.model_of[path])
+        else:  # kept until asked for, while the reference goes on: a copy
             inputs, output = [t.detach().clone() for t in inputs], _copied(output)
         with self._cond:
             self._buffer[key] = Ran(inputs, output)
-            self.peak_buffered = max(self.peak_buffered, len(self._buffer))
-            if key == self._wanted:
-                self._turn = "model"
-                self._cond.notify_all()
-                self._cond.wait_for(lambda: self._turn == "reference")
+            self._measure(key)
+        if key == self._wanted or passed:
+            self._hand_back()
+
+    def _hand_back(self) -> None:
+        """Pause the reference and let the model go on."""
+        with self._cond:
+            self._wanted, self._turn = None, "model"
+            self._cond.notify_all()
+            self._cond.wait_for(lambda: self._turn == "reference")
         if self._aborted:
             raise _Aborted
+
+    def _measure(self, key: Key) -> None:
+        self.all_output_bytes += _bytes(self._buffer[key].output)
+        held = sum(_bytes(ran.output) + _bytes(ran.inputs) for ran in self._buffer.values())
+        self.peak_buffered = max(self.peak_buffered, len(self._buffer))
+        self.peak_bytes = max(self.peak_bytes, held)
 
     def _count(self, side: str, path: str) -> int:
         n = self._calls.get((side, path), 0)
@@ -184,6 +219,15 @@ def _bind(hook, path: str):
 def _input_tensors(args: tuple, kwargs: dict) -> list[torch.Tensor]:
     """The tensors among a module's positional and keyword arguments, in order."""
     return [t for _, t in tensor_leaves(list(args) + list(kwargs.values()))]
+
+
+def _inside(path: str, ancestor: str) -> bool:
+    """Whether `path` is a module strictly inside `ancestor`."""
+    return path != ancestor and (not ancestor or path.startswith(ancestor + "."))
+
+
+def _bytes(value) -> int:
+    return sum(t.numel() * t.element_size() for _, t in tensor_leaves(value))
 
 
 def _copied(value):

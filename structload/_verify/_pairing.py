@@ -43,7 +43,7 @@ def module_pairs(model: torch.nn.Module, reference: torch.nn.Module, mapping: Ma
     taken = set(pairs.values())
     for path in reference_paths:  # tensorless modules renamed by per-module rules
         image = _renamed_module(path, mapping)
-        if image in model_paths and image not in pairs and path not in taken:
+        if image is not None and image in model_paths and image not in pairs and path not in taken:
             pairs[image] = path
     return pairs
 
