@@ -444,3 +444,20 @@ def test_text_and_rich_drawings(gpt2):
     assert "first divergence at transformer.h.0.attn.c_proj" in drawn and "max abs" in drawn
     data = result.to_dict()
     assert data["ok"] is False and data["first_divergence"]["path"] == "transformer.h.0.attn.c_proj"
+
+
+def test_a_difference_from_a_module_that_ran_in_the_model_only_is_named_at_its_parent():
+    from collections import OrderedDict
+
+    class Half(nn.Module):  # no tensors, no counterpart: ran in the model only
+        def forward(self, x):
+            return x / 2
+
+    torch.manual_seed(0)
+    reference = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 4), fc2=nn.Linear(4, 4)))
+    model = nn.Sequential(OrderedDict(fc1=nn.Linear(4, 4), halve=Half(), fc2=nn.Linear(4, 4)))
+    assert sl.load(model, reference).ok
+    result = sl.verify(model, reference, torch.randn(2, 4))
+    assert_caught(result, "", "fc2 disagree only because their inputs already do", "ran in the model only (halve)")
+    assert [c.path for c in result.compared if not c.agree] == ["fc2", ""]
+    assert result.unpaired == [sl._verify.Unpaired("model", "halve")]

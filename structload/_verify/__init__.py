@@ -63,7 +63,7 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
     modules, reference_modules = dict(model.named_modules()), dict(reference.named_modules())
     result = Verification(rtol=rtol, atol=atol)
     first: list[Divergence] = []
-    fallback: list[tuple[Key, Key, Ran, Ran, Compared]] = []
+    fallback: list[tuple[Key, Key, Compared]] = []  # the first disagreeing call, its inputs differing
 
     def on_pair(key: Key, reference_key: Key, mine: Ran, theirs: Ran) -> None:
         error = compare_outputs(mine.output, theirs.output, rtol, atol)
@@ -72,28 +72,35 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
         if error.agree or first:
             return
         inputs = inputs_agreement(mine.inputs, theirs.inputs, rtol, atol)
-        if inputs == "differ":  # caused upstream; kept in case nothing upstream was paired
-            fallback.append((key, reference_key, mine, theirs, compared))
+        if inputs == "differ":  # caused upstream; kept in case no module upstream diverges
+            fallback[:] = fallback or [(key, reference_key, compared)]
             return
         module, other = modules[key[0]], reference_modules[reference_key[0]]
         seen = _observe(module, key[0], mine, theirs, inputs, result, rtol, atol)
+        seen.alone = [p for side, p in lockstep.ran_alone if side == "model" and _inside(p, key[0])]
         first.append(_divergence(compared, explain(module, key[0], other, reference_key[0], seen), seen))
 
     lockstep = Lockstep(pairs, on_pair)
     with _evaluating(model), _evaluating(reference):
         lockstep.run(model, reference, args, kwargs)
     result.unpaired = [Unpaired(side, path) for side, path in dict.fromkeys(lockstep.ran_alone)]
-    if first:
-        result.first_divergence = first[0]
-    elif fallback:
-        key, reference_key, _, _, compared = fallback[0]
-        message = (
-            "Its inputs already differ from the reference's: the cause is upstream, in a module that ran on "
-            "one side only or in the computation of its inputs.\n"
-            + explain(modules[key[0]], key[0], reference_modules[reference_key[0]], reference_key[0], Observed())
-        )
-        result.first_divergence = _divergence(compared, message, Observed())
+    if first or fallback:
+        result.first_divergence = first[0] if first else _upstream(*fallback[0], modules, reference_modules)
     return result
+
+
+def _upstream(key: Key, reference_key: Key, compared: Compared, modules, reference_modules) -> Divergence:
+    """The first disagreeing module when every disagreeing one already had other inputs."""
+    message = (
+        "Its inputs already differ from the reference's: the cause is upstream, in a module that ran on "
+        "one side only or in the computation of its inputs.\n"
+        + explain(modules[key[0]], key[0], reference_modules[reference_key[0]], reference_key[0], Observed())
+    )
+    return _divergence(compared, message, Observed())
+
+
+def _inside(path: str, ancestor: str) -> bool:
+    return path != ancestor and (not ancestor or path.startswith(ancestor + "."))
 
 
 def _divergence(compared: Compared, message: str, seen: Observed) -> Divergence:

@@ -115,9 +115,14 @@ def _container(seen: Observed) -> list[str]:
             f"'{display_path(ra)}' and '{display_path(b)}' from '{display_path(rb)}': two siblings swapped by "
             "the mapping, each agreeing with what it was loaded from."
         ]
-    text = "Its paired submodules agree: the difference is in how it combines them"
+    differing = [display_path(path) for path, _, agreed in seen.children if not agreed]
+    if differing:  # they are not the first divergence, so their inputs already differed
+        text = f"Its submodules {', '.join(differing[:5])} disagree only because their inputs already do: "
+        text += "the difference enters between its submodules"
+    else:
+        text = "Its paired submodules agree: the difference is in how it combines them"
     if seen.alone:
-        text += f" or in what ran in the model only ({', '.join(display_path(p) for p in seen.alone[:5])})"
+        text += f", or in what ran in the model only ({', '.join(display_path(p) for p in seen.alone[:5])})"
     return [text + ": a rotary layout of q and k, or an activation or constant (eps, scale) that differs."]
 
 
