@@ -14,6 +14,7 @@ from traps import (
     ConvBNNet,
     FacenetONet,
     FacenetRNet,
+    GatedFeedForward,
     UserConvBN,
     crop_onet,
     crop_rnet,
@@ -23,6 +24,7 @@ from traps import (
     keras_names,
     keras_to_user,
     reference_to_user,
+    t5_to_user,
 )
 
 import structload as sl
@@ -198,6 +200,26 @@ def test_t5_v1_1_wi_0_and_wi_1_swapped():
     assert_caught(through_mapping, ffn, "swapped", f"'{ffn}.wi_0' was loaded from '{ffn}.wi_1'")
     assert sl.load(model, reference).ok
     assert_verified(sl.verify(model, reference, ids))
+
+
+def test_t5_v1_1_wi_0_and_wi_1_swapped_into_a_feed_forward_written_by_hand():
+    """transformers' T5LayerFF (v1.1, gated) as the reference, a user's own feed-forward as the
+    destination, and the slip of reading wi_0 as the up projection: ok, and the gate is wrong."""
+    from transformers.models.t5.modeling_t5 import T5LayerFF
+
+    _, config = _t5()
+    torch.manual_seed(1)
+    reference = randomized(T5LayerFF(config)).eval()
+    model = GatedFeedForward(32, 48)
+    x = torch.randn(2, 5, 32)
+    assert sl.load(model, reference, rename=t5_to_user(slip=True)).ok
+    result = sl.verify(model, reference, x, rename=t5_to_user(slip=False))
+    assert_caught(result, "gate", "gate.weight (48, 32)", "gate and up")
+    assert result.first_divergence.reference_path == "DenseReluDense.wi_0"
+    through_slip = sl.verify(model, reference, x, rename=t5_to_user(slip=True))
+    assert_caught(through_slip, "", "'gate' was loaded from 'DenseReluDense.wi_1'", "swapped")
+    assert sl.load(model, reference, rename=t5_to_user(slip=False)).ok
+    assert_verified(sl.verify(model, reference, x, rename=t5_to_user(slip=False)))
 
 
 def test_a_rotary_permutation_left_out(llama):

@@ -186,3 +186,29 @@ def halves(weight: torch.Tensor, heads: int) -> torch.Tensor:
     """The permutation transformers' convert_llama_weights_to_hf applies: Meta's layout to halves."""
     rows, columns = weight.shape
     return weight.view(heads, rows // heads // 2, 2, columns).transpose(1, 2).reshape(rows, columns)
+
+
+class GatedFeedForward(nn.Module):
+    """A user's T5 v1.1 feed-forward sublayer: RMS norm, gelu(gate) * up, down, residual."""
+
+    def __init__(self, d: int, hidden: int, eps: float = 1e-6):
+        super().__init__()
+        self.norm_weight = nn.Parameter(torch.ones(d))
+        self.gate, self.up = nn.Linear(d, hidden, bias=False), nn.Linear(d, hidden, bias=False)
+        self.down = nn.Linear(hidden, d, bias=False)
+        self.eps = eps
+
+    def forward(self, x):
+        h = self.norm_weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        return x + self.down(torch.nn.functional.gelu(self.gate(h), approximate="tanh") * self.up(h))
+
+
+def t5_to_user(slip: bool) -> dict:
+    """The user's mapping of transformers' T5LayerFF names; with `slip`, wi_0 read as the up projection."""
+    gate, up = ("up", "gate") if slip else ("gate", "up")
+    return {
+        r"^layer_norm\.weight$": "norm_weight",
+        r"^DenseReluDense\.wi_0\.": f"{gate}.",
+        r"^DenseReluDense\.wi_1\.": f"{up}.",
+        r"^DenseReluDense\.wo\.": "down.",
+    }
