@@ -11,10 +11,12 @@ import torch
 import torch.nn as nn
 from ports import MetaLlama, NanoGPT, SplitGPT, tiny_gpt2, tiny_llama
 from traps import (
+    TRANSFORMERS_TO_OPENAI_STYLE,
     ConvBNNet,
     FacenetONet,
     FacenetRNet,
     GatedFeedForward,
+    OpenAIStyleTextCLIP,
     UserConvBN,
     crop_onet,
     crop_rnet,
@@ -122,6 +124,29 @@ def test_clip_square_text_projection_without_transpose():
     fix = [*split, sl.convert.Transpose("text_projection.weight")]
     assert sl.load(model, openai, rename=rename, convert=fix).ok
     assert_verified(sl.verify(model, reference, ids))
+
+
+def test_clip_text_projection_from_openai_layout_into_a_clip_written_by_hand():
+    """The same trap into a CLIP text encoder written in OpenAI's style, whose projection is a
+    Linear named proj: OpenAI's checkpoint renamed onto it loads ok, and proj is wrong."""
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        vocab_size=99, hidden_size=32, projection_dim=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=16, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = randomized(transformers.CLIPTextModelWithProjection(config)).eval()
+    openai = _openai_clip_layout(reference.state_dict(), layers=2)
+    model = OpenAIStyleTextCLIP(99, 32, 2, 4, 16, 37, 32)
+    names = {r"^transformer\.resblocks\.": "resblocks.", r"^text_projection$": "proj.weight"}
+    assert sl.load(model, openai, rename=names).ok
+    ids = torch.tensor([[0, 5, 7, 9, 2, 1], [0, 11, 2, 1, 1, 1]])
+    result = sl.verify(model, reference, ids, rename=TRANSFORMERS_TO_OPENAI_STYLE)
+    assert_caught(result, "proj", "proj.weight (32, 32)", "With its square weight transposed it agrees")
+    assert result.first_divergence.reference_path == "text_projection"
+    assert sl.load(model, openai, rename=names, convert=[sl.convert.Transpose("proj.weight")]).ok
+    assert_verified(sl.verify(model, reference, ids, rename=TRANSFORMERS_TO_OPENAI_STYLE))
 
 
 def _openai_clip_layout(state: dict, layers: int) -> dict:

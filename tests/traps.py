@@ -212,3 +212,60 @@ def t5_to_user(slip: bool) -> dict:
         r"^DenseReluDense\.wi_1\.": f"{up}.",
         r"^DenseReluDense\.wo\.": "down.",
     }
+
+
+class QuickGELUMLP(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.c_fc, self.c_proj = nn.Linear(width, hidden), nn.Linear(hidden, width)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        return self.c_proj(h * torch.sigmoid(1.702 * h))
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, hidden: int):
+        super().__init__()
+        self.ln_1, self.attn = nn.LayerNorm(width), nn.MultiheadAttention(width, heads, batch_first=True)
+        self.ln_2, self.mlp = nn.LayerNorm(width), QuickGELUMLP(width, hidden)
+
+    def forward(self, x, mask):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.ln_2(x))
+
+
+class OpenAIStyleTextCLIP(nn.Module):
+    """A user's CLIP text encoder in OpenAI's style (nn.MultiheadAttention blocks, quick GELU, the
+    end-of-text token pooled as the highest id), with the projection as a Linear named ``proj``."""
+
+    def __init__(self, vocab: int, width: int, layers: int, heads: int, context: int, hidden: int, embed: int):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, width)
+        self.positional_embedding = nn.Parameter(torch.zeros(context, width))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, hidden) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(width)
+        self.proj = nn.Linear(width, embed, bias=False)
+
+    def forward(self, ids):
+        length = ids.shape[1]
+        x = self.token_embedding(ids) + self.positional_embedding[:length]
+        mask = torch.full((length, length), float("-inf")).triu(1)
+        for block in self.resblocks:
+            x = block(x, mask)
+        x = self.ln_final(x)
+        return self.proj(x[torch.arange(x.shape[0]), ids.argmax(dim=-1)])
+
+
+# transformers' CLIP text names onto OpenAIStyleTextCLIP's, for pairing modules
+TRANSFORMERS_TO_OPENAI_STYLE = {
+    r"^text_model\.embeddings\.token_embedding\.": "token_embedding.",
+    r"^text_model\.embeddings\.position_embedding\.weight$": "positional_embedding",
+    r"^text_model\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.": r"resblocks.\1.attn.out_proj.",
+    r"^text_model\.encoder\.layers\.(\d+)\.layer_norm(\d)\.": r"resblocks.\1.ln_\2.",
+    r"^text_model\.encoder\.layers\.(\d+)\.mlp\.fc1\.": r"resblocks.\1.mlp.c_fc.",
+    r"^text_model\.encoder\.layers\.(\d+)\.mlp\.fc2\.": r"resblocks.\1.mlp.c_proj.",
+    r"^text_model\.final_layer_norm\.": "ln_final.",
+    r"^text_projection\.weight$": "proj.weight",
+}
