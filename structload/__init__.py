@@ -15,6 +15,7 @@ from ._load import load
 from ._rename import optional
 from ._report import Adapted, Cast, Converted, LoadError, LoadReport, Mismatch, Problem, SourceError
 from ._state import state
+from ._verify import Verification, verify
 from .optim import load_optimizer, optimizer_state
 from .sources.pickled import Pickled
 from .sources.tree import SourceTree
@@ -36,6 +37,7 @@ __all__ = [
     "SourceError",
     "SourceTree",
     "TensorInfo",
+    "Verification",
     "adapt",
     "align",
     "convert",
@@ -45,8 +47,9 @@ __all__ = [
     "load",
     "load_optimizer",
     "open",
-    "optional",
     "optimizer_state",
+    "optional",
     "state",
+    "verify",
 ]
 __version__ = "0.1.0"

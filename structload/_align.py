@@ -36,7 +36,7 @@ from .convert import Concat, Converter, Split, Transpose
 from .sources import to_source_tree
 
 
-def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hints=None) -> Alignment:
+def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hints=None, reference=None) -> Alignment:
     """Work out how the source's names and layouts map onto the destination's, from structure.
 
     Reads no tensor data. The result's ``rename`` and ``convert`` go straight
@@ -61,7 +61,9 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
     Options: ``include`` / ``exclude`` / ``filter`` as in `load`, on
     destination paths; ``rename`` is applied to the source first (a dict is
     merged into the result's ``rename``); ``hints={dst_glob: src_glob}`` pins
-    what names cannot tell (``{"*.w1": "*.gate_proj"}``; ``*`` spans dots).
+    what names cannot tell (``{"*.w1": "*.gate_proj"}``; ``*`` spans dots);
+    ``reference=(module, args)`` settles an ambiguity when exactly one assignment makes a scratch
+    copy of `dst` compute what `module` computes on `args` (see `structload.verify`).
     """
     renamer = compile_rename(rename)
     with collector_paused():  # as in `load`: many small objects, none in cycles
@@ -81,6 +83,11 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
         dst_leaves = [leaf for leaf in dst_leaves if leaf.path not in dst_tied]
         src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
         _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
+    if reference is not None:  # verification as evidence: structload/_verify/_evidence.py
+        from ._verify._evidence import resolve_ambiguities
+
+        options = {"include": include, "exclude": exclude, "filter": filter, "rename": rename, "hints": hints}
+        result = resolve_ambiguities(dst, src, result, reference, options)
     return result
 
 

@@ -4,6 +4,7 @@
     structload diff A B [--values] [--json]
     structload check FACTORY SRC [--no-strict] [--include P] [--exclude P] [--rename REGEX=REPL]
     structload align FACTORY SRC [--hint DST=SRC] [--rename REGEX=REPL] [--include P] [--exclude P] [--json]
+    structload verify FACTORY SRC --reference FACTORY2 [--align] [--input SHAPE] [--json]
     structload demo
 
 Exit status: 0 success, 1 problems found (or differences), 2 bad usage or an
@@ -32,6 +33,7 @@ from ._load import run_load
 from ._render_inspect import inspect_tree
 from ._report import LoadError, SourceError
 from ._text import hint_syntax
+from ._verify._command import add_command as add_verify_command
 from .sources.tree import open_source
 
 OK, PROBLEMS, USAGE = 0, 1, 2
@@ -250,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
     sub.set_defaults(run=in_cli_syntax(cmd_align))
+
+    add_verify_command(commands)  # structload/_verify/_command.py
 
     sub = commands.add_parser("demo", help="a self-contained run of the main job on generated data")
     sub.set_defaults(run=_demo)

@@ -148,7 +148,10 @@ def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
         scan(data)  # first: a memo index the C unpickler would allocate gigabytes for is refused
         return unpickler.load_from(data)
 
-    return tree_of_pickle(path, file, unpickler, unpickle)
+    try:
+        return tree_of_pickle(path, file, unpickler, unpickle)
+    finally:  # the archive's handle on the file is not kept past opening
+        archive.close()
 
 
 def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, unpickle) -> dict:
@@ -167,7 +170,6 @@ def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, un
         raise SourceError(f"{path}: the pickle data is corrupt ({type(error).__name__}: {error})") from None
     finally:  # the memo holds the unpickler's bound methods (a cycle through it): freed now, not by the collector
         unpickler.memo.clear()
-        archive.close()
     if isinstance(tree, BadLeaf):
         raise SourceError(f"{path}: nothing to load: the pickle holds {tree.reason}")
     return tree
