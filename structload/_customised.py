@@ -124,8 +124,8 @@ def record_module(tree, path: str, module: nn.Module, local_metadata: dict) -> R
     why: str | None = writes.found() or shadow.changes() or _RECORDING.stray
     if why is None:
         left, why = view.result(module, prefix, _RECORDING.received)
-        if why is None:
-            return Recorded(_replace(tree, parts, left), None)
+        if why is None:  # a module the source has nothing for stays missing, reported at its root
+            return Recorded(_replace(tree, parts, left) if left or subtree else tree, None)
     return Recorded(tree, _problem(path, module, why))
 
 

@@ -166,9 +166,8 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     # This runs for every module of a model: the common cases come first, without calls.
     out: list[tuple[str, Any]] = []
     bias = None
-    by_role: list[
-        tuple[str, Slot]
-    ] = []  # biases under another name (`_mark_biases_by_role`): rare, so one test per tensor
+    # biases under another name (`_mark_biases_by_role`): rare, so one substring test per parameter
+    by_role: list[tuple[str, Slot]] = []
     for name, param in module._parameters.items():
         kind = _TENSOR if type(param) is Parameter else _kind(param)
         slot = Slot(kind, param, module, "_parameters", name)
