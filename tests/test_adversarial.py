@@ -350,132 +350,6 @@ def test_storage_references_are_validated(tmp_path):
         sl.inspect(torch_zip(tmp_path / "no_record.pt", tensor_pickle(2, (2,))))
 
 
-# --- zip bombs and memory -----------------------------------------------------------------------
-
-
-def peak_traced(action):
-    """``(result, peak bytes Python allocated)`` while running `action()`."""
-    tracemalloc.start()
-    try:
-        result = action()
-        return result, tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
-
-def test_zip_bomb_pickle_is_refused_with_bounded_memory(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch_file, "MAX_PICKLE_BYTES", 1 << 20)
-    path = tmp_path / "bomb.pt"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MiB of zeros, a few KiB on disk
-    assert path.stat().st_size < 1 << 20
-    error, peak = peak_traced(lambda: expect_source_error(path, dst={}))
-    assert "1048576-byte limit" in str(error)
-    assert peak < 8 << 20
-
-
-def test_zip_declaring_a_smaller_size_than_it_inflates_to(tmp_path, monkeypatch):
-    monkeypatch.setattr(torch_file, "MAX_PICKLE_BYTES", 1 << 20)
-    path = tmp_path / "liar.pt"
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("archive/data.pkl", b"\0" * (16 << 20))
-    raw = bytearray(path.read_bytes())
-    central = raw.rfind(b"PK\x01\x02")  # set the declared uncompressed size to 100 bytes
-    raw[central + 24 : central + 28] = (100).to_bytes(4, "little")
-    local = raw.find(b"PK\x03\x04")
-    raw[local + 22 : local + 26] = (100).to_bytes(4, "little")
-    path.write_bytes(bytes(raw))
-    _, peak = peak_traced(lambda: expect_source_error(path, dst={}))
-    assert peak < 8 << 20
-
-
-def test_compressed_storage_records_are_refused(tmp_path):
-    good = tmp_path / "good.pt"
-    torch.save({"w": torch.ones(64)}, good)
-    bad = tmp_path / "deflated.pt"
-    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
-        for item in zin.infolist():
-            compress = zipfile.ZIP_DEFLATED if "/data/" in item.filename else zipfile.ZIP_STORED
-            zout.writestr(item.filename, zin.read(item.filename), compress_type=compress)
-    assert "is compressed" in str(expect_source_error(bad, dst={"w": torch.zeros(64)}))
-
-
-def test_huge_safetensors_header_length_reads_nothing_big(tmp_path):
-    path = tmp_path / "huge.safetensors"
-    path.write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
-    _, peak = peak_traced(lambda: expect_source_error(path))
-    assert peak < 1 << 20
-
-
-def test_safetensors_shape_too_large_for_its_bytes(tmp_path):
-    header = {"w": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}}
-    text = json.dumps(header).encode()
-    path = tmp_path / "lying.safetensors"
-    path.write_bytes(len(text).to_bytes(8, "little") + text + b"\0" * 16)
-    assert "bytes for shape" in str(expect_source_error(path, dst={"w": torch.zeros(2, 2)}))
-
-
-def test_missing_data_pickle_in_a_zip(tmp_path):
-    path = tmp_path / "nopickle.pt"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("archive/data/0", b"\0" * 8)
-    assert "no '<archive>/data.pkl' record" in str(expect_source_error(path, dst={}))
-
-
-def test_big_endian_torch_file_is_refused(tmp_path):
-    good = tmp_path / "good.pt"
-    torch.save({"w": torch.ones(2)}, good)
-    bad = tmp_path / "big.pt"
-    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
-        for item in zin.infolist():
-            data = b"big" if item.filename.endswith("byteorder") else zin.read(item.filename)
-            zout.writestr(item, data)
-    assert "big-endian" in str(expect_source_error(bad, dst={"w": torch.zeros(2)}))
-
-
-def test_every_file_error_leaves_a_meta_destination_meta(tmp_path, state):
-    path = tmp_path / "cut.safetensors"
-    safetensors.torch.save_file(state, str(path))
-    path.write_bytes(path.read_bytes()[:-5])
-    with torch.device("meta"):
-        dst = Net(n=2)
-    with pytest.raises(sl.SourceError):
-        sl.load(dst, str(path))
-    assert all(p.is_meta for p in dst.parameters())
-
-
-def test_module_not_a_checkpoint(tmp_path):
-    path = tmp_path / "model.bin"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
-    assert "legacy torch.save file, or not a checkpoint" in str(expect_source_error(path, dst=nn.Linear(2, 2)))
-
-
-def test_unsupported_zip_version_found_by_the_fuzzer(tmp_path):
-    good = tmp_path / "good.pt"
-    torch.save({"w": torch.ones(2)}, good)
-    raw = bytearray(good.read_bytes())
-    central = raw.find(b"PK\x01\x02")
-    raw[central + 6] = 0x7F  # "version needed to extract": 12.7
-    bad = tmp_path / "version.pt"
-    bad.write_bytes(bytes(raw))
-    assert "NotImplementedError" in str(expect_source_error(bad, dst={"w": torch.zeros(2)}))
-
-
-def test_deeply_nested_json_and_pickles(tmp_path):
-    text = b"[" * 100_000 + b"]" * 100_000
-    path = tmp_path / "deep.safetensors"
-    path.write_bytes(len(text).to_bytes(8, "little") + text)
-    assert "not valid JSON" in str(expect_source_error(path, dst={}))
-    deep = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."  # lists nested 200,000 deep
-    assert "corrupt" in str(expect_source_error(torch_zip(tmp_path / "deep.pt", deep), dst={}))
-
-
-def test_safetensors_header_length_past_the_end_names_the_bytes_after_the_prefix(tmp_path):
-    path = tmp_path / "short.safetensors"
-    path.write_bytes((16).to_bytes(8, "little") + b"{}" + b"\0" * 8)  # 18 bytes: 10 after the prefix
-    assert "header length 16 exceeds the 10 bytes after the length prefix" in str(expect_source_error(path))
-
-
 # --- legacy (pre-1.6, non-zip) torch files ------------------------------------------------------
 
 LEGACY_HEADER = b"".join(
@@ -667,3 +541,129 @@ def test_a_huge_memo_index_is_refused_before_the_unpickler_allocates_for_it(tmp_
         (tmp_path / name).write_bytes(bomb)
         _, peak = peak_traced(lambda name=name: expect_source_error(tmp_path / name, dst={}))
         assert peak < 16 << 20, name
+
+
+# --- zip bombs and memory -----------------------------------------------------------------------
+
+
+def peak_traced(action):
+    """``(result, peak bytes Python allocated)`` while running `action()`."""
+    tracemalloc.start()
+    try:
+        result = action()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_zip_bomb_pickle_is_refused_with_bounded_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch_file, "MAX_PICKLE_BYTES", 1 << 20)
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (64 << 20))  # 64 MiB of zeros, a few KiB on disk
+    assert path.stat().st_size < 1 << 20
+    error, peak = peak_traced(lambda: expect_source_error(path, dst={}))
+    assert "1048576-byte limit" in str(error)
+    assert peak < 8 << 20
+
+
+def test_zip_declaring_a_smaller_size_than_it_inflates_to(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch_file, "MAX_PICKLE_BYTES", 1 << 20)
+    path = tmp_path / "liar.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("archive/data.pkl", b"\0" * (16 << 20))
+    raw = bytearray(path.read_bytes())
+    central = raw.rfind(b"PK\x01\x02")  # set the declared uncompressed size to 100 bytes
+    raw[central + 24 : central + 28] = (100).to_bytes(4, "little")
+    local = raw.find(b"PK\x03\x04")
+    raw[local + 22 : local + 26] = (100).to_bytes(4, "little")
+    path.write_bytes(bytes(raw))
+    _, peak = peak_traced(lambda: expect_source_error(path, dst={}))
+    assert peak < 8 << 20
+
+
+def test_compressed_storage_records_are_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(64)}, good)
+    bad = tmp_path / "deflated.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            compress = zipfile.ZIP_DEFLATED if "/data/" in item.filename else zipfile.ZIP_STORED
+            zout.writestr(item.filename, zin.read(item.filename), compress_type=compress)
+    assert "is compressed" in str(expect_source_error(bad, dst={"w": torch.zeros(64)}))
+
+
+def test_huge_safetensors_header_length_reads_nothing_big(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    path.write_bytes((1 << 62).to_bytes(8, "little") + b"{}")
+    _, peak = peak_traced(lambda: expect_source_error(path))
+    assert peak < 1 << 20
+
+
+def test_safetensors_shape_too_large_for_its_bytes(tmp_path):
+    header = {"w": {"dtype": "F32", "shape": [1 << 40, 1 << 40], "data_offsets": [0, 16]}}
+    text = json.dumps(header).encode()
+    path = tmp_path / "lying.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text + b"\0" * 16)
+    assert "bytes for shape" in str(expect_source_error(path, dst={"w": torch.zeros(2, 2)}))
+
+
+def test_missing_data_pickle_in_a_zip(tmp_path):
+    path = tmp_path / "nopickle.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data/0", b"\0" * 8)
+    assert "no '<archive>/data.pkl' record" in str(expect_source_error(path, dst={}))
+
+
+def test_big_endian_torch_file_is_refused(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    bad = tmp_path / "big.pt"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for item in zin.infolist():
+            data = b"big" if item.filename.endswith("byteorder") else zin.read(item.filename)
+            zout.writestr(item, data)
+    assert "big-endian" in str(expect_source_error(bad, dst={"w": torch.zeros(2)}))
+
+
+def test_every_file_error_leaves_a_meta_destination_meta(tmp_path, state):
+    path = tmp_path / "cut.safetensors"
+    safetensors.torch.save_file(state, str(path))
+    path.write_bytes(path.read_bytes()[:-5])
+    with torch.device("meta"):
+        dst = Net(n=2)
+    with pytest.raises(sl.SourceError):
+        sl.load(dst, str(path))
+    assert all(p.is_meta for p in dst.parameters())
+
+
+def test_module_not_a_checkpoint(tmp_path):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+    assert "legacy torch.save file, or not a checkpoint" in str(expect_source_error(path, dst=nn.Linear(2, 2)))
+
+
+def test_unsupported_zip_version_found_by_the_fuzzer(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"w": torch.ones(2)}, good)
+    raw = bytearray(good.read_bytes())
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 6] = 0x7F  # "version needed to extract": 12.7
+    bad = tmp_path / "version.pt"
+    bad.write_bytes(bytes(raw))
+    assert "NotImplementedError" in str(expect_source_error(bad, dst={"w": torch.zeros(2)}))
+
+
+def test_deeply_nested_json_and_pickles(tmp_path):
+    text = b"[" * 100_000 + b"]" * 100_000
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    assert "not valid JSON" in str(expect_source_error(path, dst={}))
+    deep = b"\x80\x02" + b"]" * 200_000 + b"a" * 199_999 + b"."  # lists nested 200,000 deep
+    assert "corrupt" in str(expect_source_error(torch_zip(tmp_path / "deep.pt", deep), dst={}))
+
+
+def test_safetensors_header_length_past_the_end_names_the_bytes_after_the_prefix(tmp_path):
+    path = tmp_path / "short.safetensors"
+    path.write_bytes((16).to_bytes(8, "little") + b"{}" + b"\0" * 8)  # 18 bytes: 10 after the prefix
+    assert "header length 16 exceeds the 10 bytes after the length prefix" in str(expect_source_error(path))

@@ -7,6 +7,7 @@ and every value is compared with ``torch.load(weights_only=True, map_location="c
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,22 @@ def test_every_dtype_torch_writes_in_this_format(tmp_path, dtype):
     dst = {"w": torch.zeros(5, 3, dtype=dtype)}
     assert sl.load(dst, path, exclude=None, strict=False).loaded == ["w"]
     assert torch.equal(dst["w"], values)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # torch.load's own, for the protocols it refuses
+@pytest.mark.parametrize("protocol", [1, 2, 3, 4, 5])
+def test_every_pickle_protocol_torch_save_accepts(tmp_path, protocol):
+    state = randomized(Net(n=1), 11).state_dict()
+    path = tmp_path / f"protocol{protocol}.pt"
+    torch.save(state, path, pickle_protocol=protocol, _use_new_zipfile_serialization=False)
+    if protocol in (1, 4, 5):  # torch.load(weights_only=True) refuses these ("Unsupported operand")
+        with pytest.raises(pickle.UnpicklingError):
+            reference(path)
+    expected = torch.load(path, weights_only=False, map_location="cpu")  # trusted: written just above
+    tensors = sl.open(str(path)).tensors()
+    assert list(tensors) == list(expected) and all(torch.equal(tensors[k].read(), v) for k, v in expected.items())
+    model = Net(n=1)
+    assert sl.load(model, str(path)).ok and torch.equal(model.head.weight, state["head.weight"])
 
 
 def save_with_location(obj, path, location: str, monkeypatch) -> str:

@@ -91,7 +91,8 @@ def scan(data: bytes | bytearray, start: int = 0) -> int:
     """
     table, size, i, run = _ARGUMENTS, len(data), start, _FIXED_RUN.match
     while i < size:
-        i = run(data, i).end()
+        fixed = run(data, i)  # always a match (maybe empty): the pattern is a repetition
+        i = fixed.end() if fixed else i
         if i >= size:
             break
         kind = table[data[i]]

@@ -13,10 +13,13 @@ zip-format file (`structload.sources.torch_file`):
 - the main pickle goes through the same unpickler, with the legacy format's
   persistent ids: no code from the pickle runs, unknown objects become inert
   placeholders, a whole pickled module becomes its state tree;
-- tensors become lazy `FileTensor` leaves. Opening reads the pickles and one
+- tensors become lazy `FileTensor` leaves. Opening reads the pickles (in
+  growing blocks: at most as many bytes again past them, or 64 KiB) and one
   8-byte header per storage, nothing else: each storage is located from the
   sizes the pickle gives (its header must agree, as ``torch.load`` checks),
   never by reading the data before it;
+- every pickle is checked by `structload.sources.pickle_scan` before it is
+  unpickled (no memo index that would make the unpickler allocate gigabytes);
 - a storage saved on ``cuda:N`` or ``mps`` is read like a CPU one: its
   location says where the tensor lived when it was saved (what
   ``map_location`` remaps), the bytes are the same.
@@ -135,11 +138,11 @@ class _Pickles:
         return bytes(self.buffer[start:stop])
 
     def _read_up_to(self, needed: int) -> None:
-        readable = min(self.file.size, self.limit)
-        if needed > readable:
-            if self.file.size > self.limit:
-                raise SourceError(f"{self.file.path}: the pickles are over the {self.limit}-byte limit")
+        if needed > self.file.size:
             raise SourceError(f"{self.file.path}: the file ends inside its pickles (truncated, or corrupt)")
+        if needed > self.limit:
+            raise SourceError(f"{self.file.path}: the pickles are over the {self.limit}-byte limit")
+        readable = min(self.file.size, self.limit)
         have = len(self.buffer)
         self.buffer += self.file.read_bytes(have, min(readable, max(needed, 2 * have, BLOCK_BYTES)) - have)
 
