@@ -18,10 +18,12 @@
   write and after the last one: its size, ETag (compared weakly: the same
   string) and ``Last-Modified`` must be those seen at open.
 - **A server that ignores ``Range``** answers a ranged read with the whole
-  file (``200``). By default that is refused with the reason; with the
-  environment variable ``STRUCTLOAD_RANGE_IGNORED=read-once`` the whole body
-  received is kept in a temporary file (not in memory) and every later read
-  of that file is served from it: the body is downloaded once.
+  file (``200``). The first read of a file (`first_read`) looks at the status
+  before reading any of the body: by default such a server is refused with
+  the reason, its body never read; with the environment variable
+  ``STRUCTLOAD_RANGE_IGNORED=read-once`` the body is streamed into a
+  temporary file (not memory), once, and every later read of that file is
+  served from it.
 
 >>> is_weak('W/"abc"'), is_weak('"abc"'), is_weak(None)
 (True, False, False)
@@ -79,6 +81,17 @@ def request_options(url: str) -> dict[str, Any]:
     return {"timeout": client_timeout(setting)}
 
 
+def real_cause(error: BaseException) -> BaseException | None:
+    """What went wrong, or ``None`` for a real not-found. fsspec's HTTP ``info`` turns every
+    failure (a 503, a refused connection) into ``FileNotFoundError``, keeping the cause."""
+    if not isinstance(error, FileNotFoundError):
+        return error
+    cause = error.__cause__
+    if cause is None or getattr(cause, "status", None) in (404, 410) or isinstance(cause, FileNotFoundError):
+        return None
+    return cause
+
+
 def reads_once() -> bool:
     """Whether a server that ignores ``Range`` is read once (``read-once``) rather than refused."""
     value = os.environ.get(RANGE_IGNORED, "refuse").strip().lower()
@@ -91,12 +104,16 @@ class WholeBody:
     """A remote file's whole body, received once (from a server that ignored ``Range``), kept in
     a temporary file that later reads come from."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes = b""):
         self._file = tempfile.TemporaryFile()  # noqa: SIM115  (open as long as the remote file is)
-        self._file.write(data)
-        self._file.flush()
-        self.size = len(data)
+        self.size = 0
         self._lock = threading.Lock()
+        self.write(data)
+
+    def write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._file.flush()
+        self.size += len(chunk)
 
     def read(self, start: int, end: int) -> bytes:
         if hasattr(os, "pread"):
@@ -107,3 +124,33 @@ class WholeBody:
 
     def close(self) -> None:
         self._file.close()
+
+
+#: What `first_read` gives for a server that ignored ``Range`` when the body is not to be kept.
+RANGE_IGNORED_NOT_READ = object()
+
+
+def first_read(fs, path: str, start: int, end: int, headers: dict[str, str]) -> Any:
+    """The first ranged read of a file over fsspec's HTTP filesystem `fs`, made so that a server
+    ignoring ``Range`` is known before its body is read: the bytes (``206``); for a ``200``,
+    `RANGE_IGNORED_NOT_READ`, or with `reads_once` a `WholeBody` the body was streamed into.
+    Other answers raise as fsspec's own reads do (``FileNotFoundError`` for a 404)."""
+    from fsspec.asyn import sync
+
+    return sync(fs.loop, _first_read, fs, path, start, end, headers, reads_once())
+
+
+async def _first_read(fs, path: str, start: int, end: int, headers: dict[str, str], keep: bool) -> Any:
+    options = dict(fs.kwargs)  # the request options (the timeout among them)
+    sent = {**options.pop("headers", {}), **headers, "Range": f"bytes={start}-{end - 1}"}
+    session = await fs.set_session()
+    async with session.get(fs.encode_url(path), headers=sent, **options) as answer:
+        if answer.status == 206:
+            return await answer.read()
+        fs._raise_not_found_for_status(answer, path)  # a 404, 412, 5xx: raised with its status
+        if not keep:
+            return RANGE_IGNORED_NOT_READ
+        body = WholeBody()
+        async for chunk in answer.content.iter_chunked(1 << 20):
+            body.write(chunk)
+        return body

@@ -120,7 +120,7 @@ def with_retries(url: str, what: str, action):
         except SourceError:
             raise
         except Exception as raised:  # fsspec and its backends raise many kinds
-            error = _real_cause(raised)
+            error = http.real_cause(raised)
             if error is None:
                 raise NotFound(f"{url}: no such file or directory", path="") from None
             longest = max(longest, time.monotonic() - began)
@@ -132,17 +132,6 @@ def with_retries(url: str, what: str, action):
             tries = f" after {attempt + 1} attempts in {time.monotonic() - first:.1f} s" if attempt else ""
             raise SourceError(f"{url}: {what} failed{tries} ({_describe(error)})", path="") from None
     raise AssertionError("unreachable")
-
-
-def _real_cause(error: BaseException) -> BaseException | None:
-    """What went wrong, or ``None`` for a real not-found. fsspec's HTTP ``info`` turns every
-    failure (a 503, a refused connection) into ``FileNotFoundError``, keeping the cause."""
-    if not isinstance(error, FileNotFoundError):
-        return error
-    cause = error.__cause__
-    if cause is None or getattr(cause, "status", None) in (404, 410) or isinstance(cause, FileNotFoundError):
-        return None
-    return cause
 
 
 def _describe(error: BaseException) -> str:
@@ -178,6 +167,7 @@ class RemoteFile(FileHandle):
         self._loads = threading.local()  # each loading thread's prefetch state
         self._whole: http.WholeBody | None = None  # the body, when the server ignored Range and it was kept
         self._http = type(self.fs).__name__ == "HTTPFileSystem"
+        self._probed = not self._http  # whether a read has shown that the server honours Range
         RemoteFile.opened.add(self)
 
     # The FileHandle interface.
@@ -227,7 +217,9 @@ class RemoteFile(FileHandle):
                 return self._whole.read(start, end)
             headers = {"headers": {"If-Match": self.etag}} if self.conditional_reads else {}
             try:
-                data = self.fs.cat_file(self.fs_path, start=start, end=end, **headers)
+                data = self.fs.cat_file(self.fs_path, start=start, end=end, **headers) if self._probed else None
+                if data is None:  # the first read over HTTP: is Range honoured?
+                    data = self._first_read(start, end, headers.get("headers", {}))
             except Exception as error:
                 if getattr(error, "status", None) == 412:  # If-Match failed: another file now
                     raise self.changed("its ETag changed") from None
@@ -246,6 +238,25 @@ class RemoteFile(FileHandle):
         with self._lock:
             self.fetched += len(data)
         return data
+
+    def _first_read(self, start: int, end: int, headers: dict[str, str]) -> bytes:
+        """Bytes ``start .. end`` by a first read that finds a server ignoring ``Range`` before
+        reading its body (`structload.sources._http.first_read`)."""
+        answer = http.first_read(self.fs, self.fs_path, start, end, headers)
+        if isinstance(answer, bytes):
+            self._probed = True
+            return answer
+        if not isinstance(answer, http.WholeBody) or answer.size != self.size:
+            raise SourceError(
+                f"{self.path}: the server ignored the byte range (answered 200 with the whole file); structload "
+                f"needs ranged reads, or {http.RANGE_IGNORED}=read-once to download the file once",
+                path="",
+            )
+        with self._lock:
+            if self._whole is None:
+                self._whole = answer
+                weakref.finalize(self, answer.close)
+        return self._whole.read(start, end)
 
     def _range_ignored(self, data: bytes, start: int, end: int) -> bytes:
         """A server answered a ranged read with more bytes than asked: refused, or (``read-once``)
