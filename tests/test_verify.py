@@ -353,6 +353,17 @@ def test_llama_into_meta_layout_resolved_by_the_reference(llama):
         assert torch.equal(model(IDS), llama(IDS).logits)
 
 
+def test_a_destination_built_on_meta_is_aligned_against_the_reference_and_stays_on_meta(llama):
+    with sl.init_empty_weights():
+        model = MetaLlama(97, 32, 2, 4, 2, 64)
+    alignment = sl.align(model, llama, reference=(llama, IDS))
+    assert alignment.ok, alignment.code()
+    assert all(p.is_meta for p in model.parameters())  # the candidates ran on scratch copies
+    assert sl.load(model, llama, align=alignment).ok
+    with torch.no_grad():
+        assert torch.equal(model(IDS), llama(IDS).logits)
+
+
 def test_two_agreeing_assignments_stay_ambiguous():
     hf = tiny_llama()
     with torch.no_grad():
@@ -508,3 +519,12 @@ def test_a_difference_from_a_module_that_ran_in_the_model_only_is_named_at_its_p
     assert_caught(result, "", "fc2 disagree only because their inputs already do", "ran in the model only (halve)")
     assert [c.path for c in result.compared if not c.agree] == ["fc2", ""]
     assert result.unpaired == [sl._verify.Unpaired("model", "halve")]
+
+
+def test_a_model_left_on_meta_or_not_a_module_is_a_clear_error():
+    with sl.init_empty_weights():
+        empty = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"the model's '0.weight' is on the meta device; load its weights first"):
+        sl.verify(empty, nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4))
+    with pytest.raises(TypeError, match="the reference must be a torch.nn.Module, got dict"):
+        sl.verify(nn.Linear(4, 4), {"weight": torch.ones(4, 4)}, torch.randn(1, 4))

@@ -58,6 +58,8 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
     usual causes), ``compared`` (every paired call with its error) and ``unpaired`` (modules that ran
     on one side only: listed, never guessed).
     """
+    _check_runnable(model, "model")
+    _check_runnable(reference, "reference")
     mapping = _mapping(model, reference, rename, align)
     pairs = module_pairs(model, reference, mapping)
     modules, reference_modules = dict(model.named_modules()), dict(reference.named_modules())
@@ -87,6 +89,15 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
     if first or fallback:
         result.first_divergence = first[0] if first else _upstream(*fallback[0], modules, reference_modules)
     return result
+
+
+def _check_runnable(module, side: str) -> None:
+    """A module, with no tensor left on meta (its forward would fail deep inside, naming none)."""
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"verify: the {side} must be a torch.nn.Module, got {type(module).__name__}")
+    for path, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_meta:
+            raise ValueError(f"verify: the {side}'s '{path}' is on the meta device; load its weights first")
 
 
 def _upstream(key: Key, reference_key: Key, compared: Compared, modules, reference_modules) -> Divergence:

@@ -42,8 +42,12 @@ def resolve_ambiguities(dst, src, alignment: Alignment, reference, options: dict
         if trial.ambiguous:
             continue
         scratch = copy.deepcopy(dst)  # what a discarded candidate writes never reaches `dst`
-        load(scratch, src, align=trial, strict=False)
-        if verify(scratch, module, *args, align=trial, **kwargs).ok:
+        try:
+            load(scratch, src, align=trial, strict=False)
+            agrees = verify(scratch, module, *args, align=trial, **kwargs).ok
+        except Exception:  # a candidate that leaves tensors on meta or cannot run is no evidence
+            agrees = False
+        if agrees:
             agreeing.append((trial, pins))
         del scratch
     if len(agreeing) != 1:
