@@ -379,3 +379,15 @@ def test_filter_selects_parameters_by_their_module():
         dst_opt, dst, sl.optimizer_state(src_opt, src), filter=lambda path, node: not isinstance(node, Attention)
     )
     assert {p.split(".")[0] for p in report.loaded} == {"embed", "head"} and not dst_opt.state.get(dst.attn.q.weight)
+
+
+def test_python_number_state_comes_back_as_numbers():
+    src, src_opt = trained(OPTIMIZERS["sgd-momentum"])
+    for state in src_opt.state.values():
+        state["count"], state["scale"] = 3, 0.5  # what some optimizers keep as plain numbers
+    dst = Model()
+    dst_opt = OPTIMIZERS["sgd-momentum"](dst.parameters())
+    assert sl.load_optimizer(dst_opt, dst, sl.optimizer_state(src_opt, src)).ok
+    state = state_at(dst_opt, dst, "head.weight")
+    assert state["count"] == 3 and type(state["count"]) is int and state["scale"] == 0.5
+    assert torch.equal(state["momentum_buffer"], state_at(src_opt, src, "head.weight")["momentum_buffer"])
