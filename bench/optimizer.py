@@ -70,7 +70,8 @@ def measure(name: str, make, repeat: int, weights_s: float, source, model) -> di
         "in place": median_seconds(lambda o: sl.load_optimizer(o, model, tree), repeat, lambda: held),
         "fresh": median_seconds(lambda o: sl.load_optimizer(o, model, tree), repeat, lambda: make(model.parameters())),
         "state_dict": median_seconds(lambda o: sl.load_optimizer(o, model, state_dict), repeat, lambda: held),
-        "torch load_state_dict": median_seconds(lambda o: o.load_state_dict(state_dict), repeat, lambda: held),
+        # torch's own load takes 10 to 50 times as long here: three runs are enough to see it
+        "torch load_state_dict": median_seconds(lambda o: o.load_state_dict(state_dict), min(repeat, 3), lambda: held),
     }
     print(f"{name}: {entries} state entries ({entries / len(src_opt.state):.0f} per parameter)")
     for case, seconds in cases.items():

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from optim_models import (
     OPTIMIZERS,
+    Attention,
     D,
     Model,
     assert_same_state,
@@ -335,3 +336,58 @@ def test_factored_state_rejected_by_a_converter_starts_fresh_when_not_strict():
     assert dst.attn.qkv.weight not in dst_opt.state and "attn.qkv.weight.row_var" not in report.loaded
     assert_same_state(dst_opt, dst, src_opt, src, [("head.weight", "head.weight")])
     train(dst, dst_opt, range(3, 4))  # a half-made state would fail here
+
+
+class OtherNames(nn.Module):
+    """The same model written by someone else: other names for every layer."""
+
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Linear(3, D)
+        self.attention = nn.Module()
+        for name in ("query", "key", "value", "output"):
+            setattr(self.attention, name, nn.Linear(D, D))
+        self.classifier = nn.Linear(D, 2)
+
+
+OTHER_NAMES = {"tok": "embed", "attention.query": "attn.q", "attention.key": "attn.k", "attention.value": "attn.v"}
+OTHER_NAMES |= {"attention.output": "attn.o", "classifier": "head"}
+
+
+@pytest.mark.parametrize("weights", ["source_model", "state"])
+def test_align_matches_the_state_of_another_implementation(weights):
+    torch.manual_seed(0)
+    src = OtherNames()
+    src_opt = torch.optim.Adam(src.parameters())
+    for param in src.parameters():
+        param.grad = torch.randn_like(param)
+    src_opt.step()
+    dst = Model()
+    dst_opt = torch.optim.Adam(dst.parameters())
+    source_model = src if weights == "source_model" else None  # else: each parameter's largest state tensor
+    report = sl.load_optimizer(dst_opt, dst, sl.optimizer_state(src_opt, src), source_model=source_model, align=True)
+    assert report.ok and len(report.loaded) == 3 * len(params_of(dst))
+    pairs = [(f"{OTHER_NAMES[m]}.{leaf}", f"{m}.{leaf}") for m in OTHER_NAMES for leaf in ("weight", "bias")]
+    assert_same_state(dst_opt, dst, src_opt, src, pairs)
+
+
+def test_filter_selects_parameters_by_their_module():
+    src, src_opt = trained(OPTIMIZERS["adam"])
+    dst = Model()
+    dst_opt = OPTIMIZERS["adam"](dst.parameters())
+    report = sl.load_optimizer(
+        dst_opt, dst, sl.optimizer_state(src_opt, src), filter=lambda path, node: not isinstance(node, Attention)
+    )
+    assert {p.split(".")[0] for p in report.loaded} == {"embed", "head"} and not dst_opt.state.get(dst.attn.q.weight)
+
+
+def test_python_number_state_comes_back_as_numbers():
+    src, src_opt = trained(OPTIMIZERS["sgd-momentum"])
+    for state in src_opt.state.values():
+        state["count"], state["scale"] = 3, 0.5  # what some optimizers keep as plain numbers
+    dst = Model()
+    dst_opt = OPTIMIZERS["sgd-momentum"](dst.parameters())
+    assert sl.load_optimizer(dst_opt, dst, sl.optimizer_state(src_opt, src)).ok
+    state = state_at(dst_opt, dst, "head.weight")
+    assert state["count"] == 3 and type(state["count"]) is int and state["scale"] == 0.5
+    assert torch.equal(state["momentum_buffer"], state_at(src_opt, src, "head.weight")["momentum_buffer"])

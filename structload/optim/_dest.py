@@ -42,6 +42,7 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
     numbers: dict[str, type] = {}
     empty: set[str] = set()
     by_id = {id(param): state for param, state in optimizer.state.items()}  # no tensor hashing per lookup
+    groups = optimizer.param_groups
     for path, param, group in held:
         existing = by_id.get(id(param), {})
         source = states.get(path)
@@ -55,12 +56,16 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
                 entry[key] = tree[f"{path}.{key}"] = value
             elif type(value) in (int, float):
                 numbers[f"{path}.{key}"] = type(value)
+        made = []
         for key, leaf in (source if source is not None else templates).items():
             if key not in entry and isinstance(leaf, SourceTensor):
-                entry[key] = tree[f"{path}.{key}"] = new_state_tensor(param, leaf, optimizer.param_groups[group])
-                fresh.setdefault(path, []).append(key)
-                if isinstance(leaf, MemoryTensor) and leaf.number is not None:
-                    numbers[f"{path}.{key}"] = type(leaf.number)
+                name = f"{path}.{key}"
+                entry[key] = tree[name] = new_state_tensor(param, leaf, groups[group])
+                made.append(key)
+                if type(leaf) is MemoryTensor and leaf.number is not None:
+                    numbers[name] = type(leaf.number)
+        if made:
+            fresh[path] = made
         entries[path] = entry
     return DestStates(tree, entries, fresh, numbers, empty)
 

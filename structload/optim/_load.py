@@ -101,6 +101,7 @@ def load_optimizer(
 
 
 def _load(optimizer, model, src, source_model, selection: Selection, rename, options: dict) -> LoadReport:
+    """`load_optimizer`, step by step, with the collector paused."""
     # 1. the parameters the optimizer holds, by path in the model
     parameters = held_parameters(optimizer, model)
     held, problems = parameters.held, list(parameters.problems)

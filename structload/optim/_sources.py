@@ -81,7 +81,9 @@ def _param_nodes(tree: Mapping, path: str, leaf, states: dict[str, dict]) -> Non
     state: dict = {}
     prefix = f"{path}." if path else ""
     for name, value in tree.items():
-        if type(value) is dict or isinstance(value, Mapping):
+        if type(value) is torch.Tensor and type(name) is str and "." not in name:  # the common case, first
+            state[name] = leaf(value)
+        elif type(value) is dict or isinstance(value, Mapping):
             _param_nodes(value, prefix + str(name), leaf, states)
         elif type(name) is str and "." not in name:
             state[name] = leaf(value)
