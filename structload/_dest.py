@@ -102,7 +102,9 @@ def dest_children(node) -> list[tuple[str, Any]]:
     kids = dict(out)
     if isinstance(kids.get("bias"), Slot) and isinstance(kids.get("weight"), Slot):
         kids["bias"].additive = offsets(kids["bias"].tensor, kids["weight"].tensor)
-    _mark_biases_by_role([(n, slot) for n, slot in out if n != "bias" and "bias" in n and type(slot) is Slot], kids)
+    # an attribute-like name only: a flat key such as ``fc.bias.exp_avg`` (optimizer state) holds no bias
+    by_role = [(n, slot) for n, slot in out if n != "bias" and "bias" in n and "." not in n and type(slot) is Slot]
+    _mark_biases_by_role(by_role, kids)
     return out
 
 

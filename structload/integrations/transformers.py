@@ -147,20 +147,34 @@ def _apply_for(flat: dict, prefix: str, model: torch.nn.Module, applied: list[st
 
 
 def _move(flat: dict, head: str, renames: dict[str, str]) -> list[Problem]:
-    """Rename entries; two entries becoming one name is a problem, neither is loaded."""
+    """Rename entries. Where a declared renaming makes several entries one name that the source
+    does not hold (ESM's per-layer ``inv_freq`` becoming the model's one buffer), the first in
+    natural order is kept, as the model's own load hook and ``from_pretrained`` do, and the others
+    are dropped; that holds only for entries of one shape and dtype. Any other clash (an entry
+    renamed onto a name the source already holds, or entries of other shapes) is a problem, and
+    none of them is loaded."""
     leaves = {key: flat.pop(head + key) for key in renames}
     problems = []
-    clashes = Counter(renames.values())
+    by_target: dict[str, list[str]] = {}
     for key, new in renames.items():
-        if clashes[new] > 1 or head + new in flat:
-            others = [k for k, n in renames.items() if n == new and k != key] or [new]
-            message = (
-                f"'{head}{key}' and '{head}{others[0]}' both become '{head}{new}' by transformers' declared renaming"
-            )
-            problems.append(Problem(ProblemKind.SOURCE, head + key, message))
+        by_target.setdefault(new, []).append(key)
+    for new, keys in by_target.items():
+        if head + new in flat or (len(keys) > 1 and not _alike([leaves[k] for k in keys])):
+            others = keys[1:] or [new]
+            message = f"'{head}{keys[0]}' and '{head}{others[0]}' both become '{head}{new}' by transformers' declared renaming"
+            problems += [Problem(ProblemKind.SOURCE, head + key, message) for key in keys]
             continue
-        flat[head + new] = leaves[key]
+        flat[head + new] = leaves[keys[0]]
     return problems
+
+
+def _alike(leaves: list) -> bool:
+    """Whether every leaf is a source tensor of the first one's shape and dtype."""
+    first = leaves[0]
+    return all(
+        isinstance(leaf, SourceTensor) and tuple(leaf.shape) == tuple(first.shape) and leaf.dtype == first.dtype
+        for leaf in leaves
+    )
 
 
 def _convert_group(flat, head, model, target, converter, collected: dict[str, list[str]]) -> list[Problem]:
