@@ -151,6 +151,11 @@ def test_a_module_source_is_taken_in_its_own_layout(saved_dir):
     report = sl.load(model, source)
     assert report.declared == [] and report.converted == []
     assert_same_state(model, reference)
+    # a state dict already in the model's layout: the declaration applies and leaves it as it is
+    model = build("mixtral", config, meta=True)
+    report = sl.load(model, source.state_dict())
+    assert report.converted == [] and report.declared == []  # nothing matched: nothing listed
+    assert_same_state(model, reference)
 
 
 def test_a_model_inside_a_plain_module_gets_its_declaration_under_its_path(saved_dir):
