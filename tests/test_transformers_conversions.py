@@ -151,6 +151,11 @@ def test_a_module_source_is_taken_in_its_own_layout(saved_dir):
     report = sl.load(model, source)
     assert report.declared == [] and report.converted == []
     assert_same_state(model, reference)
+    # a state dict already in the model's layout: the declaration applies and leaves it as it is
+    model = build("mixtral", config, meta=True)
+    report = sl.load(model, source.state_dict())
+    assert report.converted == [] and report.declared == []  # nothing matched: nothing listed
+    assert_same_state(model, reference)
 
 
 def test_a_model_inside_a_plain_module_gets_its_declaration_under_its_path(saved_dir):
@@ -260,3 +265,54 @@ def test_the_report_lists_what_was_applied(saved_dir):
 def test_zoo_helpers_find_the_saved_layout(saved_dir):
     directory, _, _ = saved_dir("vit")
     assert Path(directory, "config.json").exists()
+
+
+def _chains():
+    from transformers.core_model_loading import Chunk, Concatenate, MergeModulelist, Transpose, WeightConverter
+
+    return {
+        "merge+concat": WeightConverter(["e.*.a", "e.*.b"], "fused", [MergeModulelist(0), Concatenate(1)]),
+        "merge": WeightConverter("e.*.a", "stacked", [MergeModulelist(0)]),
+        "merge dim 1": WeightConverter("e.*.a", "stacked", [MergeModulelist(1)]),
+        "concat": WeightConverter(["x", "y"], "xy", [Concatenate(-1)]),
+        "chunk": WeightConverter("qkv", ["q", "k", "v"], [Chunk(0)]),
+        "transpose": WeightConverter("w", "wt", [Transpose(0, 1)]),
+    }
+
+
+@pytest.mark.parametrize("from_file", [False, True], ids=["memory", "file"])
+@pytest.mark.parametrize("chain", list(_chains()))
+def test_lazy_forms_agree_with_transformers_own_operations(chain, from_file, tmp_path):
+    """The fast path (structload views and gathers) against the general one (transformers' code), bit for bit."""
+    from safetensors.torch import save_file
+
+    from structload.integrations import _ops
+    from structload.sources import MemoryTensor
+
+    converter = _chains()[chain]
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"e.*.a": (3, 5), "e.*.b": (3, 5), "x": (4, 2), "y": (4, 3), "qkv": (6, 4), "w": (3, 7)}
+    count = {"e.*.a": 4, "e.*.b": 4}
+    tensors = {
+        f"{p}{i}": torch.randn(shapes[p], generator=generator)
+        for p in converter.source_patterns
+        for i in range(count.get(p, 1))
+    }
+    if from_file:
+        save_file(tensors, tmp_path / "t.safetensors")
+        opened = sl.open(str(tmp_path / "t.safetensors"))
+        get = lambda name: opened[name]  # noqa: E731
+    else:
+        get = lambda name: MemoryTensor(tensors[name])  # noqa: E731
+    leaves = {p: [get(f"{p}{i}") for i in range(count.get(p, 1))] for p in converter.source_patterns}
+    target = converter.target_patterns[0]
+    fast = _ops.lazy(converter, target, leaves)
+    planned = _ops.on_meta(converter, target, None, leaves)
+    general = _ops.computed(converter, target, None, leaves, planned)
+    assert fast is not None and list(fast) == list(general)
+    for name in general:
+        expected = general[name].read()
+        assert tuple(fast[name].shape) == tuple(expected.shape) == tuple(planned[name].shape)
+        written = torch.empty(expected.shape, dtype=expected.dtype)
+        fast[name].read_into(written)
+        assert torch.equal(written, expected) and torch.equal(fast[name].read(), expected)

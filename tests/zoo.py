@@ -100,7 +100,7 @@ _VARIANTS = (
     _LAYERS | {"vocab_size", "max_position_embeddings", "num_experts", "num_local_experts", "n_routed_experts"},
     _LAYERS,
 )
-_MAX_PARAMETERS = 40_000_000
+_MAX_PARAMETERS = 100_000_000
 
 
 _CONFIGS: dict[str, object] = {}
@@ -108,7 +108,7 @@ _CONFIGS: dict[str, object] = {}
 
 def tiny_config(model_type: str):
     """A shrunken default config of `model_type`: the smallest of a few shrinking variants that
-    builds (on meta, to check) with at most 40M parameters. Cached for the session; raises with
+    builds (on meta, to check) with at most 100M parameters. Cached for the session; raises with
     the first variant's error when none builds."""
     import copy
 

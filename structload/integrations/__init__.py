@@ -21,13 +21,11 @@ import torch
 def declared_library(dst) -> str | None:
     """``"transformers"`` when `dst` is or contains a transformers ``PreTrainedModel``, else ``None``.
 
-    Decided from the classes of `dst`'s modules, without importing anything: a model of a
-    library can only exist once that library is imported.
+    Decided without importing anything: a transformers model can only exist once
+    ``transformers.modeling_utils`` (where ``PreTrainedModel`` lives) is imported.
     """
-    if "transformers" not in sys.modules or not isinstance(dst, torch.nn.Module):
+    modeling = sys.modules.get("transformers.modeling_utils")  # where PreTrainedModel lives, once imported
+    if modeling is None or not isinstance(dst, torch.nn.Module):
         return None
-    for module in dst.modules():
-        for cls in type(module).__mro__:
-            if cls.__name__ == "PreTrainedModel" and cls.__module__ == "transformers.modeling_utils":
-                return "transformers"
-    return None
+    base = modeling.PreTrainedModel
+    return "transformers" if any(isinstance(module, base) for module in dst.modules()) else None
