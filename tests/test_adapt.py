@@ -230,6 +230,28 @@ def test_rel_pos_table_reproduces_swin_and_keeps_the_index_buffer():
     assert torch.equal(dst.attn.relative_position_index, index)
 
 
+def test_rel_pos_table_of_transformers_swin_at_another_window():
+    import transformers
+
+    def swin(window):
+        config = transformers.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=8, depths=[1], num_heads=[2], window_size=window
+        )
+        torch.manual_seed(0)
+        return transformers.SwinModel(config, add_pooling_layer=False).eval()
+
+    small, big = swin(2), swin(4)
+    table = "encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table"
+    index = big.get_submodule(table.rpartition(".")[0]).relative_position_index.clone()
+    report = sl.load(big, small.state_dict(), adapt=True)
+    assert [(a.path, a.src_shape, a.dst_shape) for a in report.adapted] == [(table, (9, 2), (49, 2))]
+    expected = swin_resize_table(small.get_parameter(table).detach(), 49)
+    assert torch.allclose(big.get_parameter(table), expected, atol=1e-6, rtol=0)
+    assert torch.equal(big.get_submodule(table.rpartition(".")[0]).relative_position_index, index)
+    with torch.no_grad():
+        assert big(torch.randn(1, 3, 32, 32)).last_hidden_state.isfinite().all()
+
+
 def test_rel_pos_table_reads_a_non_square_window_from_the_module():
     src, dst = randomized(WindowAttention(window=4), 8), WindowAttention(window=4)
     dst.window_size = (3, 5)
