@@ -437,3 +437,16 @@ def test_adapted_tensors_are_computed_under_mmap_and_the_rest_mapped(tmp_path):
     assert "head.weight" in report.mapped and torch.equal(dst.head.weight, src.head.weight)
     expected = timm_resample_abs_pos_embed(src.pos_embed.detach(), (6, 6))
     assert torch.allclose(dst.pos_embed, expected, atol=1e-6, rtol=0)
+
+
+def test_resize_keep_on_meta_fills_new_rows_by_reset_parameters():
+    src = randomized(TextModel(vocab=10), 16)
+    with torch.device("meta"):
+        dst = TextModel(vocab=13)
+    torch.manual_seed(7)
+    sl.load(dst, src.state_dict(), adapt={"tok_embeddings": Resize(init="keep")})
+    torch.manual_seed(7)
+    reference = nn.Embedding(13, 6)  # its constructor runs the same reset_parameters()
+    assert dst.output.weight is dst.tok_embeddings.weight and not dst.output.weight.is_meta
+    assert torch.equal(dst.tok_embeddings.weight[:10], src.tok_embeddings.weight)
+    assert torch.equal(dst.tok_embeddings.weight[10:], reference.weight[10:])
