@@ -415,6 +415,7 @@ def test_adapters_read_only_what_they_need_from_files(tmp_path, monkeypatch):
 def test_the_report_shows_what_was_adapted():
     src, dst = randomized(SmallViT(image=32), 14), SmallViT(image=48)
     report = sl.load(dst, src.state_dict(), adapt=True)
+    assert str(report).startswith("SmallViT: 8 loaded, 1 adapted\n")
     assert "adapted pos_embed: (1, 17, 16) -> (1, 37, 16) by PosEmbed()" in str(report)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["adapted"] == [
