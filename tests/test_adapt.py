@@ -228,6 +228,8 @@ def test_rel_pos_table_reproduces_swin_and_keeps_the_index_buffer():
     expected = swin_resize_table(src.attn.relative_position_bias_table.detach(), 13 * 13)
     assert torch.allclose(dst.attn.relative_position_bias_table, expected, atol=1e-6, rtol=0)
     assert torch.equal(dst.attn.relative_position_index, index)
+    pinned = sl.load(SwinBlock(window=7), src.state_dict(), adapt={"attn": RelPosTable()})  # a module pin
+    assert pinned.ignored == ["attn.relative_position_index"] and pinned.ok
 
 
 def test_rel_pos_table_of_transformers_swin_at_another_window():
