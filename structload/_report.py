@@ -218,6 +218,8 @@ class LoadReport:
         parts = [f"{n} {name}" for name, n in self.counts().items() if n]
         if self.cast:
             parts.append(f"{len(self.cast)} cast")
+        if self.adapted:
+            parts.append(f"{len(self.adapted)} adapted")
         text = f"{self.target}: " + (", ".join(parts) or "nothing to load")
         if self.problems:
             text += f"; {_problem_summary(self.problems)}"

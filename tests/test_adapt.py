@@ -228,6 +228,30 @@ def test_rel_pos_table_reproduces_swin_and_keeps_the_index_buffer():
     expected = swin_resize_table(src.attn.relative_position_bias_table.detach(), 13 * 13)
     assert torch.allclose(dst.attn.relative_position_bias_table, expected, atol=1e-6, rtol=0)
     assert torch.equal(dst.attn.relative_position_index, index)
+    pinned = sl.load(SwinBlock(window=7), src.state_dict(), adapt={"attn": RelPosTable()})  # a module pin
+    assert pinned.ignored == ["attn.relative_position_index"] and pinned.ok
+
+
+def test_rel_pos_table_of_transformers_swin_at_another_window():
+    import transformers
+
+    def swin(window):
+        config = transformers.SwinConfig(
+            image_size=32, patch_size=4, embed_dim=8, depths=[1], num_heads=[2], window_size=window
+        )
+        torch.manual_seed(0)
+        return transformers.SwinModel(config, add_pooling_layer=False).eval()
+
+    small, big = swin(2), swin(4)
+    table = "encoder.layers.0.blocks.0.attention.relative_position_bias.relative_position_bias_table"
+    index = big.get_submodule(table.rpartition(".")[0]).relative_position_index.clone()
+    report = sl.load(big, small.state_dict(), adapt=True)
+    assert [(a.path, a.src_shape, a.dst_shape) for a in report.adapted] == [(table, (9, 2), (49, 2))]
+    expected = swin_resize_table(small.get_parameter(table).detach(), 49)
+    assert torch.allclose(big.get_parameter(table), expected, atol=1e-6, rtol=0)
+    assert torch.equal(big.get_submodule(table.rpartition(".")[0]).relative_position_index, index)
+    with torch.no_grad():
+        assert big(torch.randn(1, 3, 32, 32)).last_hidden_state.isfinite().all()
 
 
 def test_rel_pos_table_reads_a_non_square_window_from_the_module():
@@ -393,6 +417,7 @@ def test_adapters_read_only_what_they_need_from_files(tmp_path, monkeypatch):
 def test_the_report_shows_what_was_adapted():
     src, dst = randomized(SmallViT(image=32), 14), SmallViT(image=48)
     report = sl.load(dst, src.state_dict(), adapt=True)
+    assert str(report).startswith("SmallViT: 8 loaded, 1 adapted\n")
     assert "adapted pos_embed: (1, 17, 16) -> (1, 37, 16) by PosEmbed()" in str(report)
     data = json.loads(json.dumps(report.to_dict()))
     assert data["adapted"] == [
@@ -415,3 +440,16 @@ def test_adapted_tensors_are_computed_under_mmap_and_the_rest_mapped(tmp_path):
     assert "head.weight" in report.mapped and torch.equal(dst.head.weight, src.head.weight)
     expected = timm_resample_abs_pos_embed(src.pos_embed.detach(), (6, 6))
     assert torch.allclose(dst.pos_embed, expected, atol=1e-6, rtol=0)
+
+
+def test_resize_keep_on_meta_fills_new_rows_by_reset_parameters():
+    src = randomized(TextModel(vocab=10), 16)
+    with torch.device("meta"):
+        dst = TextModel(vocab=13)
+    torch.manual_seed(7)
+    sl.load(dst, src.state_dict(), adapt={"tok_embeddings": Resize(init="keep")})
+    torch.manual_seed(7)
+    reference = nn.Embedding(13, 6)  # its constructor runs the same reset_parameters()
+    assert dst.output.weight is dst.tok_embeddings.weight and not dst.output.weight.is_meta
+    assert torch.equal(dst.tok_embeddings.weight[:10], src.tok_embeddings.weight)
+    assert torch.equal(dst.tok_embeddings.weight[10:], reference.weight[10:])
