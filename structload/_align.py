@@ -128,10 +128,12 @@ class _Aligner:
     def _crossing_pins(self, partner: dict) -> list[tuple[Leaf, Leaf]]:
         """Pinned pairs whose two tensors are in different groups (a block's tensor and a top-level
         one, or two blocks of other numbers): aligned on their own, by whole paths."""
+        if not self.pins:
+            return []
         dst_by_path = {leaf.path: leaf for leaf in self.dst}
         src_by_path = {leaf.path: leaf for leaf in self.src}
         crossing = []
-        for dst_path, (src_path, _) in self.pins.items():
+        for dst_path, (src_path, *_) in self.pins.items():
             d, s = dst_by_path.get(dst_path), src_by_path.get(src_path)
             if d is None or s is None:
                 continue
@@ -202,19 +204,22 @@ class _Aligner:
     def _check_block_pins(self, template: GroupResult, dst_c: str, dst_blocks: dict) -> None:
         """Pins in the blocks after the template one hold when the template pairs the same (they
         are applied through it); one that contradicts it is refused."""
+        if not self.pins:
+            return
         paired = {p.dst[0].rel: p.src[0].rel for p in template.pairs if len(p.dst) == len(p.src) == 1}
-        for leaf in (leaf for i in dst_blocks if i != min(dst_blocks) for leaf in dst_blocks[i]):
+        first = min(dst_blocks)
+        for leaf in (leaf for i in dst_blocks if i != first for leaf in dst_blocks[i]):
             pin = self.pins.get(leaf.path)
             if pin is None:
                 continue
-            src_rel = pin[0].split(".", len(pin[0].split(".")) - len(leaf.rel.split(".")))[-1]
-            if paired.get(leaf.rel) is not None and pin[0].endswith("." + paired[leaf.rel]):
+            src_path, text, dst_glob = pin
+            if leaf.rel in paired and src_path.endswith("." + paired[leaf.rel]):
                 self.matcher.applied_pins.add(leaf.path)
             else:
                 self.refused_hints.setdefault(
-                    pin[1].split("'")[1],
-                    f"hint {pin[1]}: pins '{leaf.path}' to '{pin[0]}', but the blocks of '{dst_c}' pair "
-                    f"'{leaf.rel}' with '{paired.get(leaf.rel, src_rel)}'; pin every block alike ('*' for the number)",
+                    dst_glob,
+                    f"hint {text}: pins '{leaf.path}' to '{src_path}', which the blocks of '{dst_c}' pair "
+                    "otherwise; pin every block alike ('*' for the number)",
                 )
 
     def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:

@@ -47,7 +47,7 @@ class Leaf:
                     return role, kind
             role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
             if role is not None:
-                param = ""  # its name is its role: pos_embed and position_embeddings are one thing
+                param = "weight"  # a bare nn.Parameter named for its role is that module's weight
         return role, param
 
     @property
@@ -83,7 +83,7 @@ class GroupMatcher:
     `pins` maps a destination path to the source path a hint pins it to, and the hint.
     """
 
-    def __init__(self, pins: dict[str, tuple[str, str]] | None = None):
+    def __init__(self, pins: dict[str, tuple[str, str, str]] | None = None):
         self.pins = pins or {}
         self.applied_pins: set[str] = set()  # destination paths
 

@@ -414,3 +414,63 @@ def test_a_layer_missing_in_the_middle_shifts_nothing():
     with pytest.raises(sl.LoadError):
         sl.load(dst, src, align=True)
     assert_unchanged(dst, before)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """OpenAI CLIP's text block: nn.MultiheadAttention, ln_1 / ln_2, mlp.c_fc / mlp.c_proj, QuickGELU."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(d, 4 * d), "c_proj": nn.Linear(4 * d, d)})
+
+    def forward(self, x, mask):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        h = self.mlp["c_fc"](self.ln_2(x))
+        return x + self.mlp["c_proj"](h * torch.sigmoid(1.702 * h))
+
+
+class OpenAIClipText(nn.Module):
+    """OpenAI CLIP's text tower: bare nn.Parameters for the positions and the (in, out) projection."""
+
+    def __init__(self, vocab=97, context=16, d=32, layers=2, heads=4, out=24):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, d)
+        self.positional_embedding = nn.Parameter(torch.empty(context, d))
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList(ResidualAttentionBlock(d, heads) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(d)
+        self.text_projection = nn.Parameter(torch.empty(d, out))
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        x = self.token_embedding(ids) + self.positional_embedding[:T]
+        mask = torch.full((T, T), float("-inf")).triu(1)
+        for block in self.transformer.resblocks:
+            x = block(x, mask)
+        x = self.ln_final(x)
+        return x, x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
+
+
+def test_clip_text_into_openai_clip_with_bare_parameters_and_multihead_attention():
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, projection_dim=24, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.CLIPTextModelWithProjection(config).eval()
+    model = OpenAIClipText().eval()
+    alignment = sl.align(model, reference)
+    assert alignment.ok, alignment.code()
+    [projection] = [m for m in alignment.matched if m.dst == "text_projection"]
+    assert projection.src == ("text_projection.weight",) and "stored transposed (in, out)" in projection.evidence
+    assert sl.load(model, reference, align=alignment).ok
+    with torch.no_grad():
+        expected = reference(IDS)
+        hidden, embeds = model(IDS)
+    assert torch.allclose(hidden, expected.last_hidden_state, atol=1e-5)
+    assert torch.allclose(embeds, expected.text_embeds, atol=1e-5)
