@@ -90,10 +90,10 @@ class _Aligner:
         self.pins, self.refused_hints = resolve_hints(hints, dst, src)
         self.matcher = GroupMatcher(self.pins)
         self.rules: dict[str, str | None] = {}
-        self.narrow: dict[str, str] = {}
-        self.layouts: set[str] = (
-            set()
-        )  # how the groups aligned so far store their matrices  # a module rule -> the same rule for its own tensors only
+        self.narrow: dict[str, str] = {}  # a module rule -> the same rule for its own tensors only
+        self.layouts: set[str] = set()  # how the groups aligned so far store their matrices
+        self.ambiguous_dst: set[str] = set()
+        self.diverging: str | None = None  # the destination container whose depth no source one has
         self.all_src = list(src)
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
@@ -115,15 +115,19 @@ class _Aligner:
             scratch = Alignment()
             pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
         self.result.ambiguous += scratch.ambiguous
-        self.result.divergence = scratch.divergence
         for dst_c, src_c in pairs:
             self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
-        if self.result.divergence is None:  # the rest by whole paths (a Sequential's "body.3.weight")
-            rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
-            rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
-            self._align_group(rest_dst, rest_src, container=None)
+        # the rest by whole paths (a Sequential's "body.3.weight", lpips' lin0..lin4 against a list)
+        rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
+        rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
+        self._align_group(rest_dst, rest_src, container=None)
         self._match_followers(followers, src_followers)
         self._finish()
+        diverging = f"{self.diverging}." if self.diverging else ""
+        if scratch.divergence and any(  # the depths differ where tensors stay undecided: say so, with both counts
+            path.startswith(diverging) for path in [*self.result.unmatched_dst, *self.ambiguous_dst]
+        ):
+            self.result.divergence = scratch.divergence
 
     def _crossing_pins(self, partner: dict) -> list[tuple[Leaf, Leaf]]:
         """Pinned pairs whose two tensors are in different groups (a block's tensor and a top-level
@@ -179,6 +183,7 @@ class _Aligner:
                 notes.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
             elif free and notes.divergence is None:
                 other = min(free, key=lambda c: abs(len(free[c]) - len(blocks)))
+                self.diverging = dst_c
                 notes.divergence = (
                     f"destination '{dst_c or '<root>'}' has {len(blocks)} entries, source '{other or '<root>'}' has "
                     f"{len(free[other])} (source '{other or '<root>'}' has {len(free[other])}, destination "
@@ -247,6 +252,7 @@ class _Aligner:
             src_paths = tuple(_pattern(s, src_c, indices) for s in src)
             self.result.ambiguous.append(Ambiguity(dst_paths, src_paths, reason))
             for i in indices:
+                self.ambiguous_dst.update(_full(d, dst_c, i) for d in dst)
                 self.matched_dst.update(_full(d, dst_c, i) for d in dst)  # not unmatched: listed as ambiguous
                 self.matched_src.update(_full(s, src_c, i) for s in src)
 

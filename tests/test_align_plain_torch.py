@@ -474,3 +474,28 @@ def test_clip_text_into_openai_clip_with_bare_parameters_and_multihead_attention
         hidden, embeds = model(IDS)
     assert torch.allclose(hidden, expected.last_hidden_state, atol=1e-5)
     assert torch.allclose(embeds, expected.text_embeds, atol=1e-5)
+
+
+class LpipsHeads(nn.Module):
+    """lpips' linear heads: lin0..lin4, each a Sequential(Dropout, Conv2d(c, 1, 1, bias=False))."""
+
+    def __init__(self, channels=(8, 16, 32, 64, 64)):
+        super().__init__()
+        for i, c in enumerate(channels):
+            setattr(self, f"lin{i}", nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False)))
+
+
+def test_lpips_heads_against_a_list_match_the_unique_shapes_and_name_the_rest():
+    reference = randomized(LpipsHeads())
+    model = nn.ModuleDict({"heads": nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in (8, 16, 32, 64, 64))})
+    alignment = sl.align(model, reference)
+    assert {m.dst: m.src for m in alignment.matched} == {
+        "heads.0.weight": ("lin0.1.weight",),
+        "heads.1.weight": ("lin1.1.weight",),
+        "heads.2.weight": ("lin2.1.weight",),
+    }
+    [ambiguity] = alignment.ambiguous
+    assert set(ambiguity.src) == {"lin3.1.weight", "lin4.1.weight"}
+    hints = {"heads.3": "lin3.1", "heads.4": "lin4.1"}
+    assert sl.load(model, reference, align={"hints": hints}).ok
+    assert torch.equal(model["heads"][4].weight, reference.lin4[1].weight)
