@@ -499,3 +499,45 @@ def test_lpips_heads_against_a_list_match_the_unique_shapes_and_name_the_rest():
     hints = {"heads.3": "lin3.1", "heads.4": "lin4.1"}
     assert sl.load(model, reference, align={"hints": hints}).ok
     assert torch.equal(model["heads"][4].weight, reference.lin4[1].weight)
+
+
+class Resemblyzer(nn.Module):
+    """resemblyzer's speaker encoder: one 3-layer LSTM, a linear, a ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.linear = nn.LSTM(8, 12, 3, batch_first=True), nn.Linear(12, 6)
+
+    def forward(self, x):
+        _, (hidden, _) = self.lstm(x)
+        return F.relu(self.linear(hidden[-1]))
+
+
+class MyResemblyzer(nn.Module):
+    """The same as a user writes it, one layer at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.ModuleList(nn.LSTM(8 if i == 0 else 12, 12, 1, batch_first=True) for i in range(3))
+        self.proj = nn.Linear(12, 6)
+
+    def forward(self, x):
+        for layer in self.rnn:
+            x, (hidden, _) = layer(x)
+        return F.relu(self.proj(hidden[-1]))
+
+
+def test_a_stacked_lstm_into_a_list_of_one_layer_lstms_and_back():
+    reference, model = randomized(Resemblyzer()).eval(), MyResemblyzer().eval()
+    alignment = sl.align(model, reference)
+    assert alignment.ok, alignment.code()
+    by_dst = {m.dst: m.src for m in alignment.matched}
+    assert by_dst["rnn.2.weight_hh_l0"] == ("lstm.weight_hh_l2",) and by_dst["rnn.1.bias_ih_l0"] == ("lstm.bias_ih_l1",)
+    assert sl.load(model, reference, align=alignment).ok
+    frames = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(frames), reference(frames), atol=1e-5)
+    back = Resemblyzer().eval()
+    assert sl.load(back, model, align=True).ok
+    with torch.no_grad():
+        assert torch.allclose(back(frames), reference(frames), atol=1e-5)
