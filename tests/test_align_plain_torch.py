@@ -5,6 +5,8 @@ or refused with a reason. Every port compares forward outputs with the reference
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -541,3 +543,92 @@ def test_a_stacked_lstm_into_a_list_of_one_layer_lstms_and_back():
     assert sl.load(back, model, align=True).ok
     with torch.no_grad():
         assert torch.allclose(back(frames), reference(frames), atol=1e-5)
+
+
+def relative_bucket(relative: torch.Tensor, buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """T5's bidirectional relative-position buckets: half for each direction, exact up to a
+    quarter of them, logarithmic beyond."""
+    half = buckets // 2
+    bucket = (relative > 0).long() * half
+    distance = relative.abs()
+    exact = half // 2
+    far = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact))
+    return bucket + torch.where(distance < exact, distance, far.long().clamp(max=half - 1))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class T5Block(nn.Module):
+    def __init__(self, d: int, heads: int, head_dim: int, ff: int):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = RMSNorm(d), RMSNorm(d)
+        inner = heads * head_dim
+        self.attn = nn.ModuleDict(
+            {n: nn.Linear(d, inner, bias=False) for n in "qkv"} | {"o": nn.Linear(inner, d, bias=False)}
+        )
+        self.mlp = nn.ModuleDict(
+            {
+                "gate": nn.Linear(d, ff, bias=False),
+                "up": nn.Linear(d, ff, bias=False),
+                "down": nn.Linear(ff, d, bias=False),
+            }
+        )
+        self.heads = heads
+
+    def forward(self, x, bias):
+        B, T, _ = x.shape
+        h = self.attn_norm(x)
+        q, k, v = (self.attn[n](h).view(B, T, self.heads, -1).transpose(1, 2) for n in "qkv")
+        weights = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # T5 does not scale the scores
+        x = x + self.attn["o"]((weights @ v).transpose(1, 2).reshape(B, T, -1))
+        h = self.mlp_norm(x)
+        return x + self.mlp["down"](F.gelu(self.mlp["gate"](h), approximate="tanh") * self.mlp["up"](h))
+
+
+class MyT5Encoder(nn.Module):
+    """T5 v1.1's encoder, written from the paper: the relative-position bias kept once, at the top."""
+
+    def __init__(self, vocab=97, d=32, layers=2, heads=4, head_dim=8, ff=64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.rel_bias = nn.Embedding(32, heads)
+        self.blocks = nn.ModuleList(T5Block(d, heads, head_dim, ff) for _ in range(layers))
+        self.final_norm = RMSNorm(d)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1])
+        bias = self.rel_bias(relative_bucket(positions[None, :] - positions[:, None])).permute(2, 0, 1)
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.final_norm(x)
+
+
+def test_t5_encoder_sub_blocks_read_by_their_content_and_its_position_bias_pinned_across_groups():
+    import transformers
+
+    config = transformers.T5Config(
+        vocab_size=97, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        dropout_rate=0.0, relative_attention_num_buckets=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.T5EncoderModel(config).eval()
+    model = MyT5Encoder().eval()
+    alignment = sl.align(model, reference)
+    assert not alignment.ok and "rel_bias.weight" in alignment.unmatched_dst  # in block 0 there: a hint says it
+    hints = {"rel_bias": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"}
+    alignment = sl.align(model, reference, hints=hints)
+    assert alignment.ok, alignment.code()
+    by_dst = {m.dst: m.src for m in alignment.matched}
+    assert by_dst["blocks.1.attn_norm.weight"] == ("encoder.block.1.layer.0.layer_norm.weight",)
+    assert by_dst["blocks.1.mlp.gate.weight"] == ("encoder.block.1.layer.1.DenseReluDense.wi_0.weight",)
+    assert sl.load(model, reference, align=alignment).ok
+    with torch.no_grad():
+        assert torch.allclose(model(IDS), reference(IDS).last_hidden_state, atol=1e-5)
