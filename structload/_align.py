@@ -27,9 +27,10 @@ import re
 
 from ._align_hints import resolve_hints
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
+from ._align_paths import all_leaves, block_pattern, block_template, by_container, full_path, parent, same_layout, sends
 from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
-from ._rename import Renamer, compile_rename, rename_tree
+from ._rename import compile_rename, rename_tree
 from ._runtime import collector_paused
 from ._select import Selection
 from .convert import Concat, Converter, Split, Transpose
@@ -97,18 +98,18 @@ class _Aligner:
         self.pins, self.refused_hints = resolve_hints(hints, dst, src)
         self.matcher = GroupMatcher(self.pins)
         self.rules: dict[str, str | None] = {}
-        self.narrow: dict[str, str] = {}
-        self.layouts: set[str] = (
-            set()
-        )  # how the groups aligned so far store their matrices  # a module rule -> the same rule for its own tensors only
+        self.narrow: dict[str, str] = {}  # a module rule -> the same rule for its own tensors only
+        self.layouts: set[str] = set()  # how the groups aligned so far store their matrices
+        self.ambiguous_dst: set[str] = set()
+        self.diverging: str | None = None  # the destination container whose depth no source one has
         self.all_src = list(src)
         self.expected: dict[str, str] = {}  # source path -> where the rules must send it
         self.matched_src: set[str] = set()
         self.matched_dst: set[str] = set()
 
     def run(self, followers: list[Leaf], src_followers: list[Leaf]) -> None:
-        dst_blocks, dst_top = _by_container(self.dst)
-        src_blocks, src_top = _by_container(self.src)
+        dst_blocks, dst_top = by_container(self.dst)
+        src_blocks, src_top = by_container(self.src)
         scratch = Alignment()  # pairing twice when pins cross groups: notes only from the last
         pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
         crossing = self._crossing_pins(dict(pairs))
@@ -117,28 +118,34 @@ class _Aligner:
             pinned = {leaf.path for pair in crossing for leaf in pair}
             self.dst = [leaf for leaf in self.dst if leaf.path not in pinned]
             self.src = [leaf for leaf in self.src if leaf.path not in pinned]
-            dst_blocks, dst_top = _by_container(self.dst)
-            src_blocks, src_top = _by_container(self.src)
+            dst_blocks, dst_top = by_container(self.dst)
+            src_blocks, src_top = by_container(self.src)
             scratch = Alignment()
             pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
         self.result.ambiguous += scratch.ambiguous
-        self.result.divergence = scratch.divergence
         for dst_c, src_c in pairs:
             self._align_blocks(dst_c, dst_blocks.pop(dst_c), src_c, src_blocks.pop(src_c))
-        if self.result.divergence is None:  # the rest by whole paths (a Sequential's "body.3.weight")
-            rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in _all(blocks)]
-            rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in _all(blocks)]
-            self._align_group(rest_dst, rest_src, container=None)
+        # the rest by whole paths (a Sequential's "body.3.weight", lpips' lin0..lin4 against a list)
+        rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in all_leaves(blocks)]
+        rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in all_leaves(blocks)]
+        self._align_group(rest_dst, rest_src, container=None)
         self._match_followers(followers, src_followers)
         self._finish()
+        diverging = f"{self.diverging}." if self.diverging else ""
+        if scratch.divergence and any(  # the depths differ where tensors stay undecided: say so, with both counts
+            path.startswith(diverging) for path in [*self.result.unmatched_dst, *self.ambiguous_dst]
+        ):
+            self.result.divergence = scratch.divergence
 
     def _crossing_pins(self, partner: dict) -> list[tuple[Leaf, Leaf]]:
         """Pinned pairs whose two tensors are in different groups (a block's tensor and a top-level
         one, or two blocks of other numbers): aligned on their own, by whole paths."""
+        if not self.pins:
+            return []
         dst_by_path = {leaf.path: leaf for leaf in self.dst}
         src_by_path = {leaf.path: leaf for leaf in self.src}
         crossing = []
-        for dst_path, (src_path, _) in self.pins.items():
+        for dst_path, (src_path, *_) in self.pins.items():
             d, s = dst_by_path.get(dst_path), src_by_path.get(src_path)
             if d is None or s is None:
                 continue
@@ -184,6 +191,7 @@ class _Aligner:
                 notes.ambiguous.append(Ambiguity((dst_c,), tuple(same), reason))
             elif free and notes.divergence is None:
                 other = min(free, key=lambda c: abs(len(free[c]) - len(blocks)))
+                self.diverging = dst_c
                 notes.divergence = (
                     f"destination '{dst_c or '<root>'}' has {len(blocks)} entries, source '{other or '<root>'}' has "
                     f"{len(free[other])} (source '{other or '<root>'}' has {len(free[other])}, destination "
@@ -194,8 +202,8 @@ class _Aligner:
     def _align_blocks(self, dst_c: str, dst_blocks: dict, src_c: str, src_blocks: dict) -> None:
         dst_first, src_first = dst_blocks[min(dst_blocks)], src_blocks[min(src_blocks)]
         template = self.matcher.match(dst_first, src_first)
-        uniform = all(_same_layout(dst_blocks[i], dst_first) for i in dst_blocks) and all(
-            _same_layout(src_blocks[i], src_first) for i in src_blocks
+        uniform = all(same_layout(dst_blocks[i], dst_first) for i in dst_blocks) and all(
+            same_layout(src_blocks[i], src_first) for i in src_blocks
         )
         count = f"numbered blocks: {len(dst_blocks)} = {len(src_blocks)}"
         if uniform and sorted(dst_blocks) == sorted(src_blocks):
@@ -209,19 +217,22 @@ class _Aligner:
     def _check_block_pins(self, template: GroupResult, dst_c: str, dst_blocks: dict) -> None:
         """Pins in the blocks after the template one hold when the template pairs the same (they
         are applied through it); one that contradicts it is refused."""
+        if not self.pins:
+            return
         paired = {p.dst[0].rel: p.src[0].rel for p in template.pairs if len(p.dst) == len(p.src) == 1}
-        for leaf in (leaf for i in dst_blocks if i != min(dst_blocks) for leaf in dst_blocks[i]):
+        first = min(dst_blocks)
+        for leaf in (leaf for i in dst_blocks if i != first for leaf in dst_blocks[i]):
             pin = self.pins.get(leaf.path)
             if pin is None:
                 continue
-            src_rel = pin[0].split(".", len(pin[0].split(".")) - len(leaf.rel.split(".")))[-1]
-            if paired.get(leaf.rel) is not None and pin[0].endswith("." + paired[leaf.rel]):
+            src_path, text, dst_glob = pin
+            if leaf.rel in paired and src_path.endswith("." + paired[leaf.rel]):
                 self.matcher.applied_pins.add(leaf.path)
             else:
                 self.refused_hints.setdefault(
-                    pin[1].split("'")[1],
-                    f"hint {pin[1]}: pins '{leaf.path}' to '{pin[0]}', but the blocks of '{dst_c}' pair "
-                    f"'{leaf.rel}' with '{paired.get(leaf.rel, src_rel)}'; pin every block alike ('*' for the number)",
+                    dst_glob,
+                    f"hint {text}: pins '{leaf.path}' to '{src_path}', which the blocks of '{dst_c}' pair "
+                    "otherwise; pin every block alike ('*' for the number)",
                 )
 
     def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:
@@ -245,12 +256,13 @@ class _Aligner:
                 continue
             self._emit_pair(pair, dst_c, src_c, indices, count)
         for dst, src, reason in found.ambiguous:
-            dst_paths = tuple(_pattern(d, dst_c, indices) for d in dst)
-            src_paths = tuple(_pattern(s, src_c, indices) for s in src)
+            dst_paths = tuple(block_pattern(d, dst_c, indices) for d in dst)
+            src_paths = tuple(block_pattern(s, src_c, indices) for s in src)
             self.result.ambiguous.append(Ambiguity(dst_paths, src_paths, reason))
             for i in indices:
-                self.matched_dst.update(_full(d, dst_c, i) for d in dst)  # not unmatched: listed as ambiguous
-                self.matched_src.update(_full(s, src_c, i) for s in src)
+                self.ambiguous_dst.update(full_path(d, dst_c, i) for d in dst)
+                self.matched_dst.update(full_path(d, dst_c, i) for d in dst)  # not unmatched: listed as ambiguous
+                self.matched_src.update(full_path(s, src_c, i) for s in src)
 
     def _emit_pair(self, pair: Pair, dst_c, src_c, indices, count) -> None:
         generic = dst_c is not None
@@ -263,10 +275,10 @@ class _Aligner:
                 converters.append(Transpose(star(d.rel) if generic else d.path))
         elif len(pair.src) == 1:  # split one source tensor into several
             s = pair.src[0]
-            temp = self._temporary(_parent(pair.dst), s)
+            temp = self._temporary(parent(pair.dst), s)
             self._rule(s, temp, dst_c, src_c)
             pattern = star(temp) if generic else temp
-            into = [_template(d.rel, dst_c) if generic else d.path for d in pair.dst]
+            into = [block_template(d.rel, dst_c) if generic else d.path for d in pair.dst]
             # transposed: the source turned into the destination's layout first, then split along the
             # dim that stacks the parts there (0 for (out, in) parts, 1 for (in, out) ones)
             dim = 1 if pair.transposed and len(s.shape) == 2 and s.shape[0] == sum(d.shape[1] for d in pair.dst) else 0
@@ -285,16 +297,21 @@ class _Aligner:
                     converters.append(Transpose(temps[-1]))
             # the transposed parts stack along dim 0 of an (out, in) destination, dim 1 of an (in, out) one
             dim = 1 if pair.transposed and len(d.shape) == 2 and d.shape[1] == sum(s.shape[0] for s in pair.src) else 0
-            converters.append(Concat(temps, into=_template(d.rel, dst_c) if generic else d.path, dim=dim))
+            converters.append(Concat(temps, into=block_template(d.rel, dst_c) if generic else d.path, dim=dim))
         self.result.convert += converters
         evidence = tuple(pair.evidence + ([count] if count else []))
         for i in indices:
             for d in pair.dst:
                 self.result.matched.append(
-                    Match(_full(d, dst_c, i), tuple(_full(s, src_c, i) for s in pair.src), tuple(converters), evidence)
+                    Match(
+                        full_path(d, dst_c, i),
+                        tuple(full_path(s, src_c, i) for s in pair.src),
+                        tuple(converters),
+                        evidence,
+                    )
                 )
-                self.matched_dst.add(_full(d, dst_c, i))
-            self.matched_src.update(_full(s, src_c, i) for s in pair.src)
+                self.matched_dst.add(full_path(d, dst_c, i))
+            self.matched_src.update(full_path(s, src_c, i) for s in pair.src)
 
     def _temporary(self, dst_module: str, src: Leaf) -> str:
         """Where a fused (or to-be-fused) source tensor waits for its converter: under the
@@ -326,9 +343,9 @@ class _Aligner:
     def _finish(self) -> None:
         result = self.result
         rules = dict(self.rules)
-        if not _sends(rules, self.all_src, self.expected):
+        if not sends(rules, self.all_src, self.expected):
             rules = {self.narrow.get(key, key): value for key, value in self.rules.items()}
-        if not _sends(rules, self.all_src, self.expected):
+        if not sends(rules, self.all_src, self.expected):
             rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
             rules["^@"] = ""  # two steps, so that no rule's output meets another rule
             rules.update({key: None for key, value in self.rules.items() if value is None})
@@ -357,66 +374,3 @@ class _Aligner:
             if path not in by_dst and origin is not None:
                 evidence = (*origin.evidence, f"tied to '{origin.dst}'")
                 result.matched.append(Match(path, origin.src, origin.converters, evidence))
-
-
-def _parent(leaves: tuple[Leaf, ...]) -> str:
-    """The module holding all of `leaves`' modules (``attn`` for ``attn.q``, ``attn.k``, ``attn.v``)."""
-    parts = [leaf.module.split(".") for leaf in leaves]
-    common = []
-    for names in zip(*parts):
-        if len(set(names)) != 1:
-            break
-        common.append(names[0])
-    if all(len(p) == len(common) for p in parts):  # all in one module: its parent
-        common = common[:-1]
-    return ".".join(common)
-
-
-def _by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], list[Leaf]]:
-    blocks: dict[str, dict[int, list[Leaf]]] = {}
-    top = []
-    for leaf in leaves:
-        if leaf.container is None:
-            top.append(leaf)
-        else:
-            blocks.setdefault(leaf.container, {}).setdefault(leaf.index or 0, []).append(leaf)
-    return blocks, top
-
-
-def _all(blocks: dict[int, list[Leaf]]) -> list[Leaf]:
-    return [leaf for i in sorted(blocks) for leaf in blocks[i]]
-
-
-def _same_layout(a: list[Leaf], b: list[Leaf]) -> bool:
-    return [(leaf.rel, leaf.shape) for leaf in a] == [(leaf.rel, leaf.shape) for leaf in b]
-
-
-def _full(leaf: Leaf, container, index) -> str:
-    if container is None or index is None:
-        return leaf.path
-    return f"{container}.{index}.{leaf.rel}" if container else f"{index}.{leaf.rel}"
-
-
-def _pattern(leaf: Leaf, container, indices: list) -> str:
-    """The leaf's path, with ``*`` for the block index when it stands for every block."""
-    if container is None or len(indices) == 1:
-        return _full(leaf, container, indices[0])
-    return f"{container}.*.{leaf.rel}" if container else f"*.{leaf.rel}"
-
-
-def _template(rel: str, container: str) -> str:
-    return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
-
-
-def _sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
-    """Whether `rules` send every matched source path where expected and no other onto a taken path."""
-    renamer = Renamer(rules)
-    taken = set(expected.values())
-    for leaf in src:
-        new = renamer(leaf.path)
-        if leaf.path in expected:
-            if new != expected[leaf.path]:
-                return False
-        elif new in taken:
-            return False
-    return True

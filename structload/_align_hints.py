@@ -12,7 +12,7 @@ failed.
 >>> dst = [Leaf("alpha.weight", (4, 4), None, None, "alpha.weight")]
 >>> src = [Leaf("zeta.weight", (4, 4), None, None, "zeta.weight"), Leaf("eta.weight", (3,), None, None, "eta.weight")]
 >>> resolve_hints({"alpha": "zeta"}, dst, src)
-({'alpha.weight': ('zeta.weight', "'alpha' = 'zeta'")}, {})
+({'alpha.weight': ('zeta.weight', "'alpha' = 'zeta'", 'alpha')}, {})
 >>> resolve_hints({"alpha": "eta"}, dst, src)[1]["alpha"]
 "hint 'alpha' = 'eta': destination 'alpha.weight' (4, 4) does not fit source 'eta.weight' (3,)"
 >>> resolve_hints({"alpah": "zeta"}, dst, src)[1]["alpah"]
@@ -30,10 +30,10 @@ from ._text import shape_text
 
 def resolve_hints(
     hints: dict[str, str], dst: list[Leaf], src: list[Leaf]
-) -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
-    """The pins (destination path -> (source path, the hint as text)) and the refused hints
-    (destination glob -> why)."""
-    pins: dict[str, tuple[str, str]] = {}
+) -> tuple[dict[str, tuple[str, str, str]], dict[str, str]]:
+    """The pins (destination path -> (source path, the hint as text, its destination glob)) and
+    the refused hints (destination glob -> why)."""
+    pins: dict[str, tuple[str, str, str]] = {}
     refused: dict[str, str] = {}
     pinned_src: dict[str, str] = {}
     for dst_glob, src_glob in hints.items():
@@ -48,7 +48,7 @@ def resolve_hints(
             refused.setdefault(dst_glob, f"hint {dst_glob!r} {why} (the destination side of {text})")
             continue
         for d, s in found.items():
-            pins[d] = (s, text)
+            pins[d] = (s, text, dst_glob)
             pinned_src[s] = text
     return pins, refused
 

@@ -30,6 +30,7 @@ class Leaf:
     module: str = ""  # `rel` without its last name
     raw_param: str = ""  # the last name
     matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
+    context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
 
     def __post_init__(self) -> None:
         self.module, _, self.raw_param = self.rel.rpartition(".")
@@ -47,12 +48,12 @@ class Leaf:
                     return role, kind
             role = role_of(self.rel)  # a parameter that is its own module: cls_token, pos_embed
             if role is not None:
-                param = ""  # its name is its role: pos_embed and position_embeddings are one thing
+                param = "weight"  # a bare nn.Parameter named for its role is that module's weight
         return role, param
 
     @property
     def role(self) -> str | None:
-        return self._role_and_param[0]
+        return self.context_role or self._role_and_param[0]
 
     @property
     def param(self) -> str:
@@ -83,12 +84,14 @@ class GroupMatcher:
     `pins` maps a destination path to the source path a hint pins it to, and the hint.
     """
 
-    def __init__(self, pins: dict[str, tuple[str, str]] | None = None):
+    def __init__(self, pins: dict[str, tuple[str, str, str]] | None = None):
         self.pins = pins or {}
         self.applied_pins: set[str] = set()  # destination paths
 
     def match(self, dst: list[Leaf], src: list[Leaf]) -> GroupResult:
         found = GroupResult()
+        roles_by_content(dst)
+        roles_by_content(src)
         free_dst = {leaf.rel: leaf for leaf in dst}
         free_src = {leaf.rel: leaf for leaf in src}
         modules_dst, modules_src = _by_module(dst), _by_module(src)
@@ -210,6 +213,29 @@ class GroupMatcher:
             free_src.pop(leaf.rel, None)
 
     # --- layouts and output --------------------------------------------------------------------
+
+
+_ATTENTION_ROLES = frozenset({"q", "k", "v", "o", "qkv", "kv"})
+_MLP_ROLES = frozenset({"up", "down", "gate", "gate_up", "mlp_in"})
+
+
+def roles_by_content(leaves: list[Leaf]) -> None:
+    """A plain ``norm`` inside a sub-block plays the role its siblings say: T5's ``layer.0.layer_norm``
+    sits beside ``layer.0.SelfAttention`` (the attention's norm), ``layer.1.layer_norm`` beside
+    ``layer.1.DenseReluDense`` (the MLP's)."""
+    kinds: dict[str, set[str]] = {}
+    for leaf in leaves:
+        kind = "attn" if leaf.role in _ATTENTION_ROLES else "mlp" if leaf.role in _MLP_ROLES else None
+        if kind is not None:
+            parts = leaf.module.split(".")
+            for i in range(1, len(parts)):
+                kinds.setdefault(".".join(parts[:i]), set()).add(kind)
+    for leaf in leaves:
+        parent = leaf.module.rpartition(".")[0]
+        if parent and leaf.context_role is None and leaf.role == "norm_final":
+            around = kinds.get(parent, set())
+            if len(around) == 1:
+                leaf.context_role = "norm_attn" if "attn" in around else "norm_mlp"
 
 
 def _candidates(d: Leaf, free_dst: dict, free_src: dict, layout: str) -> tuple[list[Leaf], list[Leaf]]:

@@ -20,31 +20,29 @@ from .sources import SourceTensor, iter_leaves
 def source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
     """Source tensors (those `exclude=` names left out) and the paths of tied ones after the first
     (a module source's ``lm_head.weight`` that is its ``wte.weight``)."""
-    leaves, tied, first = [], set(), set()
+    leaves, tied = [], set()
+    first: dict = {}  # a cheap key -> the first source tensor with it; `same_data` decides
     for path, leaf in iter_leaves(tree):
         if not isinstance(leaf, SourceTensor):
             continue
         if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
             continue
         key = _data_key(leaf)
-        if key is not None and key in first:
-            tied.add(path)
-        first.add(key)
-        leaves.append(leaf_at(path, tuple(leaf.shape)))
+        if key is not None:
+            seen = first.setdefault(key, leaf)
+            if seen is not leaf and seen.same_data(leaf):
+                tied.add(path)
+        leaves.append(leaf_at(path, leaf.shape))
     return leaves, tied
 
 
 def _data_key(leaf: SourceTensor):
-    """What `SourceTensor.same_data` compares, as a key (None when nothing can tell)."""
+    """Where a source tensor's data lives, roughly (equal for tied tensors), or None."""
     tensor = getattr(leaf, "tensor", None)
-    if isinstance(tensor, torch.Tensor):
-        if tensor.is_meta:  # no storage: only the object itself
-            return ("object", id(tensor))
-        return ("memory", tensor.data_ptr(), tensor.dtype, tensor.shape, tensor.stride(), tensor.device)
+    if type(tensor) is torch.nn.Parameter or type(tensor) is torch.Tensor:
+        return None if tensor.is_meta else (tensor.data_ptr(), leaf.shape)  # meta: no storage to share
     file = getattr(leaf, "file", None)
-    if file is not None and hasattr(leaf, "offset"):
-        return ("file", file.path, leaf.offset, leaf.shape, leaf.dtype, getattr(leaf, "stride", None))
-    return None
+    return None if file is None else (id(file), getattr(leaf, "offset", None), leaf.shape)
 
 
 # `exclude=` names source paths too: a source entry it names is left out of the alignment, as a

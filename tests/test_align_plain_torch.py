@@ -5,6 +5,8 @@ or refused with a reason. Every port compares forward outputs with the reference
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -414,3 +416,219 @@ def test_a_layer_missing_in_the_middle_shifts_nothing():
     with pytest.raises(sl.LoadError):
         sl.load(dst, src, align=True)
     assert_unchanged(dst, before)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """OpenAI CLIP's text block: nn.MultiheadAttention, ln_1 / ln_2, mlp.c_fc / mlp.c_proj, QuickGELU."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mlp = nn.ModuleDict({"c_fc": nn.Linear(d, 4 * d), "c_proj": nn.Linear(4 * d, d)})
+
+    def forward(self, x, mask):
+        h = self.ln_1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        h = self.mlp["c_fc"](self.ln_2(x))
+        return x + self.mlp["c_proj"](h * torch.sigmoid(1.702 * h))
+
+
+class OpenAIClipText(nn.Module):
+    """OpenAI CLIP's text tower: bare nn.Parameters for the positions and the (in, out) projection."""
+
+    def __init__(self, vocab=97, context=16, d=32, layers=2, heads=4, out=24):
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab, d)
+        self.positional_embedding = nn.Parameter(torch.empty(context, d))
+        self.transformer = nn.Module()
+        self.transformer.resblocks = nn.ModuleList(ResidualAttentionBlock(d, heads) for _ in range(layers))
+        self.ln_final = nn.LayerNorm(d)
+        self.text_projection = nn.Parameter(torch.empty(d, out))
+
+    def forward(self, ids):
+        T = ids.shape[1]
+        x = self.token_embedding(ids) + self.positional_embedding[:T]
+        mask = torch.full((T, T), float("-inf")).triu(1)
+        for block in self.transformer.resblocks:
+            x = block(x, mask)
+        x = self.ln_final(x)
+        return x, x[torch.arange(x.shape[0]), ids.argmax(-1)] @ self.text_projection
+
+
+def test_clip_text_into_openai_clip_with_bare_parameters_and_multihead_attention():
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        max_position_embeddings=16, projection_dim=24, eos_token_id=2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.CLIPTextModelWithProjection(config).eval()
+    model = OpenAIClipText().eval()
+    alignment = sl.align(model, reference)
+    assert alignment.ok, alignment.code()
+    [projection] = [m for m in alignment.matched if m.dst == "text_projection"]
+    assert projection.src == ("text_projection.weight",) and "stored transposed (in, out)" in projection.evidence
+    assert sl.load(model, reference, align=alignment).ok
+    with torch.no_grad():
+        expected = reference(IDS)
+        hidden, embeds = model(IDS)
+    assert torch.allclose(hidden, expected.last_hidden_state, atol=1e-5)
+    assert torch.allclose(embeds, expected.text_embeds, atol=1e-5)
+
+
+class LpipsHeads(nn.Module):
+    """lpips' linear heads: lin0..lin4, each a Sequential(Dropout, Conv2d(c, 1, 1, bias=False))."""
+
+    def __init__(self, channels=(8, 16, 32, 64, 64)):
+        super().__init__()
+        for i, c in enumerate(channels):
+            setattr(self, f"lin{i}", nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False)))
+
+
+def test_lpips_heads_against_a_list_match_the_unique_shapes_and_name_the_rest():
+    reference = randomized(LpipsHeads())
+    model = nn.ModuleDict({"heads": nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in (8, 16, 32, 64, 64))})
+    alignment = sl.align(model, reference)
+    assert {m.dst: m.src for m in alignment.matched} == {
+        "heads.0.weight": ("lin0.1.weight",),
+        "heads.1.weight": ("lin1.1.weight",),
+        "heads.2.weight": ("lin2.1.weight",),
+    }
+    [ambiguity] = alignment.ambiguous
+    assert set(ambiguity.src) == {"lin3.1.weight", "lin4.1.weight"}
+    hints = {"heads.3": "lin3.1", "heads.4": "lin4.1"}
+    assert sl.load(model, reference, align={"hints": hints}).ok
+    assert torch.equal(model["heads"][4].weight, reference.lin4[1].weight)
+
+
+class Resemblyzer(nn.Module):
+    """resemblyzer's speaker encoder: one 3-layer LSTM, a linear, a ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm, self.linear = nn.LSTM(8, 12, 3, batch_first=True), nn.Linear(12, 6)
+
+    def forward(self, x):
+        _, (hidden, _) = self.lstm(x)
+        return F.relu(self.linear(hidden[-1]))
+
+
+class MyResemblyzer(nn.Module):
+    """The same as a user writes it, one layer at a time."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.ModuleList(nn.LSTM(8 if i == 0 else 12, 12, 1, batch_first=True) for i in range(3))
+        self.proj = nn.Linear(12, 6)
+
+    def forward(self, x):
+        for layer in self.rnn:
+            x, (hidden, _) = layer(x)
+        return F.relu(self.proj(hidden[-1]))
+
+
+def test_a_stacked_lstm_into_a_list_of_one_layer_lstms_and_back():
+    reference, model = randomized(Resemblyzer()).eval(), MyResemblyzer().eval()
+    alignment = sl.align(model, reference)
+    assert alignment.ok, alignment.code()
+    by_dst = {m.dst: m.src for m in alignment.matched}
+    assert by_dst["rnn.2.weight_hh_l0"] == ("lstm.weight_hh_l2",) and by_dst["rnn.1.bias_ih_l0"] == ("lstm.bias_ih_l1",)
+    assert sl.load(model, reference, align=alignment).ok
+    frames = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(model(frames), reference(frames), atol=1e-5)
+    back = Resemblyzer().eval()
+    assert sl.load(back, model, align=True).ok
+    with torch.no_grad():
+        assert torch.allclose(back(frames), reference(frames), atol=1e-5)
+
+
+def relative_bucket(relative: torch.Tensor, buckets: int = 32, max_distance: int = 128) -> torch.Tensor:
+    """T5's bidirectional relative-position buckets: half for each direction, exact up to a
+    quarter of them, logarithmic beyond."""
+    half = buckets // 2
+    bucket = (relative > 0).long() * half
+    distance = relative.abs()
+    exact = half // 2
+    far = exact + (torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (half - exact))
+    return bucket + torch.where(distance < exact, distance, far.long().clamp(max=half - 1))
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, d: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        return self.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)
+
+
+class T5Block(nn.Module):
+    def __init__(self, d: int, heads: int, head_dim: int, ff: int):
+        super().__init__()
+        self.attn_norm, self.mlp_norm = RMSNorm(d), RMSNorm(d)
+        inner = heads * head_dim
+        self.attn = nn.ModuleDict(
+            {n: nn.Linear(d, inner, bias=False) for n in "qkv"} | {"o": nn.Linear(inner, d, bias=False)}
+        )
+        self.mlp = nn.ModuleDict(
+            {
+                "gate": nn.Linear(d, ff, bias=False),
+                "up": nn.Linear(d, ff, bias=False),
+                "down": nn.Linear(ff, d, bias=False),
+            }
+        )
+        self.heads = heads
+
+    def forward(self, x, bias):
+        B, T, _ = x.shape
+        h = self.attn_norm(x)
+        q, k, v = (self.attn[n](h).view(B, T, self.heads, -1).transpose(1, 2) for n in "qkv")
+        weights = torch.softmax(q @ k.transpose(-1, -2) + bias, dim=-1)  # T5 does not scale the scores
+        x = x + self.attn["o"]((weights @ v).transpose(1, 2).reshape(B, T, -1))
+        h = self.mlp_norm(x)
+        return x + self.mlp["down"](F.gelu(self.mlp["gate"](h), approximate="tanh") * self.mlp["up"](h))
+
+
+class MyT5Encoder(nn.Module):
+    """T5 v1.1's encoder, written from the paper: the relative-position bias kept once, at the top."""
+
+    def __init__(self, vocab=97, d=32, layers=2, heads=4, head_dim=8, ff=64):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d)
+        self.rel_bias = nn.Embedding(32, heads)
+        self.blocks = nn.ModuleList(T5Block(d, heads, head_dim, ff) for _ in range(layers))
+        self.final_norm = RMSNorm(d)
+
+    def forward(self, ids):
+        positions = torch.arange(ids.shape[1])
+        bias = self.rel_bias(relative_bucket(positions[None, :] - positions[:, None])).permute(2, 0, 1)
+        x = self.embed(ids)
+        for block in self.blocks:
+            x = block(x, bias)
+        return self.final_norm(x)
+
+
+def test_t5_encoder_sub_blocks_read_by_their_content_and_its_position_bias_pinned_across_groups():
+    import transformers
+
+    config = transformers.T5Config(
+        vocab_size=97, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        dropout_rate=0.0, relative_attention_num_buckets=32,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = transformers.T5EncoderModel(config).eval()
+    model = MyT5Encoder().eval()
+    alignment = sl.align(model, reference)
+    assert not alignment.ok and "rel_bias.weight" in alignment.unmatched_dst  # in block 0 there: a hint says it
+    hints = {"rel_bias": "encoder.block.0.layer.0.SelfAttention.relative_attention_bias"}
+    alignment = sl.align(model, reference, hints=hints)
+    assert alignment.ok, alignment.code()
+    by_dst = {m.dst: m.src for m in alignment.matched}
+    assert by_dst["blocks.1.attn_norm.weight"] == ("encoder.block.1.layer.0.layer_norm.weight",)
+    assert by_dst["blocks.1.mlp.gate.weight"] == ("encoder.block.1.layer.1.DenseReluDense.wi_0.weight",)
+    assert sl.load(model, reference, align=alignment).ok
+    with torch.no_grad():
+        assert torch.allclose(model(IDS), reference(IDS).last_hidden_state, atol=1e-5)
