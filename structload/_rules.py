@@ -12,6 +12,7 @@ slot         source               verdict
 ===========  ===================  =====================================================
 tensor       tensor               R1: loaded (shapes equal, a dtype change is a cast)
 sharded      tensor               R1 on the global shape; each rank writes its shard
+lazy         tensor               R1 for an uninitialized (lazy) parameter: it takes the source's shape
 tensor       None                 R2: skipped
 tensor       absent               R3: zeroed
 tensor       missing              missing; R3: zeroed when it is a bias beside its module
