@@ -342,18 +342,27 @@ class _Aligner:
         self.split.add(key)
         self.rules[exact[0]] = exact[1]
 
+    def _rules(self) -> dict:
+        """The simplest rules that send every source path where the matches say: a stacked RNN in
+        one rule, one rule per module, a module's own tensors only (look-ahead), or, when rules
+        would meet, one rule per tensor in two steps."""
+        candidates = (
+            lambda: layer_rules(self.rules),
+            lambda: dict(self.rules),
+            lambda: {self.narrow.get(key, key): value for key, value in self.rules.items()},
+        )
+        for make in candidates:
+            rules = make()
+            if sends(rules, self.all_src, self.expected):
+                return rules
+        rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
+        rules["^@"] = ""  # two steps, so that no rule's output meets another rule
+        rules.update({key: None for key, value in self.rules.items() if value is None})
+        return rules
+
     def _finish(self) -> None:
         result = self.result
-        rules = layer_rules(self.rules)  # a stacked RNN onto a list of one-layer ones: one rule
-        if not sends(rules, self.all_src, self.expected):
-            rules = dict(self.rules)
-        if not sends(rules, self.all_src, self.expected):
-            rules = {self.narrow.get(key, key): value for key, value in self.rules.items()}
-        if not sends(rules, self.all_src, self.expected):
-            rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
-            rules["^@"] = ""  # two steps, so that no rule's output meets another rule
-            rules.update({key: None for key, value in self.rules.items() if value is None})
-        result.rename.update(rules)
+        result.rename.update(self._rules())
         followers: dict[str, list[str]] = {}
         for path, first in self.tied.items():
             followers.setdefault(first, []).append(path)
