@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 
 from ._align_hints import resolve_hints
+from ._align_layers import layer_rules
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
 from ._align_paths import all_leaves, block_pattern, block_template, by_container, full_path, parent, same_layout, sends
 from ._align_sides import destination, flattened, source
@@ -99,6 +100,8 @@ class _Aligner:
         self.matcher = GroupMatcher(self.pins)
         self.rules: dict[str, str | None] = {}
         self.narrow: dict[str, str] = {}  # a module rule -> the same rule for its own tensors only
+        self.by_module: dict[str, list[tuple[str, str]]] = {}  # a module rule -> the tensor rules it stands for
+        self.split: set[str] = set()  # module rules given up: their tensors go to several modules
         self.layouts: set[str] = set()  # how the groups aligned so far store their matrices
         self.ambiguous_dst: set[str] = set()
         self.diverging: str | None = None  # the destination container whose depth no source one has
@@ -333,23 +336,40 @@ class _Aligner:
         dst_module, _, dst_param = dst_rel.rpartition(".")
         if src.rel == dst_rel and src_c == dst_c:
             return
-        if src.raw_param == dst_param and src.module and dst_module:
-            key = head_s + re.escape(src.module) + r"\."  # the module, as a person writes it
-            self.rules[key] = f"{head_d}{dst_module}."
+        exact = (head_s + re.escape(src.rel) + "$", head_d + dst_rel)
+        key = head_s + re.escape(src.module) + r"\."  # the module, as a person writes it
+        same_name = src.raw_param == dst_param and src.module and dst_module and key not in self.split
+        if same_name and self.rules.setdefault(key, f"{head_d}{dst_module}.") == f"{head_d}{dst_module}.":
             self.narrow[key] = key + "(?=[^.]+$)"  # its own tensors only, when a submodule must stay
-        else:
-            self.rules[head_s + re.escape(src.rel) + "$"] = head_d + dst_rel
+            self.by_module.setdefault(key, []).append(exact)
+            return
+        if key in self.by_module:  # its tensors go elsewhere too (a stacked LSTM's layers): one rule per tensor
+            del self.rules[key]
+            self.rules.update(self.by_module.pop(key))
+        self.split.add(key)
+        self.rules[exact[0]] = exact[1]
+
+    def _rules(self) -> dict:
+        """The simplest rules that send every source path where the matches say: a stacked RNN in
+        one rule, one rule per module, a module's own tensors only (look-ahead), or, when rules
+        would meet, one rule per tensor in two steps."""
+        candidates = (
+            lambda: layer_rules(self.rules),
+            lambda: dict(self.rules),
+            lambda: {self.narrow.get(key, key): value for key, value in self.rules.items()},
+        )
+        for make in candidates:
+            rules = make()
+            if sends(rules, self.all_src, self.expected):
+                return rules
+        rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
+        rules["^@"] = ""  # two steps, so that no rule's output meets another rule
+        rules.update({key: None for key, value in self.rules.items() if value is None})
+        return rules
 
     def _finish(self) -> None:
         result = self.result
-        rules = dict(self.rules)
-        if not sends(rules, self.all_src, self.expected):
-            rules = {self.narrow.get(key, key): value for key, value in self.rules.items()}
-        if not sends(rules, self.all_src, self.expected):
-            rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
-            rules["^@"] = ""  # two steps, so that no rule's output meets another rule
-            rules.update({key: None for key, value in self.rules.items() if value is None})
-        result.rename.update(rules)
+        result.rename.update(self._rules())
         followers: dict[str, list[str]] = {}
         for path, first in self.tied.items():
             followers.setdefault(first, []).append(path)

@@ -60,3 +60,33 @@ def pair_by_layer(dst: list, src: list) -> list[tuple[object, object, str]] | No
         other = by_number[n]
         pairs.append((leaf, other, f"layer {n} of '{src_layers[0][0]}' is layer {n} of '{stack}'"))  # type: ignore[index]
     return pairs
+
+
+_EXACT = re.compile(r"^\^(?P<module>.+)\\\.(?P<name>(?:weight|bias)_(?:ih|hh|hr))_l(?P<n>\d+)(?P<rev>_reverse)?\$$")
+
+
+def layer_rules(rules: dict) -> dict:
+    """`rules` with the per-tensor rules of one stacked recurrent module onto a list of one-layer
+    ones (``^lstm\\.weight_ih_l2$`` -> ``rnn.2.weight_ih_l0``...) written as the one rule a person
+    writes (``^lstm\\.(weight|bias)_(ih|hh|hr)_l(\\d+)(_reverse)?$`` -> ``rnn.\\3.\\1_\\2_l0\\4``).
+
+    >>> layer_rules({r"^lstm\\.weight_ih_l1$": "rnn.1.weight_ih_l0", r"^lstm\\.bias_hh_l0$": "rnn.0.bias_hh_l0"})
+    {'^lstm\\\\.(weight|bias)_(ih|hh|hr)_l(\\\\d+)(_reverse)?$': 'rnn.\\\\3.\\\\1_\\\\2_l0\\\\4'}
+    """
+    stacks: dict[str, set] = {}
+    for key, value in rules.items():
+        found = _EXACT.match(key)
+        if found is None or value is None:
+            continue
+        target = re.fullmatch(rf"(.+)\.{found['n']}\.{found['name']}_l0{found['rev'] or ''}", value)
+        stacks.setdefault(found["module"], set()).add(target[1] if target else None)
+    whole = {module for module, lists in stacks.items() if len(lists) == 1 and None not in lists}
+    compact: dict = {}
+    for key, value in rules.items():
+        found = _EXACT.match(key)
+        if found is None or found["module"] not in whole:
+            compact[key] = value
+            continue
+        (target,) = stacks[found["module"]]
+        compact[f"^{found['module']}\\.(weight|bias)_(ih|hh|hr)_l(\\d+)(_reverse)?$"] = f"{target}.\\3.\\1_\\2_l0\\4"
+    return compact

@@ -15,6 +15,7 @@ from ._align_match import Leaf
 from ._dest import SlotKind, as_dest, dest_children, is_container
 from ._select import LeftOut, Selection
 from .sources import SourceTensor, iter_leaves
+from .sources._leaves import MemoryTensor
 
 
 def source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
@@ -27,22 +28,12 @@ def source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
             continue
         if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
             continue
-        key = _data_key(leaf)
-        if key is not None:
-            seen = first.setdefault(key, leaf)
+        if type(leaf) is MemoryTensor and not leaf.tensor.is_meta:  # files store no tensor twice
+            seen = first.setdefault((leaf.tensor.data_ptr(), leaf.shape), leaf)
             if seen is not leaf and seen.same_data(leaf):
                 tied.add(path)
         leaves.append(leaf_at(path, leaf.shape))
     return leaves, tied
-
-
-def _data_key(leaf: SourceTensor):
-    """Where a source tensor's data lives, roughly (equal for tied tensors), or None."""
-    tensor = getattr(leaf, "tensor", None)
-    if type(tensor) is torch.nn.Parameter or type(tensor) is torch.Tensor:
-        return None if tensor.is_meta else (tensor.data_ptr(), leaf.shape)  # meta: no storage to share
-    file = getattr(leaf, "file", None)
-    return None if file is None else (id(file), getattr(leaf, "offset", None), leaf.shape)
 
 
 # `exclude=` names source paths too: a source entry it names is left out of the alignment, as a

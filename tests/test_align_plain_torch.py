@@ -632,3 +632,15 @@ def test_t5_encoder_sub_blocks_read_by_their_content_and_its_position_bias_pinne
     assert sl.load(model, reference, align=alignment).ok
     with torch.no_grad():
         assert torch.allclose(model(IDS), reference(IDS).last_hidden_state, atol=1e-5)
+
+
+def test_exclude_names_source_paths_under_align():
+    reference = randomized(PNet())
+    state = reference.state_dict() | {"num_batches.count": torch.ones(2)}  # what no destination holds
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(MyPNet(), state, align=True)
+    assert "num_batches" in str(info.value)
+    model = MyPNet()
+    assert sl.load(model, state, align=True, exclude="num_batches.*").ok
+    assert torch.equal(model.body[6].weight, reference.prelu3.weight)
+    assert sl.align(MyPNet(), state, exclude="num_batches.*").ok
