@@ -17,22 +17,6 @@ import pytest
 pytest.importorskip("transformers")
 import zoo  # after the importorskip: it needs transformers
 
-# Causes that issue 22's part A fixes (modules' own loading code, init_empty_weights): until it lands,
-# these architectures fail with a LoadError naming the cause, and only with that one.
-PART_A = {
-    "_load_from_state_dict": "a FrozenBatchNorm2d loads through its own _load_from_state_dict",
-    "load_state_dict hooks": "the model has load_state_dict hooks",
-    "still on the meta device": "init_empty_weights leaves a non-persistent buffer on meta",
-}
-EXPECTED_CAUSE = {
-    "detr": "_load_from_state_dict",
-    "conditional_detr": "_load_from_state_dict",
-    "table-transformer": "_load_from_state_dict",
-    "mamba": "load_state_dict hooks",
-    "bros": "still on the meta device",
-    "mra": "still on the meta device",
-}
-
 SLICE = [
     # declared renamings: the ViT family (encoder.layer.*.attention.attention.key)
     "vit", "beit", "deit", "dinov2", "dinov2_with_registers", "audio-spectrogram-transformer", "vit_msn",
@@ -40,9 +24,9 @@ SLICE = [
     "gemma3", "aya_vision", "fuyu", "llava", "paligemma", "mistral3",
     # declared converters: per-expert weights into fused experts.gate_up_proj
     "mixtral", "qwen2_moe", "deepseek_v2", "olmoe", "qwen3_moe",
-    # DETR backbones (declared renamings) and their FrozenBatchNorm2d (part A)
+    # DETR backbones (declared renamings) and their FrozenBatchNorm2d (its own _load_from_state_dict)
     "detr", "conditional_detr", "table-transformer",
-    # load_state_dict hooks and init_empty_weights buffers (part A)
+    # load_state_dict hooks (Mamba) and non-persistent buffers init_empty_weights must build (BROS, MRA)
     "mamba", "bros", "mra",
     # from_pretrained itself changes a saved value (a padding row): compared with the saved model
     "chinese_clip",
@@ -64,14 +48,9 @@ def test_strict_load_gives_from_pretrained_state(model_type, tmp_path):
     if outcome.status == "skipped":
         pytest.skip(outcome.reason)
     assert outcome.status != "silent", f"a silent difference: {outcome}"
-    cause = EXPECTED_CAUSE.get(model_type)
-    if outcome.status == "failed" and cause is not None:
-        assert cause in outcome.reason, f"failed for another cause than {cause!r}: {outcome}"
-        pytest.xfail(f"issue 22 part A: {PART_A[cause]}")
     assert outcome.status == "passed", str(outcome)
 
 
 def test_the_slice_holds_every_cause_and_only_registered_architectures():
     registered = set(zoo.architectures())
     assert set(SLICE) <= registered, set(SLICE) - registered
-    assert set(EXPECTED_CAUSE) <= set(SLICE) and set(EXPECTED_CAUSE.values()) == set(PART_A)
