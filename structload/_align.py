@@ -117,7 +117,7 @@ class _Aligner:
         pairs = self._pair_containers(dst_blocks, src_blocks, scratch)
         crossing = self._crossing_pins(dict(pairs))
         if crossing:
-            self._align_group([flattened(d) for d, _ in crossing], [flattened(s) for _, s in crossing], None)
+            self._align_group([flattened(d) for d, _ in crossing], [flattened(s) for _, s in crossing])
             pinned = {leaf.path for pair in crossing for leaf in pair}
             self.dst = [leaf for leaf in self.dst if leaf.path not in pinned]
             self.src = [leaf for leaf in self.src if leaf.path not in pinned]
@@ -131,7 +131,7 @@ class _Aligner:
         # the rest by whole paths (a Sequential's "body.3.weight", lpips' lin0..lin4 against a list)
         rest_dst = dst_top + [flattened(leaf) for blocks in dst_blocks.values() for leaf in all_leaves(blocks)]
         rest_src = src_top + [flattened(leaf) for blocks in src_blocks.values() for leaf in all_leaves(blocks)]
-        self._align_group(rest_dst, rest_src, container=None)
+        self._align_group(rest_dst, rest_src)
         self._match_followers(followers, src_followers)
         self._finish()
         diverging = f"{self.diverging}." if self.diverging else ""
@@ -238,7 +238,7 @@ class _Aligner:
                     "otherwise; pin every block alike ('*' for the number)",
                 )
 
-    def _align_group(self, dst: list[Leaf], src: list[Leaf], container) -> None:
+    def _align_group(self, dst: list[Leaf], src: list[Leaf]) -> None:
         if dst or src:
             self._emit(self.matcher.match(dst, src), None, None, [None], None)
 

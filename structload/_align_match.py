@@ -176,7 +176,7 @@ class GroupMatcher:
                 continue
             pieces = tuple(by_role[r][0] for r in parts)
             matrix = pieces[0].matrix if split else one.matrix
-            if _stacking(one, pieces, fused_is_source=split, matrix=matrix) is None:
+            if _stacking(one, pieces, matrix=matrix) is None:
                 continue
             sizes = " + ".join(shape_text(p.shape) for p in pieces)
             evidence = f"fused: '{_last(one.module)}' {shape_text(one.shape)} is {' + '.join(parts)}: {sizes}"
@@ -278,7 +278,7 @@ def _fits(dst: Leaf, src: Leaf) -> bool:
     return dst.shape == src.shape or (dst.matrix and len(src.shape) == 2 and dst.shape == src.shape[::-1])
 
 
-def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], fused_is_source: bool, matrix: bool) -> str | None:
+def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], matrix: bool) -> str | None:
     """How `pieces` (destination layout (out, in) when they are the destination's) stack into
     `fused`: ``"direct"`` along dim 0, ``"transposed"`` as an (in, out) matrix, ``"either"`` when
     shapes cannot tell (square pieces), ``None`` when they do not fit."""
@@ -343,8 +343,8 @@ def transposed(pair: Pair, layout: str) -> tuple[bool, str | None]:
 
 def _pair_stacking(pair: Pair) -> str | None:
     if len(pair.src) == 1:  # one source tensor split into the destination's
-        return _stacking(pair.src[0], pair.dst, fused_is_source=True, matrix=True)
-    return _stacking(pair.dst[0], pair.src, fused_is_source=False, matrix=True)
+        return _stacking(pair.src[0], pair.dst, matrix=True)
+    return _stacking(pair.dst[0], pair.src, matrix=True)
 
 
 def _glob(pattern: str, leaf: Leaf) -> bool:

@@ -1,7 +1,7 @@
-"""The process-wide resources a load uses, all in one place.
+"""The process-wide resources a load uses, and the inventory of all process-wide state.
 
 structload keeps no hidden global state. Three things are shared by the whole
-process, and all are here, explicit and documented:
+process and live here:
 
 - `collector_paused`: the cyclic garbage collector is paused while a load runs
   (`load` enters it around planning and writing; loads on several threads
@@ -13,6 +13,16 @@ process, and all are here, explicit and documented:
   handles hold the pool they use (`READERS` unless given another); it starts
   its threads on first use and starts afresh in a forked child, which inherits
   none of its parent's threads (no fork hook needed).
+
+Everything else a load shares with the process lives beside the code that uses
+it, and `PROCESS_WIDE_STATE` lists it all (a test scans the package and checks
+that nothing else exists): the second reader pool for URLs, the registries of
+open files that a load checks, the per-thread identity checks, the recorder of
+modules' own loading code, and the hint syntax of the command line. Two
+patches of torch are made for a bounded time only: ``nn.Module.register_parameter``
+inside ``init_empty_weights()`` (for the thread that entered it), and
+``nn.Module._load_from_state_dict`` while a plan records a module's own loading
+code (reference-counted under a lock, restored when the last recording ends).
 """
 
 from __future__ import annotations
@@ -118,3 +128,21 @@ class ReaderPool:
 
 #: The pool file handles use unless given another.
 READERS = ReaderPool()
+
+
+#: Every piece of process-wide state in structload, ``"module.name": what it holds``.
+PROCESS_WIDE_STATE = {
+    "structload._runtime._pause_lock": "guards the count of loads that paused the collector",
+    "structload._runtime._destinations_lock": "guards the table of per-destination locks",
+    "structload._runtime._destinations": "id(destination) -> its lock and the loads using it",
+    "structload._runtime.READERS": "the reader thread pool for local files",
+    "structload.sources._remote.REMOTE_READERS": "the reader thread pool for URLs (more, smaller requests)",
+    "structload.sources._files.FileHandle.alive": "open file handles, whose identity a load checks",
+    "structload.sources._files.FileHandle.holding_pickled_types": "handles whose pickles held unknown types",
+    "structload.sources._remote.RemoteFile.opened": "open remote files, for prefetch and change checks",
+    "structload.sources.dcp.DCPCheckpoint.opened": "open DCP checkpoints, whose identity a load checks",
+    "structload.sources._identity._LOAD": "per thread: the identities the running load checked already",
+    "structload._customised._RECORDING": "per thread: the module whose loading code is being recorded",
+    "structload._customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
+    "structload._text.HINT_SYNTAX": "a ContextVar: hints written as Python (the API) or as flags (the CLI)",
+}
