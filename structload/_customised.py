@@ -179,7 +179,8 @@ class _View:
             if id(value) not in self.leaves:
                 return (
                     {},
-                    f"puts a value the recording did not predict at '{key}' (computed from the checkpoint's values?)",
+                    f"puts a value the recording did not predict at '{key}' (a value computed from the "
+                    "checkpoint's, or a new tensor of its own)",
                 )
             insert(left, key[len(prefix) :], self.leaves[id(value)])
         return left, None

@@ -175,3 +175,13 @@ def test_unregistered_object_is_a_type_problem():
 
     with pytest.raises(sl.LoadError, match="a value of type Plain is not a tensor"):
         sl.load(nn.Linear(2, 2, bias=False), {"weight": Plain(torch.ones(2, 2))}["weight"])
+
+
+def test_a_python_float_reaches_a_float64_destination_exactly(tmp_path):
+    dst = {"lr": torch.zeros((), dtype=torch.float64), "scale": torch.zeros(())}
+    sl.load(dst, {"lr": 0.1, "scale": 0.1})
+    assert dst["lr"].item() == 0.1 and dst["scale"].item() == torch.tensor(0.1).item()
+    torch.save({"lr": 0.1, "scale": 0.1}, tmp_path / "hparams.pt")
+    dst["lr"].zero_()
+    sl.load(dst, tmp_path / "hparams.pt")
+    assert dst["lr"].item() == 0.1

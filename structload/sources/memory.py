@@ -38,7 +38,9 @@ def leaf_from_value(value):
     if value is True:
         return BadLeaf("True is not a tensor (False marks an absent parameter)")
     if isinstance(value, (int, float)):
-        return MemoryTensor(torch.tensor(value), number=value)
+        # a Python float is a double: kept as float64 so a float64 destination gets it exactly
+        number = torch.tensor(value, dtype=torch.float64) if isinstance(value, float) else torch.tensor(value)
+        return MemoryTensor(number, number=value)
     return None
 
 
