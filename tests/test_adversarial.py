@@ -324,6 +324,12 @@ class StorageRef:
 
 def tensor_pickle(numel: int, size: tuple, offset: int = 0) -> bytes:
     """A data.pkl holding one tensor {"w": ...} over storage record '0' of `numel` floats."""
+    return pickle_of_one_tensor(("storage", torch.FloatStorage, "0", "cpu", numel), size, offset)
+
+
+def pickle_of_one_tensor(storage_id: tuple, size: tuple, offset: int) -> bytes:
+    """A pickle of {"w": tensor} of `size` (contiguous strides) from `offset` of the storage that
+    `storage_id` names, as torch.save pickles it (the zip and the legacy formats differ only there)."""
 
     class Tensor:
         def __reduce__(self):
@@ -332,7 +338,7 @@ def tensor_pickle(numel: int, size: tuple, offset: int = 0) -> bytes:
 
     class Pickler(pickle.Pickler):
         def persistent_id(self, obj):
-            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, StorageRef) else None
+            return storage_id if isinstance(obj, StorageRef) else None
 
     buffer = io.BytesIO()
     Pickler(buffer, protocol=2).dump({"w": Tensor()})
@@ -375,21 +381,7 @@ def legacy_storage(values: torch.Tensor) -> bytes:
 
 def legacy_tensor_pickle(numel: int, size: tuple, offset: int = 0, key: str = "0", view=None) -> bytes:
     """A main pickle {"w": tensor} over legacy storage `key` of `numel` floats, as torch.save writes it."""
-
-    class Tensor:
-        def __reduce__(self):
-            stride = tuple(reversed([1] + [size[-1 - i] for i in range(len(size) - 1)]))
-            return torch._utils._rebuild_tensor_v2, (StorageRef(), offset, size, stride, False, None)
-
-    class Pickler(pickle.Pickler):
-        def persistent_id(self, obj):
-            if isinstance(obj, StorageRef):
-                return ("storage", torch.FloatStorage, key, "cuda:0", numel, view)
-            return None
-
-    buffer = io.BytesIO()
-    Pickler(buffer, protocol=2).dump({"w": Tensor()})
-    return buffer.getvalue()
+    return pickle_of_one_tensor(("storage", torch.FloatStorage, key, "cuda:0", numel, view), size, offset)
 
 
 def test_crafted_legacy_files_are_what_torch_save_writes(tmp_path):

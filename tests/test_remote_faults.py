@@ -25,19 +25,8 @@ import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
 from structload.sources import _http, _remote
 
-
-@pytest.fixture(autouse=True)
-def quick_retries(monkeypatch):
-    monkeypatch.setattr(_remote, "BACKOFF_SECONDS", 0.001)
-
-
-@pytest.fixture
-def served(tmp_path):
-    root = tmp_path / "served"
-    root.mkdir()
-    server = LoopbackServer(root)
-    yield server
-    server.close()
+#: every test here: retries without waiting, and `served` (a loopback HTTP server), from conftest.py
+pytestmark = pytest.mark.usefixtures("quick_retries")
 
 
 @pytest.fixture

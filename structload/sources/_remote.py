@@ -247,31 +247,31 @@ class RemoteFile(FileHandle):
             self._probed = True
             return answer
         if not isinstance(answer, http.WholeBody) or answer.size != self.size:
-            raise SourceError(
-                f"{self.path}: the server ignored the byte range (answered 200 with the whole file); structload "
-                f"needs ranged reads, or {http.RANGE_IGNORED}=read-once to download the file once",
-                path="",
-            )
-        with self._lock:
-            if self._whole is None:
-                self._whole = answer
-                weakref.finalize(self, answer.close)
-        return self._whole.read(start, end)
+            raise self._ranges_refused("answered 200 with the whole file")
+        return self._keep_whole(answer).read(start, end)
 
     def _range_ignored(self, data: bytes, start: int, end: int) -> bytes:
         """A server answered a ranged read with more bytes than asked: refused, or (``read-once``)
         the whole body kept for every later read (`structload.sources._http`)."""
         if len(data) != self.size or not http.reads_once():
-            raise SourceError(
-                f"{self.path}: the server ignored the byte range (sent {len(data)} bytes for {end - start}); "
-                f"structload needs ranged reads, or {http.RANGE_IGNORED}=read-once to download the file once",
-                path="",
-            )
+            raise self._ranges_refused(f"sent {len(data)} bytes for {end - start}")
+        self._keep_whole(http.WholeBody(data))
+        return data[start:end]
+
+    def _ranges_refused(self, what: str) -> SourceError:
+        return SourceError(
+            f"{self.path}: the server ignored the byte range ({what}); structload needs ranged reads, "
+            f"or {http.RANGE_IGNORED}=read-once to download the file once",
+            path="",
+        )
+
+    def _keep_whole(self, body: http.WholeBody) -> http.WholeBody:
+        """The whole body kept for every later read: the first one a thread got, closed with the file."""
         with self._lock:
             if self._whole is None:
-                self._whole = http.WholeBody(data)
-                weakref.finalize(self, self._whole.close)
-        return data[start:end]
+                self._whole = body
+                weakref.finalize(self, body.close)
+        return self._whole
 
     @property
     def conditional_reads(self) -> bool:
