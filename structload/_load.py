@@ -203,7 +203,10 @@ def run_load(
     built on meta only to dry-run the load, where tensors left on meta are not a problem."""
     selection = Selection(options["include"], options["exclude"], options["filter"])
     renamer = compile_rename(options["rename"])
-    target_device = torch.device(device if device is not None else "cpu")
+    try:
+        target_device = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device= takes a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
     if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
         raise TypeError(f'dtype must be a torch.dtype, "auto" or None, got {dtype!r}')
     collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
