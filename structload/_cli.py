@@ -124,7 +124,10 @@ def build_on_meta(factory: str):
         if not callable(make):
             raise UsageError(f"{factory} is not callable")
         with init_empty_weights():
-            return make()
+            try:
+                return make()
+            except Exception as error:  # the user's code, not structload's: say whose (--debug: where)
+                raise UsageError(f"{factory} raised {type(error).__name__}: {error} (built on meta)") from error
 
 
 def _transformers_config(factory: str) -> str | None:

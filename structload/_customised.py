@@ -129,6 +129,31 @@ def record_module(tree, path: str, module: nn.Module, local_metadata: dict) -> R
     return Recorded(tree, _problem(path, module, why))
 
 
+def refused_once(refusals: list[Problem], problems: list[Problem]) -> list[Problem]:
+    """Each refused module once, at its path (the outermost, when refusals nest), then the plan's
+    `problems` outside every refused module. Inside one, a tensor missing or unexpected under
+    torch's names is a knock-on of the code structload did not run (a migration of old names, a
+    packed layout), not a finding of its own: the refusal says what to do for the whole module. A
+    refused root hides nothing: its subtree is the whole model, where the other problems are all
+    that can be told apart.
+
+    >>> refusal = Problem(ProblemKind.TYPE, "a", "a Old: its own loading code ...")
+    >>> knock_ons = [Problem(ProblemKind.MISSING, "a.weight", "missing"), Problem(ProblemKind.UNEXPECTED, "a.w", "")]
+    >>> [p.path for p in refused_once([refusal], [*knock_ons, Problem(ProblemKind.MISSING, "ab.weight", "")])]
+    ['a', 'ab.weight']
+    """
+    refused: list[Problem] = []
+    for refusal in refusals:
+        if not any(_within(refusal.path, r.path) for r in refused):
+            refused.append(refusal)
+    paths = [r.path for r in refused if r.path]
+    return refused + [p for p in problems if not any(_within(p.path, path) for path in paths)]
+
+
+def _within(path: str, module_path: str) -> bool:
+    return not module_path or path == module_path or path.startswith(f"{module_path}.")
+
+
 def _problem(path: str, module: nn.Module, why: str) -> Problem:
     cls = type(module)
     where = f"model.{path}" if path else "the module"

@@ -21,7 +21,7 @@ from ._rename import Renamer, compile_rename, rename_tree
 from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused, destination_lock
 from ._select import Selection
-from .convert import convert_tree
+from .convert import check_converters, convert_tree
 from .integrations import declared_library
 from .sources import iter_leaves, to_source_tree
 from .sources.tree import SourceTree, open_source
@@ -141,7 +141,7 @@ def load(
     - R6 every check runs before the first write.
     """
     options = {"strict": strict, "include": include, "exclude": exclude, "filter": filter, "rename": rename}
-    options["convert"] = convert
+    options["convert"] = check_converters(convert)
     options["adapt"] = adapt
     if align is not False and align is not None:
         with _interruptions_noted([NOTHING_WRITTEN]):
@@ -203,7 +203,10 @@ def run_load(
     built on meta only to dry-run the load, where tensors left on meta are not a problem."""
     selection = Selection(options["include"], options["exclude"], options["filter"])
     renamer = compile_rename(options["rename"])
-    target_device = torch.device(device if device is not None else "cpu")
+    try:
+        target_device = torch.device(device if device is not None else "cpu")
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device= takes a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
     if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
         raise TypeError(f'dtype must be a torch.dtype, "auto" or None, got {dtype!r}')
     collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
@@ -266,6 +269,7 @@ def _plan(
     problems raises here, before anything is written."""
     tree = to_source_tree(src)
     earlier: list[Problem] = []
+    before_rename = (tree, renamer) if renamer is not None else None  # for converters naming old paths
     if renamer is not None:
         renamed = rename_tree(tree, renamer)
         if isinstance(renamer, Renamer) and not renamer.all_used:
@@ -276,7 +280,7 @@ def _plan(
         tree, declared_problems, declared = _declared(tree, dst)
         earlier += declared_problems
     if convert is not None:
-        tree, converter_problems = convert_tree(tree, convert)
+        tree, converter_problems = convert_tree(tree, convert, before_rename)
         earlier += converter_problems
     adaptation = None
     if adapt is not None and adapt is not False:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._customised import CustomLoading, record_own_loading
+from ._customised import CustomLoading, record_own_loading, refused_once
 from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
 from ._problems import compose_problems
 from ._report import Adapted, Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
@@ -157,13 +157,8 @@ def make_plan(
     unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
     problems, hints = compose_problems(entries, unexpected, found.lengths)
     own_code = custom.problems if custom is not None else []
-    problems = (
-        list(earlier_problems)
-        + selection.unmatched_patterns()
-        + customised(found, selection, left_out)
-        + own_code
-        + problems
-    )
+    refusals = customised(found, selection, left_out) + own_code
+    problems = list(earlier_problems) + selection.unmatched_patterns() + refused_once(refusals, problems)
     mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
     plan = Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
     plan.post_hooks = custom.post_hooks if custom is not None else []

@@ -132,7 +132,11 @@ def rename_tree(tree, rename: Callable[[str], str | None]):
     renamed: dict = {}
     origins: dict[str, str] = {}
     for path, leaf in iter_leaves(tree):
-        new = rename(path)
+        try:
+            new = rename(path)
+        except Exception as error:  # the user's callable: its own error, with the path it was given
+            error.add_note(f"structload: raised by the rename= callable, given source path '{path}'")
+            raise
         if new is None:
             continue
         if not isinstance(new, str) or not new:

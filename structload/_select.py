@@ -32,6 +32,10 @@ class Globs:
     def __init__(self, option: str, patterns: str | Iterable[str]):
         if isinstance(patterns, str):
             patterns = [patterns]
+        if not isinstance(patterns, Iterable):
+            raise TypeError(
+                f"{option}= takes a glob pattern or a list of them, got {type(patterns).__name__} {patterns!r}"
+            )
         patterns = list(patterns)
         for pattern in patterns:
             if not isinstance(pattern, str):
@@ -120,12 +124,20 @@ class Selection:
             else:
                 self._visit_children(child, child_path, verdict, paths, roots)
 
+    def _filter(self, path: str, node) -> bool:
+        """The user's ``filter``; an error it raises gets a note naming the path it was asked about."""
+        try:
+            return self.filter(path, node)  # type: ignore[misc]
+        except Exception as error:
+            error.add_note(f"structload: raised by the filter= callable, asked about '{path}'")
+            raise
+
     def enter(self, path: str, node, included: bool, ask_filter: bool = True) -> bool | None:
         """``None``: `path` and all below it are excluded. Otherwise whether it is
         already known to be included (``False`` while an ``include`` pattern has
         not matched it or any of its ancestors). `filter` is asked only when
         `ask_filter` is true."""
-        if ask_filter and self.filter is not None and not self.filter(path, node):
+        if ask_filter and self.filter is not None and not self._filter(path, node):
             return None
         if self.exclude is not None and self.exclude.match(path):
             return None

@@ -22,6 +22,7 @@ applies no selection (`_select` marks what is excluded afterwards).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -94,8 +95,10 @@ def walk(dst, tree) -> Walk:
     """Walk `dst` and the source `tree` together and pair every destination slot."""
     root = as_dest(dst)
     if root is None:
+        swapped = "; the destination comes first: load(model, path)" if isinstance(dst, (str, os.PathLike)) else ""
         raise TypeError(
             f"structload: cannot load into {type(dst).__name__}; expected a module, a tensor or a pytree of tensors"
+            + swapped
         )
     found = Walk()
     if is_container(root):

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ._report import Problem, ProblemKind, SourceError
-from ._text import shape_text
+from ._text import plural, shape_text
 from .sources import SourceTensor, iter_leaves
 from .sources._leaves import ComputedTensor, ConvertedTensor
 from .sources.nesting import insert
@@ -382,17 +382,75 @@ class Stack(_Gather):
 # --- running them ----------------------------------------------------------------------------
 
 
-def convert_tree(tree, converters) -> tuple[object, list[Problem]]:
-    """Apply `converters` in order to the source tree; return the new tree and the problems found."""
-    if not isinstance(converters, (list, tuple)) or not all(isinstance(c, Converter) for c in converters):
-        raise TypeError("convert= takes a list of converters from structload.convert")
+def check_converters(convert) -> list[Converter] | None:
+    """``convert=`` as a list of converters, checked before anything is opened: a clear
+    ``TypeError`` naming what was passed and what is expected, not a failure deep in the load.
+
+    >>> check_converters((Transpose("fc.weight"),))
+    [Transpose('fc.weight')]
+    >>> check_converters({})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: convert= takes a list of converters ...; got an empty dict ({}): pass convert=[] or leave it out ...
+    >>> check_converters([Transpose])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    TypeError: convert= takes ...; its item 0 is the class Transpose, not a converter: make one with its pattern, such as Transpose("fc.weight")
+    """
+    if convert is None:
+        return None
+    if not isinstance(convert, (list, tuple)):
+        raise TypeError(_EXPECTED + "; got " + _what_was_passed(convert))
+    for index, item in enumerate(convert):
+        if not isinstance(item, Converter):
+            raise TypeError(f"{_EXPECTED}; its item {index} is {_what_item_is(item)}")
+    return list(convert)
+
+
+_EXPECTED = 'convert= takes a list of converters from structload.convert, such as convert=[Transpose("fc.weight")]'
+
+
+def _what_was_passed(convert) -> str:
+    if isinstance(convert, Converter):
+        return f"a single converter, {convert!r}: put it in a list, convert=[{convert!r}]"
+    if isinstance(convert, dict):
+        if not convert:
+            return "an empty dict ({}): pass convert=[] or leave it out (renaming is rename=, a dict)"
+        if all(isinstance(v, Converter) for v in convert.values()):
+            return f"a dict of {plural(len(convert), 'converter')}: pass them as a list, convert=[...]"
+        return f"a dict ({_short(convert)}); renaming paths is rename=, a {{regex: replacement}} dict"
+    if isinstance(convert, str):
+        return f"the string {convert!r}: converters are made by structload.convert's classes"
+    return f"{type(convert).__name__} {_short(convert)}"
+
+
+def _what_item_is(item) -> str:
+    if isinstance(item, type) and issubclass(item, Converter):
+        return f'the class {item.__name__}, not a converter: make one with its pattern, such as {item.__name__}("fc.weight")'
+    if isinstance(item, str):
+        return f"the string {item!r}, not a converter: make one from structload.convert, such as Transpose({item!r})"
+    return f"{_short(item)} ({type(item).__name__}), not a converter from structload.convert"
+
+
+def _short(value, most: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= most else text[: most - 3] + "..."
+
+
+def convert_tree(tree, converters, before_rename=None) -> tuple[object, list[Problem]]:
+    """Apply `converters` in order to the source tree; return the new tree and the problems found.
+
+    `before_rename` (the tree before ``rename=``, and the renaming) lets a converter that matches
+    no path say when it names a path as it was before renaming (`_named_before_rename`)."""
+    converters = check_converters(converters) or []
     if type(tree) is not dict:
         return tree, [Problem(ProblemKind.TYPE, "", "converters need a tree of tensors, not a single value")]
     flat = dict(iter_leaves(tree))
     made: dict[str, tuple[str, tuple[str, ...]]] = {}
     problems: list[Problem] = []
     for converter in converters:
-        problems += converter.run(flat, made)
+        found = converter.run(flat, made)
+        if before_rename is not None:
+            found = [_named_before_rename(converter, p, *before_rename) for p in found]
+        problems += found
     converted: dict = {}
     for path, leaf in flat.items():
         if path in made:
@@ -401,3 +459,30 @@ def convert_tree(tree, converters) -> tuple[object, list[Problem]]:
             leaf = ConvertedTensor(leaf, description, sources)
         insert(converted, path, leaf)
     return converted, problems
+
+
+def _named_before_rename(converter: Converter, problem: Problem, original_tree, rename) -> Problem:
+    """A converter that matches no source path because it names paths as they were before
+    ``rename=`` (converters see renamed paths): the message says so and names the renamed paths."""
+    if problem.path != converter.pattern.text or not problem.message.endswith(": matches no source path"):
+        return problem
+    before = [path for path, _ in iter_leaves(original_tree) if converter.pattern.match(path)]
+    if not before:
+        return problem
+    after = [new for path in before[:3] if (new := _renamed(rename, path)) is not None]
+    message = (
+        f"{problem.message} after rename= (converters see renamed paths); it matches "
+        f"{', '.join(repr(p) for p in before[:3])}{' ...' if len(before) > 3 else ''} before renaming"
+    )
+    if after:
+        message += f", renamed to {', '.join(repr(p) for p in after)}: name the renamed paths in the converter"
+    else:
+        message += ", which rename= drops"
+    return Problem(problem.kind, problem.path, message)
+
+
+def _renamed(rename, path: str) -> str | None:
+    try:
+        return rename(path)
+    except Exception:  # a callable rename failing on this path is reported where it ran
+        return None

@@ -253,3 +253,20 @@ def test_align_prints_the_mapping_as_python_and_exits_by_ok(tmp_path):
     assert as_json["ok"] is True and as_json["code"] == result.stdout
     unrelated = run_in(tmp_path, "align", "custom:make", "gpt2/model.safetensors", "--hint", "nothing.*=x")
     assert unrelated.returncode == 1 and "# hint 'nothing.*' matches no destination path" in unrelated.stdout
+
+
+def test_a_factory_that_raises_is_named_as_the_cause_not_an_internal_error(workdir, monkeypatch, capsys):
+    (workdir / "attention_models.py").write_text(
+        "import torch\n\n"
+        "def make():  # 30 is not divisible by 4 heads: torch's own MultiheadAttention refuses it\n"
+        "    return torch.nn.MultiheadAttention(30, 4)\n"
+    )
+    from structload._cli import main
+
+    monkeypatch.chdir(workdir)  # as a user runs it from their project, in process (no interpreter start)
+    assert main(["check", "attention_models:make", "model.safetensors"]) == 2
+    stderr = capsys.readouterr().err
+    assert "Traceback" not in stderr, stderr
+    message = " ".join(stderr.split())
+    assert message.startswith("structload: attention_models:make raised AssertionError: embed_dim must be divisible")
+    assert "internal error" not in message

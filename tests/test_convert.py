@@ -302,3 +302,72 @@ def test_a_converter_failing_while_writing_reports_exactly_what_was_written():
     )
     assert error.report.loaded == ["a"] and error.report.converted == []
     assert torch.equal(dst["a"], torch.ones(2)) and torch.equal(dst["c"], torch.zeros(2))
+
+
+# --- converters named before rename=, and convert= of the wrong type ------------------------------
+
+
+def test_a_converter_named_by_its_path_before_rename_says_so_and_names_the_renamed_path():
+    from ports import tiny_gpt2
+
+    from helpers import assert_unchanged, snapshot
+
+    gpt2 = tiny_gpt2(layers=1)  # transformers' Conv1D stores (in, out)
+    saved_under_ddp = {f"module.{k}": v for k, v in gpt2.transformer.state_dict().items()}
+    model = nn.ModuleDict({"proj": nn.Linear(32, 32)})  # a user's own layer for h.0.attn.c_proj
+    before = snapshot(model)
+    rename = {r"^module\.h\.0\.attn\.c_proj\.": "proj.", r"^module\.(?!h\.0\.attn\.c_proj\.)": None}
+    error = load_error(model, saved_under_ddp, rename=rename, convert=[Transpose("module.h.0.attn.c_proj.weight")])
+    [problem] = error.problems
+    assert (problem.kind, problem.path) == ("source", "module.h.0.attn.c_proj.weight")
+    assert problem.message == (
+        "Transpose('module.h.0.attn.c_proj.weight'): matches no source path after rename= (converters see "
+        "renamed paths); it matches 'module.h.0.attn.c_proj.weight' before renaming, renamed to "
+        "'proj.weight': name the renamed paths in the converter"
+    )
+    assert_unchanged(model, before)
+    assert sl.load(model, saved_under_ddp, rename=rename, convert=[Transpose("proj.weight")]).ok  # as it says
+    assert torch.equal(model["proj"].weight, gpt2.transformer.h[0].attn.c_proj.weight.T)
+
+
+def test_a_converter_matching_nothing_even_before_rename_keeps_the_plain_message():
+    error = load_error(
+        nn.Linear(2, 2),
+        {"module.weight": torch.ones(2, 2), "module.bias": torch.ones(2)},
+        rename={r"^module\.": ""},
+        convert=[Transpose("fc.weight")],
+    )
+    [problem] = error.problems
+    assert problem.message == "Transpose('fc.weight'): matches no source path"
+
+
+@pytest.mark.parametrize(
+    "convert, says",
+    [
+        ({}, "got an empty dict ({}): pass convert=[] or leave it out"),
+        ({"w": Transpose("weight")}, "got a dict of 1 converter: pass them as a list"),
+        (
+            Transpose("weight"),
+            "got a single converter, Transpose('weight'): put it in a list, convert=[Transpose('weight')]",
+        ),
+        ("weight", "got the string 'weight'"),
+        (
+            [Transpose],
+            'its item 0 is the class Transpose, not a converter: make one with its pattern, such as Transpose("fc.weight")',
+        ),
+        ([Transpose("weight"), "bias"], "its item 1 is the string 'bias', not a converter"),
+        ([None], "its item 0 is None (NoneType), not a converter"),
+    ],
+)
+def test_convert_of_the_wrong_type_is_refused_up_front_naming_what_was_passed(tmp_path, convert, says):
+    expected = 'convert= takes a list of converters from structload.convert, such as convert=[Transpose("fc.weight")]'
+    absent_file = tmp_path / "never_opened.safetensors"  # checked before the source is opened
+    with pytest.raises(TypeError) as info:
+        sl.load(nn.Linear(2, 2), absent_file, convert=convert)
+    assert str(info.value).startswith(expected) and says in str(info.value), str(info.value)
+    with pytest.raises(TypeError, match="convert= takes a list"):  # align= used to drop an empty dict silently
+        sl.load(nn.Linear(2, 2), nn.Linear(2, 2), align=True, convert=convert)
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(TypeError, match="convert= takes a list"):
+        sl.load_optimizer(optimizer, model, sl.optimizer_state(optimizer, model), convert=convert)

@@ -419,3 +419,45 @@ def test_the_recording_leaves_a_shared_source_tree_as_it_was():
     assert "num_batches_tracked" in tree["bn1"]
     sl.load(Backbone(), tree)
     assert "num_batches_tracked" in tree["bn1"]  # the source the user holds is not edited
+
+
+# --- a refused module is one problem, without knock-ons for its tensors ------------------------------
+
+
+class MigratesAndTransposes(nn.Linear):
+    """A user's migration of an older layout: ``w`` stored (in, out), renamed and transposed."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        if prefix + "w" in state_dict:
+            state_dict[prefix + "weight"] = state_dict.pop(prefix + "w").t()  # a new tensor: refused
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+def test_a_refused_module_is_reported_once_at_its_path_without_missing_or_unexpected_knock_ons():
+    layers = {"embed": nn.Linear(3, 3), "old": MigratesAndTransposes(2, 3), "head": nn.Linear(3, 4)}
+    model = randomized(nn.ModuleDict(layers))
+    before = snapshot(model)
+    old = {"embed.weight": torch.ones(3, 3), "embed.bias": torch.ones(3)}
+    old |= {"old.w": torch.ones(2, 3), "old.bias": torch.ones(3)}
+    with pytest.raises(sl.LoadError) as info:  # head really is missing: still said
+        sl.load(model, old)
+    assert [(p.kind, p.path) for p in info.value.problems] == [("type", "old"), ("missing", "head")]
+    assert "puts a value the recording did not predict at 'old.weight'" in info.value.problems[0].message
+    assert "old.w:" not in str(info.value) and "old.weight:" not in str(info.value)
+    assert_unchanged(model, before)
+    report = sl.load(model, old, strict=False)
+    assert [(p.kind, p.path) for p in report.problems] == [("type", "old"), ("missing", "head")]
+    assert report.missing == ["old.weight", "head.weight", "head.bias"] and report.unexpected == ["old.w"]
+
+
+def test_a_quantized_destination_is_one_problem_not_one_per_packed_tensor():
+    from torch.ao.nn import quantized as nnq
+
+    model = nn.Sequential(nnq.Linear(4, 3), nn.Linear(3, 2))
+    state = model.state_dict()  # what torch itself saves for it: packed params, scale, zero point
+    float_state = {"0.weight": torch.ones(3, 4), "0.bias": torch.ones(3), "1.weight": torch.ones(2, 3)}
+    for source in (state, float_state):
+        with pytest.raises(sl.LoadError) as info:
+            sl.load(model, source)
+        [problem] = [p for p in info.value.problems if p.path.split(".")[0] == "0"]
+        assert (problem.kind, problem.path) == ("type", "0") and 'exclude="0"' in problem.message

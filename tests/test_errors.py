@@ -153,3 +153,14 @@ def test_subtree_laid_out_like_a_missing_one_gets_the_exact_rename():
     assert "rename" not in missing.message
     report = sl.load(Custom(), checkpoint, exclude="probe", rename={r"^blocks\.": "layers."})
     assert report.ok and len(report.zeroed) == 8
+
+
+def test_a_path_given_as_the_destination_says_the_destination_comes_first(tmp_path):
+    import safetensors.torch
+
+    model = torch.nn.Linear(2, 2)
+    safetensors.torch.save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    with pytest.raises(TypeError, match=r"cannot load into str; .*the destination comes first: load\(model, path\)"):
+        sl.load(str(tmp_path / "model.safetensors"), model)
+    with pytest.raises(TypeError, match=r"cannot load into PosixPath; .*the destination comes first"):
+        sl.load(tmp_path / "model.safetensors", model)

@@ -172,3 +172,21 @@ def test_loading_twice_is_the_same_as_once():
     second = sl.load(dst, src).to_dict()
     assert first == second
     assert_same_state(dst, src)
+
+
+def test_wrong_option_types_are_clear_errors_naming_the_option():
+    with pytest.raises(TypeError, match=r"include= takes a glob pattern or a list of them, got int 3"):
+        sl.load(nn.Linear(2, 2), nn.Linear(2, 2), include=3)
+    with pytest.raises(ValueError, match=r"device= takes a torch device such as 'cpu' or 'cuda:0', got 'gpu'"):
+        sl.load(nn.Linear(2, 2), nn.Linear(2, 2), device="gpu")
+
+
+def test_an_error_raised_by_a_users_rename_or_filter_callable_names_the_path_it_was_given():
+    source = {"fc.weight": torch.ones(2, 2), "fc.bias": torch.ones(2)}
+    model = nn.ModuleDict({"fc": nn.Linear(2, 2)})
+    with pytest.raises(AttributeError) as raised:  # the user's own error, kept as it is
+        sl.load(model, source, rename=lambda path: path.removeprefx("module."))  # a typo in their code
+    assert "structload: raised by the rename= callable, given source path 'fc.weight'" in raised.value.__notes__
+    with pytest.raises(ZeroDivisionError) as raised:
+        sl.load(model, source, filter=lambda path, node: 1 / path.count("."))  # no dot in 'fc'
+    assert "structload: raised by the filter= callable, asked about 'fc'" in raised.value.__notes__

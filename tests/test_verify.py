@@ -528,3 +528,49 @@ def test_a_model_left_on_meta_or_not_a_module_is_a_clear_error():
         sl.verify(empty, nn.Sequential(nn.Linear(4, 4)), torch.randn(1, 4))
     with pytest.raises(TypeError, match="the reference must be a torch.nn.Module, got dict"):
         sl.verify(nn.Linear(4, 4), {"weight": torch.ones(4, 4)}, torch.randn(1, 4))
+
+
+class TwoLayers(nn.Module):
+    """A user's own naming of nn.Sequential(Linear, ReLU, Linear): fc1, fc2 and a functional relu."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+SEQUENTIAL_TO_TWO_LAYERS = {r"^0\.": "fc1.", r"^2\.": "fc2."}
+
+
+def test_a_rename_key_that_renames_nothing_is_a_pattern_problem_and_not_ok():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = TwoLayers()
+    assert sl.load(model, reference, rename=SEQUENTIAL_TO_TWO_LAYERS).ok
+    x = torch.randn(3, 4)
+    assert_verified(sl.verify(model, reference, x, rename=SEQUENTIAL_TO_TWO_LAYERS))
+    typo = {**SEQUENTIAL_TO_TWO_LAYERS, r"^layers\.": ""}
+    result = sl.verify(model, reference, x, rename=typo)
+    assert all(c.agree for c in result.compared) and not result.ok  # every pair agrees, the request is wrong
+    [problem] = result.problems
+    assert (problem.kind, problem.path) == ("pattern", r"^layers\.")
+    assert problem.message == r"rename pattern '^layers\.' matches no path of the reference"
+    assert r"^layers\.: rename pattern" in str(result) and result.to_dict()["problems"][0]["kind"] == "pattern"
+    optional = {**SEQUENTIAL_TO_TWO_LAYERS, sl.optional(r"^layers\."): ""}  # marked optional: no problem
+    assert sl.verify(model, reference, x, rename=optional).ok
+
+
+def test_a_divergence_whose_submodules_did_not_pair_names_them_not_only_the_root():
+    torch.manual_seed(0)
+    reference = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    model = TwoLayers()
+    state = reference.state_dict()
+    state["0.weight"] = state["0.weight"].T  # square: loads without a shape error
+    assert sl.load(model, state, rename=SEQUENTIAL_TO_TWO_LAYERS).ok
+    result = sl.verify(model, reference, torch.randn(3, 4))  # no rename=: only the roots pair
+    assert_caught(result, "", "in the model only: fc1, fc2; in the reference only: 0, 1, 2", "rename=")
+    assert "It holds no weights" not in result.first_divergence.message  # not blamed on the root's own code
+    mapped = sl.verify(model, reference, torch.randn(3, 4), rename=SEQUENTIAL_TO_TWO_LAYERS)
+    assert_caught(mapped, "fc1", "With its square weight transposed it agrees")

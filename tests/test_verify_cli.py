@@ -34,3 +34,19 @@ def test_verify_loads_both_and_exits_by_ok(tmp_path, monkeypatch, capsys):
     assert "shape" in capsys.readouterr().err
     assert main([*command, "--input", "x"]) == 2
     assert "--input takes a shape" in capsys.readouterr().err
+
+
+def test_verify_takes_the_rename_its_own_hint_names(tmp_path, monkeypatch, capsys):
+    import safetensors.torch
+    from ports import tiny_gpt2
+
+    model = tiny_gpt2(layers=1)
+    model.save_pretrained(tmp_path / "gpt2")
+    under_ddp = {f"module.{k}": v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    safetensors.torch.save_file(under_ddp, str(tmp_path / "ddp.safetensors"))
+    monkeypatch.chdir(tmp_path)
+    command = ["verify", "gpt2", "ddp.safetensors", "--reference", "gpt2"]
+    assert main(command) == 2
+    assert "pass --rename '^module\\.='" in " ".join(capsys.readouterr().err.split())
+    assert main([*command, "--rename", "^module\\.="]) == 0  # the option the hint names exists
+    assert "all agree" in capsys.readouterr().out

@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import torch
 
 from .._alignment import Alignment
-from .._rename import compile_rename
+from .._rename import Renamer, compile_rename
+from .._report import Problem
 from ._causes import Observed, explain
 from ._compare import compare_outputs, inputs_agreement, outputs_reordered
 from ._lockstep import Key, Lockstep, Ran
@@ -63,7 +64,7 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
     mapping = _mapping(model, reference, rename, align)
     pairs = module_pairs(model, reference, mapping)
     modules, reference_modules = dict(model.named_modules()), dict(reference.named_modules())
-    result = Verification(rtol=rtol, atol=atol)
+    result = Verification(rtol=rtol, atol=atol, problems=_unused_rename(mapping, reference))
     first: list[Divergence] = []
     fallback: list[tuple[Key, Key, Compared]] = []  # the first disagreeing call, its inputs differing
 
@@ -80,6 +81,9 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
         module, other = modules[key[0]], reference_modules[reference_key[0]]
         seen = _observe(module, key[0], mine, theirs, inputs, result, rtol, atol)
         seen.alone = [p for side, p in lockstep.ran_alone if side == "model" and _inside(p, key[0])]
+        seen.alone_reference = [
+            p for side, p in lockstep.ran_alone if side == "reference" and _inside(p, reference_key[0])
+        ]
         first.append(_divergence(compared, explain(module, key[0], other, reference_key[0], seen), seen))
 
     lockstep = Lockstep(pairs, on_pair)
@@ -89,6 +93,18 @@ def verify(model, reference, *args, rtol: float = 1e-4, atol: float = 1e-5, rena
     if first or fallback:
         result.first_divergence = first[0] if first else _upstream(*fallback[0], modules, reference_modules)
     return result
+
+
+def _unused_rename(mapping, reference: torch.nn.Module) -> list[Problem]:
+    """A ``pattern`` problem for each ``rename=`` key that renamed no reference path (as `load`
+    reports it): modules it was meant to pair were compared by path, or not at all."""
+    if not isinstance(mapping, Renamer) or mapping.all_used:
+        return []
+    paths = [*reference.state_dict(keep_vars=True), *(path for path, _ in reference.named_modules() if path)]
+    return [
+        Problem(p.kind, p.path, p.message.replace("no source path", "no path of the reference"))
+        for p in mapping.unmatched(paths)
+    ]
 
 
 def _check_runnable(module, side: str) -> None:

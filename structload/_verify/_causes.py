@@ -25,6 +25,7 @@ class Observed:
     transposed_agrees: bool = False  # the output agrees when its (square) weight is transposed
     children: list[tuple[str, str, bool]] = field(default_factory=list)  # (path, reference path, agreed)
     alone: list[str] = field(default_factory=list)  # its submodules that ran in the model only
+    alone_reference: list[str] = field(default_factory=list)  # the reference module's, in the reference only
 
 
 def explain(module: torch.nn.Module, path: str, reference: torch.nn.Module, reference_path: str, seen: Observed) -> str:
@@ -84,6 +85,8 @@ def _by_kind(module: torch.nn.Module, path: str, seen: Observed) -> list[str]:
         ]
     if seen.children:
         return _container(seen)
+    if seen.alone or seen.alone_reference:
+        return [_unpaired_below(seen)]
     return ["It holds no weights: an activation, a constant (eps, scale) or a computation that differs."]
 
 
@@ -122,8 +125,29 @@ def _container(seen: Observed) -> list[str]:
     else:
         text = "Its paired submodules agree: the difference is in how it combines them"
     if seen.alone:
-        text += f", or in what ran in the model only ({', '.join(display_path(p) for p in seen.alone[:5])})"
+        text += f", or in what ran in the model only ({_names(seen.alone, 5)})"
+    if seen.alone_reference:
+        text += f" against what ran in the reference only ({_names(seen.alone_reference, 5)})"
     return [text + ": a rotary layout of q and k, or an activation or constant (eps, scale) that differs."]
+
+
+def _unpaired_below(seen: Observed) -> str:
+    """None of its submodules paired with the reference's: the divergence cannot be located below it."""
+    sides = [(seen.alone, "in the model only"), (seen.alone_reference, "in the reference only")]
+    listed = "; ".join(f"{where}: {_names(paths)}" for paths, where in sides if paths)
+    return (
+        f"None of its submodules was paired with one of the reference's ({listed}), so the difference "
+        "cannot be located below it: pair them with rename= (reference paths to model paths), an "
+        "Alignment or align=True, and verify again."
+    )
+
+
+def _names(paths: list[str], most: int = 6) -> str:
+    """The outermost of `paths` (a module's submodules are implied by it), at most `most` named."""
+    distinct = list(dict.fromkeys(paths))
+    paths = [p for p in distinct if not any(p.startswith(f"{q}.") for q in distinct)]
+    shown = ", ".join(display_path(p) for p in paths[:most])
+    return shown + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def _swapped(children: list[tuple[str, str, bool]]) -> tuple[tuple[str, str], tuple[str, str]] | None:

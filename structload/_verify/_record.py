@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .._report import Problem
 from .._text import display_path, plural, shape_text
 
 
@@ -74,7 +75,10 @@ class Verification:
 
     `ok` is true when every paired module agreed; `first_divergence` is the first module (in
     execution order) whose inputs agree and whose outputs do not, or ``None``; `compared` holds every
-    paired call with its error, in execution order; `unpaired` the modules that ran on one side only.
+    paired call with its error, in execution order; `unpaired` the modules that ran on one side only;
+    `problems` what was wrong with the request itself (a ``rename=`` key that renamed nothing, as a
+    ``pattern`` problem, as `load` reports it): then `ok` is false, since the modules it was meant to
+    pair were compared by path or not at all.
     """
 
     rtol: float
@@ -82,10 +86,11 @@ class Verification:
     compared: list[Compared] = field(default_factory=list)
     unpaired: list[Unpaired] = field(default_factory=list)
     first_divergence: Divergence | None = None
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(c.agree for c in self.compared)
+        return not self.problems and all(c.agree for c in self.compared)
 
     @property
     def disagreeing(self) -> list[Compared]:
@@ -93,10 +98,12 @@ class Verification:
 
     def summary(self) -> str:
         n = len(self.compared)
-        verdict = "all agree" if self.ok else f"{len(self.disagreeing)} disagree"
+        verdict = f"{len(self.disagreeing)} disagree" if self.disagreeing else "all agree"
         text = f"verification: {plural(n, 'module')} compared, {verdict} (rtol {self.rtol:g}, atol {self.atol:g})"
         if self.unpaired:
             text += f"; {plural(len(self.unpaired), 'module')} ran on one side only"
+        if self.problems:
+            text += f"; {plural(len(self.problems), 'problem')} with the request"
         return text
 
     def to_dict(self) -> dict:
@@ -107,10 +114,12 @@ class Verification:
             "first_divergence": self.first_divergence.to_dict() if self.first_divergence else None,
             "compared": [c.to_dict() for c in self.compared],
             "unpaired": [u._asdict() for u in self.unpaired],
+            "problems": [p.to_dict() for p in self.problems],
         }
 
     def __str__(self) -> str:
         lines = [self.summary()]
+        lines += [f"  {p.path}: {p.message}" for p in self.problems]
         if self.first_divergence is not None:
             lines.append("  " + self.first_divergence.headline())
             lines += ["    " + line for line in self.first_divergence.message.splitlines()]
@@ -131,6 +140,7 @@ class Verification:
         from rich.text import Text
 
         parts: list = [Text(self.summary(), style="green" if self.ok else "bold red")]
+        parts += [Text(f"{p.path}: {p.message}", style="red") for p in self.problems]
         divergence = self.first_divergence
         if divergence is not None:
             parts.append(Panel(divergence.message, title=divergence.headline(), title_align="left", style="red"))

@@ -18,6 +18,7 @@ from .._plan import Plan, make_plan
 from .._report import LoadError, LoadReport, Problem, ProblemKind
 from .._runtime import collector_paused
 from .._select import Selection
+from ..convert import check_converters
 from ..sources import SourceTensor
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install
@@ -95,7 +96,13 @@ def load_optimizer(
       would (the parameter's dtype and device) and installed only after
       every write succeeded. A strict failure leaves the optimizer unchanged.
     """
-    options = {"strict": strict, "dry_run": dry_run, "progress": progress, "align": align, "convert": convert}
+    options = {
+        "strict": strict,
+        "dry_run": dry_run,
+        "progress": progress,
+        "align": align,
+        "convert": check_converters(convert),
+    }
     with collector_paused():  # as in `load`: a load allocates small objects per tensor; see structload._runtime
         return _load(optimizer, model, src, source_model, Selection(include, exclude, filter), rename, options)
 
