@@ -24,7 +24,7 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 import structload as sl
 from helpers import attempt
-from structload import _apply, _dest, _plan, _rules, _ties, _walk
+from structload import _apply, _dest, _plan, _problems, _pytree, _rules, _ties, _walk
 from structload.sources import MemoryTensor, to_source_tree
 from structload.sources._files import FileHandle
 from structload.sources._remote import RemoteFile
@@ -281,6 +281,10 @@ def never(*args) -> bool:
     return False
 
 
+def always(*args) -> bool:
+    return True
+
+
 class _NotTheType(type):
     """A stand-in class that an ``isinstance`` test takes for `real`, but a ``type(x) is`` test never matches."""
 
@@ -325,6 +329,10 @@ LANES = {
     "_module_children's Parameter lane": lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
     # `settle_ties` returns at once when no tensor is at two paths
     "settle_ties' shortcut": lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)],
+    # `compose_problems` returns at once for a clean load (`_may_have_problems`)
+    "compose_problems' clean-load shortcut": lambda: [mock.patch.object(_problems, "_may_have_problems", always)],
+    # `_pytree.children` reads a plain dict itself rather than through optree
+    "_pytree.children' dict lane": lambda: [mock.patch.object(_pytree, "type", lambda node: None, create=True)],
     # apply skips the pass over the writes for open files (checks, remote prefetch) when none is open
     "apply's from-memory lane": lambda: [
         mock.patch.object(FileHandle, "alive", {object()}),
@@ -563,3 +571,37 @@ def test_plan_writes_are_the_entries_that_write(case):
     dst, src, _ = case
     plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))
     assert plan.writes() == [entry for entry in plan.entries if entry.writes]
+
+
+names_and_values = st.lists(
+    st.tuples(
+        st.one_of(st.sampled_from(["w", "b", "0", "1", "a.b"]), st.integers(0, 3)),
+        st.one_of(st.none(), st.just(False), st.just(torch.zeros(1)), st.just([torch.ones(1)]), st.just({"x": 1})),
+    ),
+    max_size=5,
+)
+
+
+@MANY
+@given(names_and_values)
+def test_a_plain_dict_has_the_children_optree_gives_it(items):
+    """`_pytree.children` reads a plain dict itself: the names (as strings) and order optree gives."""
+    node = dict(items)
+    with mock.patch.object(_pytree, "type", lambda node: None, create=True):
+        general = _pytree.children(node)
+    assert _pytree.children(node) == general
+
+
+@SETTINGS
+@with_known_cases
+@given(case=load_cases())
+def test_a_loaded_entry_is_never_a_problem(case):
+    """`compose_problems` skips loaded entries without asking `_entry_problem`; it would find nothing."""
+    from structload._select import Selection
+
+    dst, src, _ = case
+    plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))
+    roots = _problems._root_counts(plan.entries)
+    for entry in plan.entries:
+        if entry.status is _rules.Status.LOADED:
+            assert _problems._entry_problem(entry, plan.entries, {}, roots, {}, set()) is None, entry.path
