@@ -603,5 +603,17 @@ def test_a_loaded_entry_is_never_a_problem(case):
     plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))
     roots = _problems._root_counts(plan.entries)
     for entry in plan.entries:
-        if entry.status is _rules.Status.LOADED:
+        if entry.status is _rules.Status.LOADED and not entry.writer:  # a tied follower: see below
             assert _problems._entry_problem(entry, plan.entries, {}, roots, {}, set()) is None, entry.path
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a tied follower keeps the problem its own rule found (False at a weight: 'absent in source, but not "
+    "a bias') while `compose_problems` skips it as loaded; the general path would report it. Undecided "
+    "(R4 vs R3), left for the lead: a tied bias given False beside non-zero values is a 'tied' problem",
+)
+def test_a_tied_weight_given_false_is_reported_as_the_general_path_would():
+    model = _tied()
+    report = sl.load(model, {"0.weight": torch.ones(2, 2), "1.weight": False, "0.bias": torch.ones(2)}, strict=False)
+    assert [p.path for p in report.problems] == ["1.weight"]
