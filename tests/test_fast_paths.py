@@ -296,6 +296,13 @@ def not_the_type(real: type) -> type:
     return _NotTheType(f"Not{real.__name__}", (), {"real": real})
 
 
+class _Forgetful(dict):
+    """A cache that never finds what it was given."""
+
+    def __contains__(self, key) -> bool:
+        return False
+
+
 class SlowMemoryTensor(MemoryTensor):
     """An in-memory source tensor that no fast path recognises (they test ``type(leaf) is MemoryTensor``)."""
 
@@ -329,6 +336,8 @@ LANES = {
     "_module_children's Parameter lane": lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
     # `settle_ties` returns at once when no tensor is at two paths
     "settle_ties' shortcut": lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)],
+    # `_overrides` asks a class once whether it overrides a method of nn.Module
+    "_overrides' per-class cache": lambda: [mock.patch.object(_dest, "_OVERRIDES", _Forgetful())],
     # `compose_problems` returns at once for a clean load (`_may_have_problems`)
     "compose_problems' clean-load shortcut": lambda: [mock.patch.object(_problems, "_may_have_problems", always)],
     # `_pytree.children` reads a plain dict itself rather than through optree
@@ -537,10 +546,10 @@ class _Migrating(nn.Linear):
 @MANY
 @given(st.lists(st.sampled_from(["plain", "migrating", "batchnorm", "pre_hook", "post_hook", "lazy"]), max_size=6))
 def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds):
-    """`customises_loading` (cached per class) is a sound quick test: where it says no, neither
+    """`customises_loading` (`_overrides` cached per class) is a sound quick test: where it says no, neither
     `loads_its_own_way` nor `runs_own_code` finds anything; and its cached answers are what the
     class says now."""
-    from structload._customised import runs_own_code
+    from structload._customised import _owner, runs_own_code
 
     for kind in kinds:
         module = {
@@ -557,7 +566,9 @@ def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds)
         if not quick:
             assert _dest.loads_its_own_way(module) is None and not runs_own_code(module), kind
         overrides = type(module)._load_from_state_dict is not nn.Module._load_from_state_dict
-        assert _dest._LOADS_ITS_OWN_WAY[type(module)] == overrides
+        assert _dest._OVERRIDES[type(module), "_load_from_state_dict"] == overrides
+        owner = next(c for c in type(module).__mro__ if "_load_from_state_dict" in vars(c))
+        assert _owner(type(module)) is owner  # cached per class too
         assert quick == (overrides or bool(module._load_state_dict_pre_hooks or module._load_state_dict_post_hooks))
 
 
