@@ -1,4 +1,4 @@
-"""Every fast path of a load agrees with the general path it shortcuts (docs/architecture.md, "Fast paths").
+"""Every fast path of a load agrees with the general path it shortcuts (docs/performance.md, "Fast paths").
 
 A fast path restates a decision of the general code for its common case (an in-memory tensor
 into a plain parameter, a module's parameters, a plan without ties...). Each test here turns one
