@@ -47,8 +47,13 @@ def not_the_type(real: type) -> type:
 
 
 class _Forgetful(dict):
+    """A cache that never finds what it was given."""
+
     def __contains__(self, key) -> bool:
         return False
+
+    def get(self, key, default=None):
+        return default
 
 
 #: fast path -> (phase it saves time in, patches that switch it off)
@@ -59,6 +64,10 @@ LANES = {
         lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
     ),
     "settle_ties' shortcut": ("plan", lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)]),
+    "customises_loading's per-class cache": (
+        "plan",
+        lambda: [mock.patch.object(_dest, "_LOADS_ITS_OWN_WAY", _Forgetful())],
+    ),
     "_overrides' per-class cache": ("plan", lambda: [mock.patch.object(_dest, "_OVERRIDES", _Forgetful())]),
     "Plan.report's lane": ("report", lambda: [mock.patch.object(_plan, "MemoryTensor", not_the_type(MemoryTensor))]),
     "batched copies (_runs)": (

@@ -284,9 +284,15 @@ def _overrides(cls: type, method: str) -> bool:
     return _OVERRIDES[key]
 
 
+_LOADS_ITS_OWN_WAY: dict[type, bool] = {}
+
+
 def customises_loading(module: torch.nn.Module) -> bool:
     """A quick test (one per module of every load): might `loads_its_own_way` have a reason?"""
-    overrides = _overrides(type(module), "_load_from_state_dict")
+    cls = type(module)
+    overrides = _LOADS_ITS_OWN_WAY.get(cls)
+    if overrides is None:
+        overrides = _LOADS_ITS_OWN_WAY[cls] = _overrides(cls, "_load_from_state_dict")
     return overrides or bool(module._load_state_dict_pre_hooks) or bool(module._load_state_dict_post_hooks)
 
 

@@ -302,6 +302,9 @@ class _Forgetful(dict):
     def __contains__(self, key) -> bool:
         return False
 
+    def get(self, key, default=None):
+        return default
+
 
 class SlowMemoryTensor(MemoryTensor):
     """An in-memory source tensor that no fast path recognises (they test ``type(leaf) is MemoryTensor``)."""
@@ -336,8 +339,11 @@ LANES = {
     "_module_children's Parameter lane": lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
     # `settle_ties` returns at once when no tensor is at two paths
     "settle_ties' shortcut": lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)],
-    # `_overrides` asks a class once whether it overrides a method of nn.Module
-    "_overrides' per-class cache": lambda: [mock.patch.object(_dest, "_OVERRIDES", _Forgetful())],
+    # `customises_loading` and `_overrides` ask a class once whether it overrides a method of nn.Module
+    "the per-class caches": lambda: [
+        mock.patch.object(_dest, "_OVERRIDES", _Forgetful()),
+        mock.patch.object(_dest, "_LOADS_ITS_OWN_WAY", _Forgetful()),
+    ],
     # `compose_problems` returns at once for a clean load (`_may_have_problems`)
     "compose_problems' clean-load shortcut": lambda: [mock.patch.object(_problems, "_may_have_problems", always)],
     # `_pytree.children` reads a plain dict itself rather than through optree
@@ -546,7 +552,7 @@ class _Migrating(nn.Linear):
 @MANY
 @given(st.lists(st.sampled_from(["plain", "migrating", "batchnorm", "pre_hook", "post_hook", "lazy"]), max_size=6))
 def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds):
-    """`customises_loading` (`_overrides` cached per class) is a sound quick test: where it says no, neither
+    """`customises_loading` (cached per class, in front of `_overrides`, itself cached) is a sound quick test: where it says no, neither
     `loads_its_own_way` nor `runs_own_code` finds anything; and its cached answers are what the
     class says now."""
     from structload._customised import _owner, runs_own_code
@@ -566,6 +572,7 @@ def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds)
         if not quick:
             assert _dest.loads_its_own_way(module) is None and not runs_own_code(module), kind
         overrides = type(module)._load_from_state_dict is not nn.Module._load_from_state_dict
+        assert _dest._LOADS_ITS_OWN_WAY[type(module)] == overrides
         assert _dest._OVERRIDES[type(module), "_load_from_state_dict"] == overrides
         owner = next(c for c in type(module).__mro__ if "_load_from_state_dict" in vars(c))
         assert _owner(type(module)) is owner  # cached per class too
