@@ -14,6 +14,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 
+from ._dest import SlotKind
 from ._rules import Entry, Status, Unexpected
 from ._text import path_prefixes
 from ._walk import Missing
@@ -70,6 +71,8 @@ def _key(shape) -> tuple:
 
 def entry_shape(entry: Entry) -> tuple | None:
     tensor = entry.slot.tensor
+    if entry.slot.kind == SlotKind.LAZY:  # an uninitialized parameter has no shape yet (asking raises)
+        return None
     return tuple(tensor.shape) if tensor is not None and hasattr(tensor, "shape") else None
 
 

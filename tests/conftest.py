@@ -1,6 +1,9 @@
-"""Fixtures shared by the remote tests (`test_remote.py`, `test_remote_faults.py`)."""
+"""Fixtures shared by the remote tests (`test_remote.py`, `test_remote_faults.py`); mypy run beside
+the suite (`test_code_health.py`)."""
 
 from __future__ import annotations
+
+import sys
 
 import pytest
 from loopback import LoopbackServer
@@ -22,3 +25,20 @@ def served(tmp_path):
     server = LoopbackServer(root)
     yield server
     server.close()
+
+
+@pytest.hookimpl(trylast=True)  # after `-k` / `-m` deselected what they deselect
+def pytest_collection_modifyitems(config, items):
+    """Start mypy (about a minute on a cold cache) in the background as soon as the tests are known,
+    when its test is among them, and run that test last: it then only collects mypy's verdict,
+    which was worked out on the other core while the suite ran."""
+    mypy = [item for item in items if item.name == "test_mypy_passes_on_the_whole_package"]
+    if mypy:
+        items[:] = [item for item in items if item not in mypy] + mypy
+        mypy[0].module.start_mypy()
+
+
+def pytest_sessionfinish(session):
+    health = sys.modules.get("test_code_health")  # imported only if collected
+    if health is not None:
+        health.stop_mypy()

@@ -269,6 +269,16 @@ def test_an_uninitialized_lazy_module_as_a_source_is_a_clear_problem():
         sl.load(nn.Linear(3, 4), nn.LazyLinear(4))
 
 
+def test_a_lazy_module_the_source_misses_is_reported_not_a_raw_error():
+    """The suggestions compare shapes; an uninitialized parameter has none yet (asking it raises)."""
+    dst = nn.Module()
+    dst.fc = nn.LazyLinear(2, bias=False)
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(dst, {"weight": torch.ones(2, 3)})
+    assert [(p.kind, p.path) for p in info.value.problems] == [("missing", "fc.weight"), ("unexpected", "weight")]
+    assert isinstance(dst.fc.weight, nn.UninitializedParameter)  # nothing written
+
+
 def test_weight_norm_old_names_get_the_rename_that_load_state_dict_applies():
     from torch.nn.utils import parametrizations
 

@@ -1,0 +1,151 @@
+"""What each fast path of an in-memory load saves: the flat model of bench/overhead.py (about
+20,000 tensors), each fast path switched off in turn (as tests/test_fast_paths.py switches it off).
+
+Run: python bench/fast_paths.py [--repeat N]
+
+For each fast path, the phase it lives in (source tree, plan, apply, report) is timed with it on
+and off, alternately, in one process, in CPU time (``time.process_time``: the machine is shared,
+and CPU time is what other processes disturb least); printed: the medians in microseconds per tensor, and what
+the fast path saves per tensor (a fast path saving under about 0.05 us per tensor, 1% of the
+load, is not worth its code). No targets: the figures decide which fast paths stay
+(docs/performance.md, "Fast paths").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import statistics
+import time
+from unittest import mock
+
+import torch
+from overhead import flat_model
+from targets import Targets, options
+
+from structload import _apply, _dest, _plan, _ties
+from structload._select import Selection
+from structload.sources import MemoryTensor, to_source_tree
+from structload.sources._files import FileHandle
+from structload.sources._remote import RemoteFile
+from structload.sources.dcp import DCPCheckpoint
+from structload.sources.memory import tensor_leaf
+
+
+def never(*args) -> bool:
+    return False
+
+
+class _NotTheType(type):
+    def __instancecheck__(cls, obj) -> bool:
+        return isinstance(obj, cls.real)  # type: ignore[attr-defined]
+
+
+def not_the_type(real: type) -> type:
+    """A class ``isinstance`` takes for `real` that no ``type(x) is`` test matches: the lane is off."""
+    return _NotTheType(f"Not{real.__name__}", (), {"real": real})
+
+
+class _Forgetful(dict):
+    """A cache that never finds what it was given."""
+
+    def __contains__(self, key) -> bool:
+        return False
+
+    def get(self, key, default=None):
+        return default
+
+
+#: fast path -> (phase it saves time in, patches that switch it off)
+LANES = {
+    "judge's lane (plain_load)": ("plan", lambda: [mock.patch.object(_plan, "plain_load", never)]),
+    "_module_children's Parameter lane": (
+        "plan",
+        lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
+    ),
+    "settle_ties' shortcut": ("plan", lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)]),
+    "customises_loading's per-class cache": (
+        "plan",
+        lambda: [mock.patch.object(_dest, "_LOADS_ITS_OWN_WAY", _Forgetful())],
+    ),
+    "_overrides' per-class cache": ("plan", lambda: [mock.patch.object(_dest, "_OVERRIDES", _Forgetful())]),
+    "Plan.report's lane": ("report", lambda: [mock.patch.object(_plan, "MemoryTensor", not_the_type(MemoryTensor))]),
+    "batched copies (_runs)": (
+        "apply",
+        lambda: [mock.patch.object(_apply, "MemoryTensor", not_the_type(MemoryTensor))],
+    ),
+    "_foreach_copy_": ("apply", lambda: [mock.patch.object(_apply, "_foreach_copy", _apply._copy_each)]),
+    "apply's from-memory lane": (
+        "apply",
+        lambda: [
+            mock.patch.object(FileHandle, "alive", {object()}),
+            mock.patch.object(RemoteFile, "opened", {object()}),
+            mock.patch.object(DCPCheckpoint, "opened", {object()}),
+        ],
+    ),
+}
+
+
+def phase_seconds(phase: str, state, model, patches) -> float:
+    """One run of `phase` of ``sl.load(model, state)`` (the earlier phases run untimed, lanes on)."""
+    tree = to_source_tree(state)
+    plan = _plan.make_plan(model, tree, Selection(None, None, None)) if phase != "plan" else None
+    gc.disable()
+    with contextlib.ExitStack() as stack:
+        for patch in patches:
+            stack.enter_context(patch)
+        start = time.process_time()
+        if phase == "plan":
+            _plan.make_plan(model, tree, Selection(None, None, None))
+        elif phase == "apply":
+            _apply.apply_plan(plan, torch.device("cpu"), False)
+        else:
+            plan.report(applied=True)  # type: ignore[union-attr]
+        seconds = time.process_time() - start
+    gc.enable()
+    return seconds
+
+
+def compare(name: str, phase: str, patches, state, model, repeat: int) -> dict:
+    on, off = [], []
+    for _ in range(repeat):  # alternately, so that the machine's load falls on both alike
+        on.append(phase_seconds(phase, state, model, []))
+        off.append(phase_seconds(phase, state, model, patches()))
+    per = 1e6 / len(state)
+    fast, slow = statistics.median(on) * per, statistics.median(off) * per
+    print(f"{name:40s} {phase:6s} on {fast:6.3f} us  off {slow:6.3f} us  saves {slow - fast:6.3f} us per tensor")
+    return {"fast path": name, "phase": phase, "on_us": fast, "off_us": slow, "saves_us": slow - fast}
+
+
+def inlined_tensor_leaf(state, repeat: int) -> dict:
+    """`_tree_from_items`' inlined `tensor_leaf`: the call it saves, per tensor."""
+    values = list(state.values())
+    on = [_timed(lambda: [MemoryTensor(v) for v in values]) for _ in range(repeat)]
+    off = [_timed(lambda: [tensor_leaf(v) for v in values]) for _ in range(repeat)]
+    per = 1e6 / len(values)
+    fast, slow = statistics.median(on) * per, statistics.median(off) * per
+    print(
+        f"{'inlined tensor_leaf (source tree)':40s} {'tree':6s} on {fast:6.3f} us  off {slow:6.3f} us  "
+        f"saves {slow - fast:6.3f} us per tensor"
+    )
+    return {"fast path": "inlined tensor_leaf", "phase": "tree", "on_us": fast, "off_us": slow, "saves_us": slow - fast}
+
+
+def _timed(fn) -> float:
+    start = time.process_time()
+    fn()
+    return time.process_time() - start
+
+
+def main() -> None:
+    args = options(__doc__, "fast_paths", repeat=7).parse_args()
+    torch.manual_seed(0)
+    state, model = flat_model().state_dict(), flat_model()
+    print(f"torch {torch.__version__}, flat model, {len(state)} tensors, median of {args.repeat} runs")
+    results = [compare(name, phase, patches, state, model, args.repeat) for name, (phase, patches) in LANES.items()]
+    results.append(inlined_tensor_leaf(state, args.repeat))
+    Targets("fast_paths").finish(results, args.json)
+
+
+if __name__ == "__main__":
+    main()
