@@ -377,23 +377,3 @@ def test_stateful_renamings_start_afresh_each_load():
         model = _tiny_llama(cls, seed=1)
         sl.load(model, state)
         assert_same_state(model, zoo._full_state(original))
-
-
-def test_a_renaming_with_its_own_matching_code_is_always_asked():
-    """A transform whose ``rename_source_key`` is its own (not a test of its regex first) is called for every key:
-    its regex cannot tell which keys it leaves alone."""
-    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
-    from transformers.core_model_loading import WeightRenaming
-
-    class OwnCode(WeightRenaming):
-        __slots__ = ()
-
-        def rename_source_key(self, source_key: str) -> tuple[str, str | None]:
-            return source_key.replace(".attn.", ".self_attn."), None  # its regex (below) matches nothing
-
-    cls = _llama_class("StructloadOwnCodeLlama")
-    register_checkpoint_conversion_mapping("StructloadOwnCodeLlama", [OwnCode("never_in_a_key", "x")], overwrite=True)
-    original = _tiny_llama(cls)
-    model = _tiny_llama(cls, seed=1)
-    sl.load(model, {k.replace(".self_attn.", ".attn."): v for k, v in original.state_dict().items()})
-    assert_same_state(model, zoo._full_state(original))

@@ -33,7 +33,7 @@ from ..sources import SourceTensor, iter_leaves
 from ..sources._leaves import ConvertedTensor
 from ..sources.nesting import insert
 from . import _ops
-from ._declarations import declared_transforms, screen
+from ._declarations import declared_transforms
 
 
 def apply_declared(tree, dst: torch.nn.Module) -> tuple[object, list[Problem], list[str]]:
@@ -77,8 +77,6 @@ class _Declaration:
         transforms = declared_transforms(model)  # fresh copies: transforms keep state
         self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         self.converters = [t for t in transforms if isinstance(t, WeightConverter)]
-        self.renaming_tests = [(t, screen(t)) for t in self.renamings]  # a key failing a test is left alone
-        self.converter_tests = [(t, screen(t)) for t in self.converters]
         self.by_pattern = {p: c for c in self.converters for p in c.source_patterns}
         self.expected = dict.fromkeys(model.state_dict(keep_vars=True), True)  # names only: no detach
         self.uses: Counter = Counter()
@@ -89,16 +87,12 @@ class _Declaration:
 
         touched: list = []
         renamed = key
-        for renaming, test in self.renaming_tests:  # every renaming, in order (they may chain)
-            if test is not None and test(renamed) is None:
-                continue
+        for renaming in self.renamings:  # every renaming, in order (they may chain)
             new, _ = renaming.rename_source_key(renamed)
             touched += [renaming] if new != renamed else []
             renamed = new
         pattern = None
-        for converter, test in self.converter_tests:  # then at most one converter
-            if test is not None and test(renamed) is None:
-                continue
+        for converter in self.converters:  # then at most one converter
             renamed, pattern = converter.rename_source_key(renamed)
             if pattern is not None:
                 touched.append(converter)
