@@ -43,8 +43,9 @@ from ._dest import _hook_name as hook_name
 from ._dest import _overrides as overrides
 from ._report import Problem, ProblemKind
 from ._text import option_text
-from .sources import SourceTensor, iter_leaves
+from .sources import SourceTensor, SourceTree, iter_leaves
 from .sources.nesting import insert
+from .sources.versions import versions_of
 
 
 def runs_own_code(module: nn.Module) -> bool:
@@ -401,11 +402,16 @@ def run_post_hooks(post_hooks: list[tuple[str, nn.Module]], missing: list[str], 
             hook(module, keys)
 
 
-def source_metadata(src) -> dict | None:
-    """``state_dict()._metadata`` for a source that has it: a state dict that kept it, or a module
-    (its modules' ``_version``, as ``state_dict()`` writes them). Files give none, as
-    ``load_state_dict`` of a safetensors file gets none."""
+def source_metadata(src, tree=None) -> dict | None:
+    """``state_dict()._metadata`` for a source that has it: a state dict that kept it, a module
+    (its modules' ``_version``, as ``state_dict()`` writes them), or `tree` (the source opened)
+    when it reads ``torch.save`` files, whose state dicts carried theirs (`sources.versions`).
+    Safetensors files give none, as ``load_state_dict`` of one gets none."""
     if isinstance(src, nn.Module):
         return {name: {"version": m._version} for name, m in src.named_modules()}
     metadata = getattr(src, "_metadata", None)
-    return metadata if isinstance(metadata, dict) else None
+    if isinstance(metadata, dict):
+        return metadata
+    if tree is None:
+        return None
+    return versions_of(tree, src.path if isinstance(src, SourceTree) else "") or None

@@ -267,7 +267,7 @@ def _plan(
 ):
     """Open the source, rename, convert, adapt and plan the load (no writes); a strict load with
     problems raises here, before anything is written."""
-    tree = to_source_tree(src)
+    tree = opened = to_source_tree(src)
     earlier: list[Problem] = []
     before_rename = (tree, renamer) if renamer is not None else None  # for converters naming old paths
     if renamer is not None:
@@ -286,7 +286,7 @@ def _plan(
     if adapt is not None and adapt is not False:
         adaptation = adapt_tree(dst, tree, adapt)
         tree, earlier = adaptation.tree, earlier + adaptation.problems
-    metadata = functools.partial(source_metadata, src)  # versions, for modules' own loading code
+    metadata = functools.partial(source_metadata, src, opened)  # versions, for modules' own loading code
     plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
     plan.declared = declared
     if adaptation is not None:

@@ -316,3 +316,64 @@ def test_lazy_forms_agree_with_transformers_own_operations(chain, from_file, tmp
         written = torch.empty(expected.shape, dtype=expected.dtype)
         fast[name].read_into(written)
         assert torch.equal(written, expected) and torch.equal(fast[name].read(), expected)
+
+
+def _tiny_llama(cls, seed: int = 0):
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=2, vocab_size=32)  # fmt: skip
+    torch.manual_seed(seed)
+    model = cls(config)
+    zoo.perturb(model)
+    return model
+
+
+def _llama_class(name: str):
+    from transformers import LlamaModel
+
+    return type(name, (LlamaModel,), {})
+
+
+def test_a_mapping_registered_after_a_load_is_honoured():
+    """The declaration is read once per kind of model; registering (or replacing) a mapping later still counts."""
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import WeightRenaming
+
+    cls = _llama_class("StructloadLateLlama")
+    original = _tiny_llama(cls)
+    state = {k.replace(".self_attn.", ".attn."): v for k, v in original.state_dict().items()}
+    model = _tiny_llama(cls, seed=1)
+    with pytest.raises(sl.LoadError, match="layers.0.attn: unexpected"):  # nothing declared yet: refused
+        sl.load(model, state)
+    register_checkpoint_conversion_mapping("StructloadLateLlama", [WeightRenaming(r"\.attn\.", ".self_attn.")])
+    sl.load(model, state)
+    assert_same_state(model, zoo._full_state(original))
+    renamed = {k.replace(".self_attn.", ".attention."): v for k, v in original.state_dict().items()}
+    replacing = [WeightRenaming(r"\.attention\.", ".self_attn.")]
+    register_checkpoint_conversion_mapping("StructloadLateLlama", replacing, overwrite=True)
+    other = _tiny_llama(cls, seed=2)
+    report = sl.load(other, renamed)
+    assert_same_state(other, zoo._full_state(original))
+    assert any("attention" in line for line in report.declared)
+
+
+def test_stateful_renamings_start_afresh_each_load():
+    """``GroupWeightRename`` activates on its guard key; a second load (of a checkpoint already in the new layout)
+    must not inherit the first load's activation, or it would rename ``input_layernorm`` onto
+    ``post_attention_layernorm``."""
+    from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+    from transformers.core_model_loading import GroupWeightRename
+
+    cls = _llama_class("StructloadGuardedLlama")
+    guarded = GroupWeightRename([r"\.a_norm", r"\.input_layernorm"], [".input_layernorm", ".post_attention_layernorm"])
+    register_checkpoint_conversion_mapping("StructloadGuardedLlama", [guarded], overwrite=True)
+    original = _tiny_llama(cls)
+    new_layout = dict(original.state_dict())
+    old_layout = {k: v for k, v in new_layout.items() if "layernorm" not in k}
+    old_layout["layers.0.a_norm.weight"] = new_layout["layers.0.input_layernorm.weight"]
+    old_layout["layers.0.input_layernorm.weight"] = new_layout["layers.0.post_attention_layernorm.weight"]
+    for state in (old_layout, new_layout, old_layout, new_layout):
+        model = _tiny_llama(cls, seed=1)
+        sl.load(model, state)
+        assert_same_state(model, zoo._full_state(original))

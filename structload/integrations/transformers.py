@@ -33,6 +33,7 @@ from ..sources import SourceTensor, iter_leaves
 from ..sources._leaves import ConvertedTensor
 from ..sources.nesting import insert
 from . import _ops
+from ._declarations import declared_transforms
 
 
 def apply_declared(tree, dst: torch.nn.Module) -> tuple[object, list[Problem], list[str]]:
@@ -70,11 +71,10 @@ class _Declaration:
     """One model's declared transforms, split as transformers splits them, with use counts."""
 
     def __init__(self, model: Any):
-        from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, WeightRenaming
 
         self.model = model
-        transforms = get_model_conversion_mapping(model)  # fresh copies: transforms keep state
+        transforms = declared_transforms(model)  # fresh copies: transforms keep state
         self.renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
         self.converters = [t for t in transforms if isinstance(t, WeightConverter)]
         self.by_pattern = {p: c for c in self.converters for p in c.source_patterns}
@@ -101,7 +101,8 @@ class _Declaration:
         renamed, _ = rename_source_key(renamed, [], [], base_model_prefix=prefix, meta_state_dict=self.expected)
         if renamed not in self.expected and key in self.expected:  # as from_pretrained: keep a key that exists
             return rename_source_key(key, [], [], base_model_prefix=prefix, meta_state_dict=self.expected)
-        self.uses.update(id(t) for t in touched)
+        if touched:
+            self.uses.update(id(t) for t in touched)
         return renamed, pattern
 
     def lines(self, name: str, renamed: int) -> list[str]:

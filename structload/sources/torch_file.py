@@ -9,7 +9,8 @@ code from the pickle, ever:
   ``argparse.Namespace``, ``os.system``, ...) becomes an inert placeholder
   (`structload.sources.pickled`) that only records what the pickle does with
   it: nothing it names is imported or called, and no attribute of a real
-  object is set from pickled data. Every object the pickle can reach is a
+  object is set from pickled data (a state dict's ``_metadata``, module versions, is kept as
+  plain data: `structload.sources.versions`). Every object the pickle can reach is a
   plain value, a placeholder, or one of this module's stand-ins, whose
   ``__setstate__`` refuses (see `_Sealed`);
 - tensors become lazy `FileTensor` leaves pointing at their storage record
@@ -44,6 +45,8 @@ from ._zip import open_zip, record_data_offset
 from .memory import tree_from_object
 from .pickle_scan import PickleRefused, scan
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
+from .versions import plain_metadata, versions_in
+from .versions import record as record_versions
 
 _LEGACY_STORAGES = {
     "DoubleStorage": torch.float64,
@@ -124,11 +127,13 @@ class _UnpickledTensor(FileTensor):
 
 
 class _OrderedDict(collections.OrderedDict):
-    """``collections.OrderedDict`` as the pickle builds it: ``BUILD`` state (torch's ``_metadata``)
-    is dropped instead of becoming attributes."""
+    """``collections.OrderedDict`` as the pickle builds it: of the ``BUILD`` state, only torch's
+    ``_metadata`` (module versions) is kept, and only as plain data; nothing else becomes an attribute."""
 
     def __setstate__(self, state) -> None:
-        pass
+        metadata = plain_metadata(state.get("_metadata")) if isinstance(state, dict) else None
+        if metadata is not None:
+            self._metadata = metadata
 
 
 def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
@@ -161,6 +166,7 @@ def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, un
         unpickled = unpickle()
         if unpickler.placeholders:
             file.hold_pickled_types(types_in(unpickled))
+        record_versions(file, versions_in(unpickled))  # state dicts' _metadata, for modules' own loading code
         tree = tree_from_object(unpickled)
     except (_Refused, PickleRefused) as refused:
         raise SourceError(f"{path}: {refused}") from None
