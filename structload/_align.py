@@ -28,7 +28,18 @@ import re
 from ._align_hints import resolve_hints
 from ._align_layers import layer_rules
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
-from ._align_paths import all_leaves, block_pattern, block_template, by_container, full_path, parent, same_layout, sends
+from ._align_paths import (
+    all_leaves,
+    block_pattern,
+    block_template,
+    by_container,
+    full_path,
+    named_stages,
+    parent,
+    same_layout,
+    sends,
+)
+from ._align_rules import generalise
 from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
 from ._rename import compile_rename, rename_tree
@@ -180,8 +191,9 @@ class _Aligner:
     def _pair_containers(self, dst_blocks: dict, src_blocks: dict, notes: Alignment) -> list[tuple[str, str]]:
         """Numbered containers of both sides paired by their number of blocks; `notes` gets the
         ambiguities and the divergence."""
-        pairs, free = [], dict(src_blocks)
-        for dst_c, blocks in dst_blocks.items():
+        stages = named_stages([*dst_blocks, *src_blocks])  # aligned by whole paths instead
+        pairs, free = [], {c: b for c, b in src_blocks.items() if c not in stages}
+        for dst_c, blocks in ((c, b) for c, b in dst_blocks.items() if c not in stages):
             same = [c for c, b in free.items() if len(b) == len(blocks)]
             if len(same) > 1:
                 named = [c for c in same if c.rsplit(".", 1)[-1] == dst_c.rsplit(".", 1)[-1]]
@@ -354,6 +366,7 @@ class _Aligner:
         one rule, one rule per module, a module's own tensors only (look-ahead), or, when rules
         would meet, one rule per tensor in two steps."""
         candidates = (
+            lambda: generalise(layer_rules(self.rules)),  # rules alike but for their numbers: one rule
             lambda: layer_rules(self.rules),
             lambda: dict(self.rules),
             lambda: {self.narrow.get(key, key): value for key, value in self.rules.items()},

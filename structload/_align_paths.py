@@ -10,6 +10,8 @@ that a set of rename rules sends every source path where the matches say.
 
 from __future__ import annotations
 
+import re
+
 from ._align_match import Leaf
 from ._rename import Renamer
 
@@ -36,6 +38,23 @@ def by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], 
         else:
             blocks.setdefault(leaf.container, {}).setdefault(leaf.index or 0, []).append(leaf)
     return blocks, top
+
+
+def named_stages(containers) -> set[str]:
+    """The numbered containers that are stages named by number (torchvision's ``layer1`` ..
+    ``layer4``: siblings whose names differ only in a trailing number). Their entry counts say
+    nothing about a list's (``layer2``'s 4 blocks are not ``stages.0..3``): they are aligned by
+    whole paths, where the numbers in their names count as positions.
+
+    >>> sorted(named_stages(["layer1", "layer2", "fc1", "blocks", "encoder.stages"]))
+    ['layer1', 'layer2']
+    """
+    families: dict[tuple[str, str], list[str]] = {}
+    for container in containers:
+        found = re.fullmatch(r"(.*?)(\d+)", container or "")
+        if found is not None and not found[1].endswith("."):
+            families.setdefault((found[1], container.rpartition(".")[0]), []).append(container)
+    return {c for members in families.values() if len(members) > 1 for c in members}
 
 
 def all_leaves(blocks: dict[int, list[Leaf]]) -> list[Leaf]:
