@@ -5,7 +5,8 @@
 the first stage": the numbers in their paths say so. `pair_by_position` pairs same-shape
 candidates by those numbers, and only when they decide: each side's candidates of one kind (the
 first kind word of the path, `_vocabulary.KINDS`) have the same count and, once the numbers that
-do not vary are dropped and each number is counted from the smallest, the same positions. Names
+do not vary are dropped and each number is counted from the smallest, the same positions (a
+side whose only kind is unnamed, ``body.0`` / ``body.1``, is of the other side's kind). Names
 with no numbers (``zz`` / ``aa``: the order of a state dict is no evidence), a layer missing in
 the middle (1, 2, 4 against 0, 1, 2) or a position held twice (two stacks) decide nothing.
 
@@ -48,7 +49,10 @@ def pair_by_position(dst: list, src: list) -> list[tuple[Any, Any, str]] | None:
     """Pairs of same-shape candidates (leaves) by their positions among siblings of the same kind,
     with the evidence; None when positions do not decide every candidate."""
     dst_kinds, src_kinds = _by_kind(dst), _by_kind(src)
-    if dst_kinds is None or src_kinds is None or sorted(dst_kinds, key=str) != sorted(src_kinds, key=str):
+    if len(dst_kinds) == len(src_kinds) == 1 and None in (*dst_kinds, *src_kinds):  # ``body.0`` is a conv too
+        (kind,) = {*dst_kinds, *src_kinds} - {None} or {None}
+        dst_kinds, src_kinds = {kind: dst}, {kind: src}
+    if sorted(dst_kinds, key=str) != sorted(src_kinds, key=str):
         return None
     pairs = []
     for kind, ds in dst_kinds.items():
@@ -61,7 +65,7 @@ def pair_by_position(dst: list, src: list) -> list[tuple[Any, Any, str]] | None:
     return pairs
 
 
-def _by_kind(leaves: list) -> dict[str | None, list] | None:
+def _by_kind(leaves: list) -> dict[str | None, list]:
     kinds: dict[str | None, list] = {}
     for leaf in leaves:
         kinds.setdefault(kind_of(leaf.module), []).append(leaf)
