@@ -210,13 +210,13 @@ class GroupMatcher:
         progress = True
         while progress:
             progress = False
-            dst_view, src_view = _with_weights(free_dst), _with_weights(free_src)
+            dst_view, src_view = _with_weights(free_dst, free_src), _with_weights(free_src, free_dst)
             views[:] = [(dst_view, src_view)]
             for d in sorted(dst_view.values(), key=order):
                 if d.rel in free_dst:
                     progress |= self._pair_candidates(d, dst_view, src_view, layout, take)
         for weights in (True, False):  # weights first: what is ambiguous with them takes its bias along
-            dst_view, src_view = _with_weights(free_dst), _with_weights(free_src)
+            dst_view, src_view = _with_weights(free_dst, free_src), _with_weights(free_src, free_dst)
             for d in sorted(dst_view.values(), key=order):
                 if d.rel not in dst_view or (d.param == "weight") != weights:
                     continue
@@ -276,11 +276,17 @@ def roles_by_content(leaves: list[Leaf]) -> None:
                 leaf.context_role = "norm_attn" if "attn" in around else "norm_mlp"
 
 
-def _with_weights(free: dict) -> dict:
-    """The free leaves less those whose module's weight is free too: a bias or a norm's running
-    statistics go with their weight (modules move together), never on their own by shape."""
-    free_weights = {leaf.module for leaf in free.values() if leaf.param == "weight"}
-    return {rel: x for rel, x in free.items() if x.param == "weight" or x.module not in free_weights}
+def _with_weights(free: dict, other: dict) -> dict:
+    """The free leaves less those whose module's weight is free and has no candidate of its shape on
+    the other side: a bias or a norm's statistics of a module that matches nothing are not paired
+    on their own by shape (modules move together). A bias may still pair its module."""
+    shapes = {leaf.shape for leaf in other.values() if leaf.param == "weight"}
+    unmatched = {
+        leaf.module
+        for leaf in free.values()
+        if leaf.param == "weight" and leaf.shape not in shapes and not (leaf.matrix and leaf.shape[::-1] in shapes)
+    }
+    return {rel: x for rel, x in free.items() if x.param == "weight" or x.module not in unmatched}
 
 
 def _candidates(d: Leaf, free_dst: dict, free_src: dict, layout: str) -> tuple[list[Leaf], list[Leaf]]:
