@@ -38,6 +38,7 @@ from ._align_paths import (
     parent,
     same_layout,
     sends,
+    used_only,
 )
 from ._align_rules import generalise
 from ._align_sides import destination, flattened, source
@@ -175,6 +176,7 @@ class _Aligner:
         """A tied destination tensor after the first counts as matched with it; a source tensor
         left over that its names (not its shape alone) pair it with is loaded into it too. A tied
         source tensor nothing claims is dropped (``None`` in ``rename``): its data is loaded once."""
+        self.all_src += src_followers  # the rules are checked on them too
         left = [leaf for leaf in self.src if leaf.path not in self.matched_src] + src_followers
         if followers and left:
             found = self.matcher.match([flattened(f) for f in followers], [flattened(s) for s in left])
@@ -374,7 +376,7 @@ class _Aligner:
         for make in candidates:
             rules = make()
             if sends(rules, self.all_src, self.expected):
-                return rules
+                return used_only(rules, self.all_src)
         rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
         rules["^@"] = ""  # two steps, so that no rule's output meets another rule
         rules.update({key: None for key, value in self.rules.items() if value is None})

@@ -94,3 +94,13 @@ def sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
         elif new in taken:
             return False
     return True
+
+
+def used_only(rules: dict, src: list[Leaf]) -> dict:
+    """`rules` less those that rename no source path (a submodule's rule after its module's rule has
+    renamed it already): a rule that matches nothing is a ``pattern`` problem in a plain load. Rules
+    that drop a tied copy are kept (`src` holds the first of tied tensors only)."""
+    renamer = Renamer(rules)
+    for leaf in src:
+        renamer(leaf.path)
+    return {key: value for key, value in rules.items() if key in renamer.used or value is None}
