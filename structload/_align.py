@@ -38,7 +38,6 @@ from ._align_paths import (
     parent,
     same_layout,
     sends,
-    used_only,
 )
 from ._align_rules import generalise
 from ._align_sides import destination, flattened, source
@@ -316,19 +315,15 @@ class _Aligner:
             dim = 1 if pair.transposed and len(d.shape) == 2 and d.shape[1] == sum(s.shape[0] for s in pair.src) else 0
             converters.append(Concat(temps, into=block_template(d.rel, dst_c) if generic else d.path, dim=dim))
         self.result.convert += converters
-        evidence = tuple(pair.evidence + ([count] if count else []))
+        evidence, acting = tuple(pair.evidence + ([count] if count else [])), tuple(converters)
+        matched, matched_dst = self.result.matched, self.matched_dst
         for i in indices:
+            sources = tuple(full_path(s, src_c, i) for s in pair.src)
             for d in pair.dst:
-                self.result.matched.append(
-                    Match(
-                        full_path(d, dst_c, i),
-                        tuple(full_path(s, src_c, i) for s in pair.src),
-                        tuple(converters),
-                        evidence,
-                    )
-                )
-                self.matched_dst.add(full_path(d, dst_c, i))
-            self.matched_src.update(full_path(s, src_c, i) for s in pair.src)
+                path = full_path(d, dst_c, i)
+                matched.append(Match(path, sources, acting, evidence))
+                matched_dst.add(path)
+            self.matched_src.update(sources)
 
     def _temporary(self, dst_module: str, src: Leaf) -> str:
         """Where a fused (or to-be-fused) source tensor waits for its converter: under the
@@ -375,8 +370,8 @@ class _Aligner:
         )
         for make in candidates:
             rules = make()
-            if sends(rules, self.all_src, self.expected):
-                return used_only(rules, self.all_src)
+            if (sent := sends(rules, self.all_src, self.expected)) is not None:
+                return sent
         rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
         rules["^@"] = ""  # two steps, so that no rule's output meets another rule
         rules.update({key: None for key, value in self.rules.items() if value is None})

@@ -82,25 +82,20 @@ def block_template(rel: str, container: str) -> str:
     return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
 
 
-def sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
-    """Whether `rules` send every matched source path where expected and no other onto a taken path."""
+def sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> dict | None:
+    """`rules` less those that rename no source path, if they send every matched source path where
+    expected and no other onto a taken path; else None.
+
+    A rule that renames nothing (a submodule's rule after its module's rule has renamed it
+    already) would be a ``pattern`` problem in a plain load. Rules that drop a tied copy are kept
+    (`src` holds the first of tied tensors only)."""
     renamer = Renamer(rules)
     taken = set(expected.values())
     for leaf in src:
         new = renamer(leaf.path)
         if leaf.path in expected:
             if new != expected[leaf.path]:
-                return False
+                return None
         elif new in taken:
-            return False
-    return True
-
-
-def used_only(rules: dict, src: list[Leaf]) -> dict:
-    """`rules` less those that rename no source path (a submodule's rule after its module's rule has
-    renamed it already): a rule that matches nothing is a ``pattern`` problem in a plain load. Rules
-    that drop a tied copy are kept (`src` holds the first of tied tensors only)."""
-    renamer = Renamer(rules)
-    for leaf in src:
-        renamer(leaf.path)
+            return None
     return {key: value for key, value in rules.items() if key in renamer.used or value is None}
