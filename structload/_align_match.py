@@ -10,7 +10,6 @@ layout: which matrices the source stores transposed (`group_layout`,
 from __future__ import annotations
 
 import fnmatch
-import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,25 +19,32 @@ from ._text import shape_text
 from ._vocabulary import FAMILIES, FUSED, param_name, role_of
 
 
-@dataclass
 class Leaf:
-    """One tensor of either side, as alignment sees it."""
+    """One tensor of either side, as alignment sees it (a plain class with slots: there is one per
+    tensor of both models, so building it is kept cheap)."""
 
-    path: str
-    shape: tuple[int, ...]
-    container: str | None  # the numbered container it is in (``h``), or None at the top level
-    index: int | None
-    rel: str  # the path inside its block (the whole path at the top level)
-    module: str = ""  # `rel` without its last name
-    raw_param: str = ""  # the last name
-    matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
-    context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
+    __slots__ = ("_read", "container", "context_role", "index", "matrix", "module", "path", "raw_param", "rel", "shape")
 
-    def __post_init__(self) -> None:
-        self.module, _, self.raw_param = self.rel.rpartition(".")
+    def __init__(self, path: str, shape: tuple[int, ...], container: str | None, index: int | None, rel: str):
+        self.path, self.shape = path, shape
+        self.container = container  # the numbered container it is in (``h``), or None at the top level
+        self.index = index
+        self.rel = rel  # the path inside its block (the whole path at the top level)
+        self.module, _, self.raw_param = rel.rpartition(".")  # `rel` without its last name, and that name
+        self.matrix = False  # a 2-d weight whose layout may be transposed (not an embedding table)
+        self.context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
+        self._read: tuple[str | None, str] | None = None
 
-    @functools.cached_property
+    def __repr__(self) -> str:
+        return f"Leaf({self.path!r}, {self.shape})"
+
+    @property
     def _role_and_param(self) -> tuple[str | None, str]:
+        if self._read is None:
+            self._read = self._read_names()
+        return self._read
+
+    def _read_names(self) -> tuple[str | None, str]:
         """Read from the names on first use: only the leaves of template blocks ever need them."""
         param = rnn_param(self.raw_param) or param_name(self.raw_param)  # weight_ih_l2 is a weight_ih
         role = role_of(self.module) if self.module else None
