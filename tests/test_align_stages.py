@@ -7,6 +7,8 @@ are compared with the reference."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -123,7 +125,10 @@ def test_the_stage_offset_is_one_small_function_per_pattern_in_code():
     per pattern (not one line per block), no look-ahead, no intermediate path."""
     reference = transformers.ResNetModel(transformers.ResNetConfig(**BASIC))
     model = TorchvisionResNet(BasicBlock, [2, 2, 2, 2], [8, 16, 24, 32])
-    code = sl.align(model, reference).code()
+    alignment = sl.align(model, reference)
+    code = alignment.code()
+    written = json.loads(json.dumps(alignment.to_dict()))["rename"].values()  # --json writes the function's code
+    assert any(value.startswith('lambda m: f"layer{int(m[1]) + 1}.') for value in written)
     rules = [line for line in code.splitlines() if line.startswith("    r")]
     assert len(rules) == 6, code  # stem conv, stem norm; convs, norms, shortcut conv, shortcut norm
     assert r'r"^encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d+)\.convolution\.": lambda m: ' in code
