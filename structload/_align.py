@@ -28,7 +28,18 @@ import re
 from ._align_hints import resolve_hints
 from ._align_layers import layer_rules
 from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
-from ._align_paths import all_leaves, block_pattern, block_template, by_container, full_path, parent, same_layout, sends
+from ._align_paths import (
+    all_leaves,
+    block_pattern,
+    block_template,
+    by_container,
+    full_path,
+    named_stages,
+    parent,
+    same_layout,
+    sends,
+)
+from ._align_rules import generalise
 from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
 from ._rename import compile_rename, rename_tree
@@ -164,6 +175,7 @@ class _Aligner:
         """A tied destination tensor after the first counts as matched with it; a source tensor
         left over that its names (not its shape alone) pair it with is loaded into it too. A tied
         source tensor nothing claims is dropped (``None`` in ``rename``): its data is loaded once."""
+        self.all_src += src_followers  # the rules are checked on them too
         left = [leaf for leaf in self.src if leaf.path not in self.matched_src] + src_followers
         if followers and left:
             found = self.matcher.match([flattened(f) for f in followers], [flattened(s) for s in left])
@@ -180,8 +192,9 @@ class _Aligner:
     def _pair_containers(self, dst_blocks: dict, src_blocks: dict, notes: Alignment) -> list[tuple[str, str]]:
         """Numbered containers of both sides paired by their number of blocks; `notes` gets the
         ambiguities and the divergence."""
-        pairs, free = [], dict(src_blocks)
-        for dst_c, blocks in dst_blocks.items():
+        stages = named_stages([*dst_blocks, *src_blocks])  # aligned by whole paths instead
+        pairs, free = [], {c: b for c, b in src_blocks.items() if c not in stages}
+        for dst_c, blocks in ((c, b) for c, b in dst_blocks.items() if c not in stages):
             same = [c for c, b in free.items() if len(b) == len(blocks)]
             if len(same) > 1:
                 named = [c for c in same if c.rsplit(".", 1)[-1] == dst_c.rsplit(".", 1)[-1]]
@@ -302,19 +315,15 @@ class _Aligner:
             dim = 1 if pair.transposed and len(d.shape) == 2 and d.shape[1] == sum(s.shape[0] for s in pair.src) else 0
             converters.append(Concat(temps, into=block_template(d.rel, dst_c) if generic else d.path, dim=dim))
         self.result.convert += converters
-        evidence = tuple(pair.evidence + ([count] if count else []))
+        evidence, acting = tuple(pair.evidence + ([count] if count else [])), tuple(converters)
+        matched, matched_dst = self.result.matched, self.matched_dst
         for i in indices:
+            sources = tuple(full_path(s, src_c, i) for s in pair.src)
             for d in pair.dst:
-                self.result.matched.append(
-                    Match(
-                        full_path(d, dst_c, i),
-                        tuple(full_path(s, src_c, i) for s in pair.src),
-                        tuple(converters),
-                        evidence,
-                    )
-                )
-                self.matched_dst.add(full_path(d, dst_c, i))
-            self.matched_src.update(full_path(s, src_c, i) for s in pair.src)
+                path = full_path(d, dst_c, i)
+                matched.append(Match(path, sources, acting, evidence))
+                matched_dst.add(path)
+            self.matched_src.update(sources)
 
     def _temporary(self, dst_module: str, src: Leaf) -> str:
         """Where a fused (or to-be-fused) source tensor waits for its converter: under the
@@ -354,14 +363,15 @@ class _Aligner:
         one rule, one rule per module, a module's own tensors only (look-ahead), or, when rules
         would meet, one rule per tensor in two steps."""
         candidates = (
+            lambda: generalise(layer_rules(self.rules)),  # rules alike but for their numbers: one rule
             lambda: layer_rules(self.rules),
             lambda: dict(self.rules),
             lambda: {self.narrow.get(key, key): value for key, value in self.rules.items()},
         )
         for make in candidates:
             rules = make()
-            if sends(rules, self.all_src, self.expected):
-                return rules
+            if (sent := sends(rules, self.all_src, self.expected)) is not None:
+                return sent
         rules = {f"^{re.escape(path)}$": "@" + target for path, target in self.expected.items()}
         rules["^@"] = ""  # two steps, so that no rule's output meets another rule
         rules.update({key: None for key, value in self.rules.items() if value is None})

@@ -76,7 +76,7 @@ def layer_rules(rules: dict) -> dict:
     stacks: dict[str, set] = {}
     for key, value in rules.items():
         found = _EXACT.match(key)
-        if found is None or value is None:
+        if found is None or not isinstance(value, str):
             continue
         target = re.fullmatch(rf"(.+)\.{found['n']}\.{found['name']}_l0{found['rev'] or ''}", value)
         stacks.setdefault(found["module"], set()).add(target[1] if target else None)

@@ -10,33 +10,41 @@ layout: which matrices the source stores transposed (`group_layout`,
 from __future__ import annotations
 
 import fnmatch
-import functools
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._align_layers import pair_by_layer, rnn_param
+from ._align_position import companions, pair_by_position
 from ._text import shape_text
 from ._vocabulary import FAMILIES, FUSED, param_name, role_of
 
 
-@dataclass
 class Leaf:
-    """One tensor of either side, as alignment sees it."""
+    """One tensor of either side, as alignment sees it (a plain class with slots: there is one per
+    tensor of both models, so building it is kept cheap)."""
 
-    path: str
-    shape: tuple[int, ...]
-    container: str | None  # the numbered container it is in (``h``), or None at the top level
-    index: int | None
-    rel: str  # the path inside its block (the whole path at the top level)
-    module: str = ""  # `rel` without its last name
-    raw_param: str = ""  # the last name
-    matrix: bool = False  # a 2-d weight whose layout may be transposed (not an embedding table)
-    context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
+    __slots__ = ("_read", "container", "context_role", "index", "matrix", "module", "path", "raw_param", "rel", "shape")
 
-    def __post_init__(self) -> None:
-        self.module, _, self.raw_param = self.rel.rpartition(".")
+    def __init__(self, path: str, shape: tuple[int, ...], container: str | None, index: int | None, rel: str):
+        self.path, self.shape = path, shape
+        self.container = container  # the numbered container it is in (``h``), or None at the top level
+        self.index = index
+        self.rel = rel  # the path inside its block (the whole path at the top level)
+        self.module, _, self.raw_param = rel.rpartition(".")  # `rel` without its last name, and that name
+        self.matrix = False  # a 2-d weight whose layout may be transposed (not an embedding table)
+        self.context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
+        self._read: tuple[str | None, str] | None = None
 
-    @functools.cached_property
+    def __repr__(self) -> str:
+        return f"Leaf({self.path!r}, {self.shape})"
+
+    @property
     def _role_and_param(self) -> tuple[str | None, str]:
+        if self._read is None:
+            self._read = self._read_names()
+        return self._read
+
+    def _read_names(self) -> tuple[str | None, str]:
         """Read from the names on first use: only the leaves of template blocks ever need them."""
         param = rnn_param(self.raw_param) or param_name(self.raw_param)  # weight_ih_l2 is a weight_ih
         role = role_of(self.module) if self.module else None
@@ -95,15 +103,22 @@ class GroupMatcher:
         free_dst = {leaf.rel: leaf for leaf in dst}
         free_src = {leaf.rel: leaf for leaf in src}
         modules_dst, modules_src = _by_module(dst), _by_module(src)
+        norms_dst, norms_src = companions(modules_dst), companions(modules_src)
+
+        views: list[tuple[dict, dict]] = []  # narrower views of the free leaves (`_match_shapes`)
 
         def take(d: tuple[Leaf, ...], s: tuple[Leaf, ...], evidence: str) -> None:
             found.pairs.append(Pair(d, s, [evidence]))
-            for leaf in d:
-                free_dst.pop(leaf.rel, None)
-            for leaf in s:
-                free_src.pop(leaf.rel, None)
+            for free_d, free_s in [(free_dst, free_src), *views]:
+                for leaf in d:
+                    free_d.pop(leaf.rel, None)
+                for leaf in s:
+                    free_s.pop(leaf.rel, None)
             if len(d) == 1 and len(s) == 1 and d[0].module and s[0].module:  # modules move together
                 self._follow(d[0], s[0], modules_dst, modules_src, free_dst, free_src, take)
+                norm_d, norm_s = norms_dst.get(d[0].module), norms_src.get(s[0].module)
+                if norm_d is not None and norm_s is not None:  # and so does the norm after a layer
+                    self._follow_norm(norm_d, norm_s, d[0], modules_dst, modules_src, free_dst, free_src, take)
 
         self._match_pins(free_dst, free_src, take)
         for rel, leaf in list(free_dst.items()):  # exact names
@@ -112,7 +127,7 @@ class GroupMatcher:
                 take((leaf,), (other,), "name")
         self._match_roles(free_dst, free_src, found, take)
         self._match_fused(free_dst, free_src, take)
-        self._match_shapes(free_dst, free_src, found, take)
+        self._match_shapes(free_dst, free_src, found, take, views)
         return found
 
     def _match_pins(self, free_dst, free_src, take) -> None:
@@ -131,6 +146,14 @@ class GroupMatcher:
             partners = [y for y in others_src if y.param == x.param and y.rel in free_src]
             if x.rel in free_dst and x.path not in self.pins and len(partners) == 1 and _fits(x, partners[0]):
                 take((x,), (partners[0],), f"module '{d.module}' is paired with '{s.module}' (by its {d.param})")
+
+    def _follow_norm(self, norm_d, norm_s, layer: Leaf, modules_dst, modules_src, free_dst, free_src, take) -> None:
+        others_src = [y for y in modules_src.get(norm_s, ()) if y.rel in free_src]
+        for x in modules_dst.get(norm_d, ()):
+            partners = [y for y in others_src if y.param == x.param and y.rel in free_src]
+            if x.rel in free_dst and x.path not in self.pins and len(partners) == 1 and _fits(x, partners[0]):
+                evidence = f"the norm of '{layer.module}', paired with '{partners[0].module}''s layer"
+                take((x,), (partners[0],), evidence)
 
     def _match_roles(self, free_dst, free_src, found: GroupResult, take) -> None:
         for leaf in list(free_dst.values()):
@@ -182,27 +205,48 @@ class GroupMatcher:
             evidence = f"fused: '{_last(one.module)}' {shape_text(one.shape)} is {' + '.join(parts)}: {sizes}"
             take(*((pieces, (one,)) if split else ((one,), pieces)), evidence)
 
-    def _match_shapes(self, free_dst, free_src, found: GroupResult, take) -> None:
+    def _match_shapes(self, free_dst, free_src, found: GroupResult, take, views: list) -> None:
         """What is left: a tensor with exactly one candidate on the other side, which has no other
-        candidate either (same parameter name, a shape that fits in the group's layout); weights
-        first, so that biases follow them. The rest that could pair is ambiguous, as a whole."""
+        candidate either (same parameter name, a shape that fits in the group's layout), or
+        candidates told apart by their layer numbers or positions; larger weights first, so that
+        biases and norms follow them, again until nothing pairs. The rest that could pair is
+        ambiguous, as a whole."""
         layout = group_layout(found.pairs)
-        params = sorted({leaf.param for leaf in free_dst.values()}, key=lambda p: (p != "weight", p))
-        for param in params:
-            for d in [x for x in free_dst.values() if x.param == param]:
-                if d.rel not in free_dst:
+        order = lambda x: (x.param != "weight", -len(x.shape), x.param)  # noqa: E731
+        progress = True
+        while progress:
+            progress = False
+            dst_view, src_view = _with_weights(free_dst, free_src), _with_weights(free_src, free_dst)
+            views[:] = [(dst_view, src_view)]
+            for d in sorted(dst_view.values(), key=order):
+                if d.rel in free_dst:
+                    progress |= self._pair_candidates(d, dst_view, src_view, layout, take)
+        for weights in (True, False):  # weights first: what is ambiguous with them takes its bias along
+            dst_view, src_view = _with_weights(free_dst, free_src), _with_weights(free_src, free_dst)
+            for d in sorted(dst_view.values(), key=order):
+                if d.rel not in dst_view or (d.param == "weight") != weights:
                     continue
-                ds, ss = _candidates(d, free_dst, free_src, layout)
-                if len(ds) == 1 and len(ss) == 1:
-                    evidence = f"shape {shape_text(ss[0].shape)}: the only candidate left on each side"
-                    take((d,), (ss[0],), evidence)
-                elif ss and (by_layer := pair_by_layer(ds, ss)) is not None:
-                    for x, y, evidence in by_layer:
-                        take((x,), (y,), evidence)
-                elif ss:
+                ds, ss = _candidates(d, dst_view, src_view, layout)
+                if ss:
                     shapes = " / ".join(sorted({shape_text(x.shape) for x in ds + ss}))
                     reason = f"{len(ds)} + {len(ss)} tensors of shape {shapes} and no name evidence"
                     self._ambiguous(found, tuple(ds), tuple(ss), reason, free_dst, free_src)
+                    self._ambiguous(GroupResult(), ds, ss, reason, dst_view, src_view)
+        views.clear()
+
+    @staticmethod
+    def _pair_candidates(d: Leaf, free_dst, free_src, layout: str, take) -> bool:
+        """Pair `d` (and the candidates it competes with) when the evidence decides; whether it did.
+        `free_dst` / `free_src` are views of the free leaves: those paired here leave them too."""
+        ds, ss = _candidates(d, free_dst, free_src, layout)
+        if len(ds) == 1 and len(ss) == 1:
+            take((d,), (ss[0],), f"shape {shape_text(ss[0].shape)}: the only candidate left on each side")
+            return True
+        found: list[tuple[Any, Any, str]] | None = (pair_by_layer(ds, ss) or pair_by_position(ds, ss)) if ss else None
+        for x, y, evidence in found or ():
+            if x.rel in free_dst and y.rel in free_src:
+                take((x,), (y,), evidence)
+        return bool(found)
 
     @staticmethod
     def _ambiguous(found: GroupResult, dst, src, reason: str, free_dst, free_src) -> None:
@@ -236,6 +280,19 @@ def roles_by_content(leaves: list[Leaf]) -> None:
             around = kinds.get(parent, set())
             if len(around) == 1:
                 leaf.context_role = "norm_attn" if "attn" in around else "norm_mlp"
+
+
+def _with_weights(free: dict, other: dict) -> dict:
+    """The free leaves less those whose module's weight is free and has no candidate of its shape on
+    the other side: a bias or a norm's statistics of a module that matches nothing are not paired
+    on their own by shape (modules move together). A bias may still pair its module."""
+    shapes = {leaf.shape for leaf in other.values() if leaf.param == "weight"}
+    unmatched = {
+        leaf.module
+        for leaf in free.values()
+        if leaf.param == "weight" and leaf.shape not in shapes and not (leaf.matrix and leaf.shape[::-1] in shapes)
+    }
+    return {rel: x for rel, x in free.items() if x.param == "weight" or x.module not in unmatched}
 
 
 def _candidates(d: Leaf, free_dst: dict, free_src: dict, layout: str) -> tuple[list[Leaf], list[Leaf]]:

@@ -10,6 +10,8 @@ that a set of rename rules sends every source path where the matches say.
 
 from __future__ import annotations
 
+import re
+
 from ._align_match import Leaf
 from ._rename import Renamer
 
@@ -38,6 +40,23 @@ def by_container(leaves: list[Leaf]) -> tuple[dict[str, dict[int, list[Leaf]]], 
     return blocks, top
 
 
+def named_stages(containers) -> set[str]:
+    """The numbered containers that are stages named by number (torchvision's ``layer1`` ..
+    ``layer4``: siblings whose names differ only in a trailing number). Their entry counts say
+    nothing about a list's (``layer2``'s 4 blocks are not ``stages.0..3``): they are aligned by
+    whole paths, where the numbers in their names count as positions.
+
+    >>> sorted(named_stages(["layer1", "layer2", "fc1", "blocks", "encoder.stages"]))
+    ['layer1', 'layer2']
+    """
+    families: dict[tuple[str, str], list[str]] = {}
+    for container in containers:
+        found = re.fullmatch(r"(.*?)(\d+)", container or "")
+        if found is not None and not found[1].endswith("."):
+            families.setdefault((found[1], container.rpartition(".")[0]), []).append(container)
+    return {c for members in families.values() if len(members) > 1 for c in members}
+
+
 def all_leaves(blocks: dict[int, list[Leaf]]) -> list[Leaf]:
     return [leaf for i in sorted(blocks) for leaf in blocks[i]]
 
@@ -63,15 +82,20 @@ def block_template(rel: str, container: str) -> str:
     return f"{container}.{{0}}.{rel}" if container else f"{{0}}.{rel}"
 
 
-def sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> bool:
-    """Whether `rules` send every matched source path where expected and no other onto a taken path."""
+def sends(rules: dict, src: list[Leaf], expected: dict[str, str]) -> dict | None:
+    """`rules` less those that rename no source path, if they send every matched source path where
+    expected and no other onto a taken path; else None.
+
+    A rule that renames nothing (a submodule's rule after its module's rule has renamed it
+    already) would be a ``pattern`` problem in a plain load. Rules that drop a tied copy are kept
+    (`src` holds the first of tied tensors only)."""
     renamer = Renamer(rules)
     taken = set(expected.values())
     for leaf in src:
         new = renamer(leaf.path)
         if leaf.path in expected:
             if new != expected[leaf.path]:
-                return False
+                return None
         elif new in taken:
-            return False
-    return True
+            return None
+    return {key: value for key, value in rules.items() if key in renamer.used or value is None}

@@ -119,7 +119,7 @@ class Alignment:
     def to_dict(self) -> dict:
         return {
             "ok": self.ok,
-            "rename": self.rename,
+            "rename": {k: v if v is None or isinstance(v, str) else repr(v) for k, v in self.rename.items()},
             "convert": [repr(c) for c in self.convert],
             "matched": [m.to_dict() for m in self.matched],
             "ambiguous": [a.to_dict() for a in self.ambiguous],
@@ -192,10 +192,12 @@ def _key(pattern: str) -> str:
     return repr(pattern) if isinstance(pattern, OptionalKey) else _raw(pattern)
 
 
-def _raw(text: str | None) -> str:
+def _raw(text) -> str:
     """A Python literal for a pattern or replacement, raw when it holds backslashes."""
     if text is None:
         return "None"
+    if not isinstance(text, str):  # a function of the match (`_align_rules.Shifted`): its code
+        return repr(text)
     if "\\" in text and not text.endswith("\\") and '"' not in text:
         return f'r"{text}"'
     if '"' not in text and "\\" not in text:

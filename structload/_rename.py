@@ -49,7 +49,8 @@ def _literal(text: str) -> str:
 
 class Renamer:
     """A ``{regex: replacement}`` mapping applied in order with ``re.sub``; a replacement of
-    ``None`` drops the entries its regex finds. It remembers which regexes found something, so a
+    ``None`` drops the entries its regex finds, a function of the match computes the new text (as
+    in ``re.sub``: ``lambda m: f"layer{int(m[1]) + 1}."`` for index arithmetic). It remembers which regexes found something, so a
     key that matches no source path can be reported (`unmatched`).
 
     >>> renamer = Renamer({r"^module\\.": "", r"\\.gamma$": ".weight", r"position_ids$": None})
@@ -65,9 +66,10 @@ class Renamer:
         except re.error as error:
             raise ValueError(f"rename: invalid regular expression: {error}") from None
         for text, _, replacement in self.rules:
-            if replacement is not None and not isinstance(replacement, str):
+            if replacement is not None and not isinstance(replacement, str) and not callable(replacement):
                 raise TypeError(
-                    f"rename: the replacement for {text!r} must be a string or None, not {type(replacement).__name__}"
+                    f"rename: the replacement for {text!r} must be a string, a function of the match (as in "
+                    f"re.sub) or None, not {type(replacement).__name__}"
                 )
         self.used: set[str] = set()
 

@@ -178,6 +178,11 @@ FUSED: dict[str, tuple[str, ...]] = {"qkv": ("q", "k", "v"), "kv": ("k", "v"), "
 #: A family and the roles it may stand for (names that do not say which).
 FAMILIES: dict[str, tuple[str, ...]] = {"mlp_in": ("gate", "up")}
 
+#: Words that name a kind of layer (as tokens, digits dropped): the first one in a path says
+#: which siblings a layer is counted among (`_align_position`): ``conv`` for torchvision's
+#: ``conv2`` and for transformers' ``layer.1.convolution``, ``downsample`` for its ``shortcut``.
+KINDS = frozenset({"conv", "bn", "norm", "linear", "fc", "downsample", "lstm", "gru", "rnn", "attn", "mlp", "embed"})
+
 #: Parameter names that mean the same thing.
 PARAMS = {"gamma": "weight", "scale": "weight", "g": "weight", "beta": "bias", "b": "bias", "w": "weight"}
 
