@@ -21,9 +21,10 @@ from .._select import Selection
 from ..sources import SourceTensor
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install
+from ._fast import fast_load
 from ._fuse import fuse_states, rename_states
 from ._sources import read_states
-from ._tree import Held, held_parameters
+from ._tree import Held, Parameters, held_parameters
 
 
 def load_optimizer(
@@ -105,6 +106,10 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     # 1. the parameters the optimizer holds, by path in the model
     parameters = held_parameters(optimizer, model)
     held, problems = parameters.held, list(parameters.problems)
+    if _common_case(parameters, selection, rename, options):  # resuming the same model: see _fast
+        loaded = fast_load(optimizer, held, src, source_model, model, options["progress"])
+        if loaded is not None:
+            return LoadReport(target=type(optimizer).__name__, loaded=loaded)
     # 2. the source's state per source parameter path, whatever its kind
     source = read_states(src, source_model, model, rename)
     problems += source.problems
@@ -130,6 +135,15 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     report = load.run(_source_tree(states), problems, options)
     report.ignored += ignored
     return report
+
+
+def _common_case(parameters: Parameters, selection: Selection, rename, options: dict) -> bool:
+    """Nothing to map, select or dry-run, and each parameter at one path: the fast lane may take it."""
+    align = options["align"]
+    plain = rename is None and not options["convert"] and (align is False or align is None)
+    return (
+        plain and selection.everything and not options["dry_run"] and not parameters.problems and not parameters.aliases
+    )
 
 
 class _Load(NamedTuple):
