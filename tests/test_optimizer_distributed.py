@@ -9,6 +9,7 @@ import torch.distributed as dist
 from test_distributed import Net, reference_state, results, run_ranks, save_result
 
 import structload as sl
+from structload.convert import Concat
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch built without torch.distributed")
 
@@ -75,3 +76,70 @@ def test_fsdp2_ranks_load_their_shard_of_the_state(tmp_path):
         assert outcome["ok"] and outcome["values"] and outcome["sharded"] and outcome["local"]
         for key, value in model.state_dict().items():
             torch.testing.assert_close(torch.tensor(outcome["after"][key]), value, rtol=1e-5, atol=1e-6)
+
+
+# --- converters with sharded state: q, k, v fused into an FSDP2 model's qkv --------------------
+
+FUSE = [
+    Concat(["attn.q.weight", "attn.k.weight", "attn.v.weight"], into="attn.qkv.weight"),
+    Concat(["attn.q.bias", "attn.k.bias", "attn.v.bias"], into="attn.qkv.bias"),
+]
+
+
+def _fsdp_fused(rank, world, weights, state, expected_file, folder):
+    from optim_models import Model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    mesh = init_device_mesh("cpu", (world,))
+    expected = safetensors.torch.load_file(expected_file)
+    model = Model(fused=True)
+    fully_shard(model.attn, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    sl.load(model, weights, convert=FUSE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    report = sl.load_optimizer(optimizer, model, state, convert=FUSE)
+    values, sharded = True, True
+    for path, param in model.named_parameters():
+        for key, tensor in optimizer.state[param].items():
+            want = expected[f"{path}.{key}"]
+            if key == "step":
+                values &= torch.equal(tensor, want)
+                continue
+            sharded &= isinstance(tensor, DTensor) and tensor.placements == param.placements
+            sharded &= tensor.to_local().shape == param.to_local().shape
+            values &= torch.equal(tensor.full_tensor(), want)
+    converted = sorted(c.path for c in report.converted)
+    save_result(folder, rank, {"ok": report.ok, "values": values, "sharded": sharded, "converted": converted})
+
+
+def test_fsdp2_ranks_load_their_shard_of_fused_state(tmp_path):
+    from optim_models import OPTIMIZERS, Model, trained
+
+    src, src_opt = trained(OPTIMIZERS["adam"])
+    weights, state = str(tmp_path / "model.safetensors"), str(tmp_path / "optimizer.safetensors")
+    safetensors.torch.save_file({k: v.contiguous() for k, v in src.state_dict().items()}, weights)
+    tree = sl.optimizer_state(src_opt, src)
+    safetensors.torch.save_file(flat(tree), state)
+    # what each fused parameter's state must be: q's, k's and v's concatenated; step as it is
+    expected = {}
+    for path, _ in Model(fused=True).named_parameters():
+        if path.startswith("attn.qkv."):
+            name = path.rsplit(".", 1)[1]
+            pieces = [tree["attn"][x][name] for x in "qkv"]
+            expected.update({f"{path}.{key}": torch.cat([p[key] for p in pieces]) for key in ("exp_avg", "exp_avg_sq")})
+            expected[f"{path}.step"] = pieces[0]["step"]
+        else:
+            node = tree
+            for part in path.split("."):
+                node = node[part]
+            expected.update({f"{path}.{key}": value for key, value in node.items()})
+    safetensors.torch.save_file(
+        {k: v.contiguous() for k, v in expected.items()}, str(tmp_path / "expected.safetensors")
+    )
+
+    run_ranks(_fsdp_fused, 2, weights, state, str(tmp_path / "expected.safetensors"), tmp_path)
+    for outcome in results(tmp_path, 2):
+        assert outcome["ok"] and outcome["values"] and outcome["sharded"]
+        assert {c.rsplit(".", 1)[0] for c in outcome["converted"]} == {"attn.qkv.weight", "attn.qkv.bias"}
