@@ -86,7 +86,7 @@ def _pairs(optimizer, held: list[Held], states: dict[str, dict]) -> _Pairs | Non
     return pairs._replace(on_cpu=all(map(_IS_CPU, targets)))  # a source elsewhere: copy_ moves it, as in general
 
 
-_DTYPE, _IS_CPU = operator.attrgetter("dtype"), operator.attrgetter("is_cpu")
+_KIND, _IS_CPU = operator.attrgetter("dtype", "shape"), operator.attrgetter("is_cpu")
 
 
 def _same_kinds(targets: list, values: list) -> bool:
@@ -95,9 +95,7 @@ def _same_kinds(targets: list, values: list) -> bool:
     plain = {torch.Tensor}
     if not (set(map(type, targets)) <= plain and set(map(type, values)) <= plain):
         return False
-    return list(map(_DTYPE, targets)) == list(map(_DTYPE, values)) and list(map(torch.Tensor.size, targets)) == list(
-        map(torch.Tensor.size, values)
-    )
+    return list(map(_KIND, targets)) == list(map(_KIND, values))
 
 
 def _fresh_pairs(path: str, param: torch.Tensor, source: dict, group: dict, pairs: _Pairs) -> bool:
@@ -109,7 +107,7 @@ def _fresh_pairs(path: str, param: torch.Tensor, source: dict, group: dict, pair
     if not param.is_contiguous():
         return False
     for key, value in source.items():  # device checks without making a device in the common case
-        if type(value) is not torch.Tensor:
+        if type(value) is not torch.Tensor or type(key) is not str:
             return False
         value_shape = value.shape
         if not value_shape:

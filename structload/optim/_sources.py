@@ -45,7 +45,7 @@ def read_states(src, source_model, model: torch.nn.Module, rename=None) -> Sourc
 def memory_states(src, source_model, model: torch.nn.Module) -> SourceStates | None:
     """The states of an in-memory nested dict with its values as they are (tensors, numbers), not
     made into source leaves: what the fast lane (`_fast`) checks. ``None`` for any other source."""
-    return _states_of(src, source_model, model, None, _same) if _in_memory(src) else None
+    return _states_of(src, source_model, model, None, _as_is) if _in_memory(src) else None
 
 
 def _in_memory(src) -> bool:
@@ -76,6 +76,11 @@ def _raw_leaf(value):
 
 def _same(leaf):
     return leaf
+
+
+def _as_is(value):
+    """Like `_same`, for in-memory values the fast lane reads as they are (`memory_states`)."""
+    return value
 
 
 def _by_path(tree: Mapping, leaf) -> SourceStates:
@@ -117,9 +122,11 @@ def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, 
         if path is None:
             problems.append(Problem(ProblemKind.SOURCE, f"state.{key}", "state for an index no param group holds"))
             continue
-        entry = {str(k): leaf(v) for k, v in entry.items()}
+        # values as they are (the fast lane's `_as_is`): a copy of the entry, keys unchanged (it checks them)
+        entry = dict(entry) if leaf is _as_is else {str(k): leaf(v) for k, v in entry.items()}
         states[path] = entry
-        problems += _order_checks(path, key, entry, order.shapes.get(path))
+        if order.shapes:
+            problems += _order_checks(path, key, entry, order.shapes.get(path))
     return SourceStates({} if problems else states, problems, readable=not problems)  # nothing from a wrong order
 
 
