@@ -45,7 +45,9 @@ def held_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) ->
             first_path[key] = path
         else:
             aliases.setdefault(first_path[key], []).append(path)
-    problems = []
+    problems: list[Problem] = []
+    if len(first_path) == len(group_of):  # every parameter of the optimizer is in the model (the common case)
+        return Parameters(held, not_held, aliases, problems)
     for g, group in enumerate(optimizer.param_groups):
         for i, param in enumerate(group["params"]):
             if id(param) not in first_path:
