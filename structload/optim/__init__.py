@@ -10,6 +10,8 @@ filter, the plan, the rules, the report), matched on parameter paths.
 - `_sources.py`  every source kind -> ``{param_path: {state_key: leaf}}``
 - `_fuse.py`     rename and converters on parameter paths, one state key at a time
 - `_dest.py`     the destination: a tree of the state tensors to write, then installed
+- `_fast.py`     the fast lane: resuming the same model from memory, checked once per parameter
+- `_report.py`   `OptimizerReport`: a summary that counts state entries and their parameters
 - `_load.py`     `load_optimizer`, as numbered steps
 """
 

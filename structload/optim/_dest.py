@@ -29,9 +29,13 @@ class DestStates(NamedTuple):
     empty: set[str]  # parameters the source holds with no state yet: they start fresh
 
 
-def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict[str, dict]) -> DestStates:
+def dest_states(
+    optimizer: torch.optim.Optimizer, held: list[Held], states: dict[str, dict], aliases: dict[str, list[str]]
+) -> DestStates:
     """The destination tree: for each held parameter, the state keys its source brings (or, for a
-    parameter the source lacks, the keys the source holds for others) and those it already has."""
+    parameter the source lacks, the keys the source holds for others) and those it already has.
+    A tied parameter's state tensors are in the tree at each of its paths (`aliases`): the plan
+    writes each once, and a source that gives its paths different state is a ``tied`` problem."""
     templates: dict[str, object] = {}
     for state in states.values():
         for key, leaf in state.items():
@@ -46,6 +50,8 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
     for path, param, group in held:
         existing = by_id.get(id(param), {})
         source = states.get(path)
+        if source is None:  # a tied parameter's state may come at another of its paths
+            source = next((states[alias] for alias in aliases.get(path, ()) if alias in states), None)
         if source is not None and not source:  # held by the source with no state yet: starts fresh
             entries[path] = {}
             empty.add(path)
@@ -67,6 +73,9 @@ def dest_states(optimizer: torch.optim.Optimizer, held: list[Held], states: dict
         if made:
             fresh[path] = made
         entries[path] = entry
+        for alias in aliases.get(path, ()):
+            entries[alias] = entry
+            tree.update((f"{alias}.{key}", tensor) for key, tensor in entry.items())
     return DestStates(tree, entries, fresh, numbers, empty)
 
 

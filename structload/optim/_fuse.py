@@ -67,19 +67,19 @@ def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, .
     fused: States = {p: {k: v for k, v in s.items() if is_scalar(v)} for p, s in states.items()}
     pieces: dict[str, set[str]] = {}  # converted parameter path -> the source paths it was made from
     problems: list[Problem] = []
-    unmatched: dict[str, int] = {}
+    unmatched: dict[int, int] = {}  # converter index -> for how many state keys it matched nothing
     rejected: set[str] = set()
     for key in keys:
         flat: dict = {p: s[key] for p, s in states.items() if key in s and not is_scalar(s[key])}
         made: dict = {}
-        for converter in converters:
-            for problem in converter.run(flat, made):
-                if problem.path == converter.pattern.text and problem.message.endswith("matches no source path"):
-                    unmatched[str(converter)] = unmatched.get(str(converter), 0) + 1
-                    if unmatched[str(converter)] == len(keys):
-                        problems.append(problem)
-                else:
-                    problems.append(Problem(problem.kind, f"{problem.path}.{key}", f"state '{key}': {problem.message}"))
+        for index, converter in enumerate(converters):
+            matches = _matches_any(converter, flat)
+            found = converter.run(flat, made)
+            if not matches:  # what it says then (whatever the words): once, if it matched no key's state
+                unmatched[index] = unmatched.get(index, 0) + 1
+                problems += found if unmatched[index] == len(keys) else []
+                continue
+            problems += [Problem(p.kind, f"{p.path}.{key}", f"state '{key}': {p.message}") for p in found]
         for path, leaf in flat.items():
             if path in made:
                 made_by, sources = made[path]
@@ -93,6 +93,12 @@ def fuse_states(states: States, converters, param_shapes: dict[str, tuple[int, .
             fused.setdefault(path, {})[key] = leaf
     problems += _carry_scalars(fused, states, pieces)
     return Fused({p: s for p, s in fused.items() if s or not states.get(p, True)}, problems, rejected)
+
+
+def _matches_any(converter, flat: dict) -> bool:
+    """Whether `converter` matches a path of `flat` (a converter without a ``pattern`` is taken to)."""
+    pattern = getattr(converter, "pattern", None)
+    return pattern is None or any(pattern.match(path) for path in flat)
 
 
 def _shape_check(path: str, key: str, leaf: ConvertedTensor, shape, converters) -> list[Problem]:

@@ -22,9 +22,11 @@ from ..convert import check_converters
 from ..sources import SourceTensor
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install
+from ._fast import fast_load
 from ._fuse import fuse_states, rename_states
+from ._report import OptimizerReport, optimizer_report
 from ._sources import read_states
-from ._tree import Held, held_parameters
+from ._tree import Held, Parameters, held_parameters
 
 
 def load_optimizer(
@@ -112,14 +114,17 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     # 1. the parameters the optimizer holds, by path in the model
     parameters = held_parameters(optimizer, model)
     held, problems = parameters.held, list(parameters.problems)
+    if _common_case(parameters, selection, rename, options):  # resuming the same model: see _fast
+        loaded = fast_load(optimizer, held, src, source_model, model, options["progress"])
+        if loaded is not None:
+            return OptimizerReport(target=type(optimizer).__name__, loaded=loaded)
+    if isinstance(optimizer, torch.optim.LBFGS):  # its state is not per parameter: nothing to pair by path
+        return _nothing_to_pair(optimizer, [*problems, Problem(ProblemKind.TYPE, "", LBFGS)], options["strict"])
     # 2. the source's state per source parameter path, whatever its kind
     source = read_states(src, source_model, model, rename)
     problems += source.problems
     if not source.readable:  # nothing to pair: only what says why, not a "missing" for every parameter
-        report = LoadReport(target=type(optimizer).__name__, problems=problems, applied=False)
-        if options["strict"]:
-            raise LoadError(problems, report)
-        return report
+        return _nothing_to_pair(optimizer, problems, options["strict"])
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
     rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
     states, found = rename_states(source.states, rename)
@@ -132,11 +137,36 @@ def _load(optimizer, model, src, source_model, selection: Selection, rename, opt
     problems += selection.unmatched_patterns()
     left_out_params = frozenset(h.path for h in held if left_out is not None and h.path in left_out.paths)
     # 6. the destination tree, planned against the source tree, written, installed
-    dest = dest_states(optimizer, held, states)
+    dest = dest_states(optimizer, held, states, parameters.aliases)
     load = _Load(optimizer, held, dest, left_out_params, fused.rejected)
     report = load.run(_source_tree(states), problems, options)
     report.ignored += ignored
     return report
+
+
+LBFGS = (
+    "LBFGS keeps one state for all its parameters together (its history 'old_dirs', 'old_stps', 'ro' and "
+    "'d', 'prev_flat_grad' are flat over every parameter, in the optimizer's order), not a state per parameter: "
+    "it cannot be loaded by parameter path. With the model unchanged, optimizer.load_state_dict() restores it; "
+    "after a change, let LBFGS start its history afresh (strict=False leaves the optimizer as it is)"
+)
+
+
+def _nothing_to_pair(optimizer, problems: list[Problem], strict: bool) -> LoadReport:
+    """The report of a load that pairs nothing (only what says why, not a "missing" per parameter)."""
+    report = OptimizerReport(target=type(optimizer).__name__, problems=problems, applied=False)
+    if strict:
+        raise LoadError(problems, report)
+    return report
+
+
+def _common_case(parameters: Parameters, selection: Selection, rename, options: dict) -> bool:
+    """Nothing to map, select or dry-run, and each parameter at one path: the fast lane may take it."""
+    align = options["align"]
+    plain = rename is None and not options["convert"] and (align is False or align is None)
+    return (
+        plain and selection.everything and not options["dry_run"] and not parameters.problems and not parameters.aliases
+    )
 
 
 class _Load(NamedTuple):
@@ -154,7 +184,7 @@ class _Load(NamedTuple):
         target = type(self.optimizer).__name__
         plan = _in_step(collective, target, functools.partial(self.plan, tree, problems, options["strict"], target))
         if options["dry_run"]:
-            return plan.report(applied=False)
+            return optimizer_report(plan.report(applied=False))
         return _in_step(collective, target, functools.partial(self.write, plan, options["progress"]))
 
     def plan(self, tree: dict, problems: list, strict: bool, target: str) -> Plan:
@@ -164,12 +194,12 @@ class _Load(NamedTuple):
         plan.target = target
         plan.problems = by_parameter(plan.problems, self.dest.entries)
         if strict and plan.problems:
-            raise LoadError(plan.problems, plan.report(applied=False))
+            raise LoadError(plan.problems, optimizer_report(plan.report(applied=False)))
         return plan
 
     def write(self, plan: Plan, progress) -> LoadReport:
         apply_plan(plan, torch.device("cpu"), progress)
-        report = plan.report(applied=True)
+        report = optimizer_report(plan.report(applied=True))
         install(self.optimizer, self.held, self.dest, report, self.left_out, self.reset)
         return report
 

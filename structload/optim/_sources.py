@@ -38,9 +38,22 @@ def read_states(src, source_model, model: torch.nn.Module, rename=None) -> Sourc
     An in-memory nested dict is read as it is (its tensors become leaves one by one, much faster
     than building its source tree first); anything else, flat dotted names included (a flattened
     ``get_optimizer_state_dict``), through `to_source_tree`, which nests them."""
-    raw = (type(src) is dict or type(src) is OrderedDict) and not any("." in str(k) for k in src)  # else: nest
-    node = src if raw else to_source_tree(src)
-    leaf = _raw_leaf if raw else _same
+    raw = _in_memory(src)
+    return _states_of(src if raw else to_source_tree(src), source_model, model, rename, _raw_leaf if raw else _same)
+
+
+def memory_states(src, source_model, model: torch.nn.Module) -> SourceStates | None:
+    """The states of an in-memory nested dict with its values as they are (tensors, numbers), not
+    made into source leaves: what the fast lane (`_fast`) checks. ``None`` for any other source."""
+    return _states_of(src, source_model, model, None, _as_is) if _in_memory(src) else None
+
+
+def _in_memory(src) -> bool:
+    """An in-memory nested dict, read as it is; flat dotted names are nested by `to_source_tree`."""
+    return (type(src) is dict or type(src) is OrderedDict) and not any("." in str(k) for k in src)
+
+
+def _states_of(node, source_model, model, rename, leaf) -> SourceStates:
     if not isinstance(node, Mapping):
         problem = Problem(ProblemKind.SOURCE, "", "the source is a single value, not optimizer state")
         return SourceStates({}, [problem], readable=False)
@@ -63,6 +76,11 @@ def _raw_leaf(value):
 
 def _same(leaf):
     return leaf
+
+
+def _as_is(value):
+    """Like `_same`, for in-memory values the fast lane reads as they are (`memory_states`)."""
+    return value
 
 
 def _by_path(tree: Mapping, leaf) -> SourceStates:
@@ -104,9 +122,11 @@ def _by_index(state: Mapping, groups: list[Group], source_model, model, rename, 
         if path is None:
             problems.append(Problem(ProblemKind.SOURCE, f"state.{key}", "state for an index no param group holds"))
             continue
-        entry = {str(k): leaf(v) for k, v in entry.items()}
+        # values as they are (the fast lane's `_as_is`): a copy of the entry, keys unchanged (it checks them)
+        entry = dict(entry) if leaf is _as_is else {str(k): leaf(v) for k, v in entry.items()}
         states[path] = entry
-        problems += _order_checks(path, key, entry, order.shapes.get(path))
+        if order.shapes:
+            problems += _order_checks(path, key, entry, order.shapes.get(path))
     return SourceStates({} if problems else states, problems, readable=not problems)  # nothing from a wrong order
 
 
@@ -115,7 +135,7 @@ def _order_checks(path: str, index: str, entry: dict, shape) -> list[Problem]:
     if shape is None:
         return []
     for key, leaf in entry.items():
-        if isinstance(leaf, SourceTensor) and leaf.shape and not fits(tuple(leaf.shape), shape):
+        if isinstance(leaf, (SourceTensor, torch.Tensor)) and leaf.shape and not fits(tuple(leaf.shape), shape):
             message = (
                 f"the order of source_model puts '{path}' (shape {shape}) at index {index}, whose state "
                 f"'{key}' has shape {tuple(leaf.shape)}: that is not the order the optimizer was given"

@@ -23,6 +23,7 @@ class Parameters(NamedTuple):
 
     held: list[Held]  # in the model's order, each at its first path (a tied parameter is held once)
     not_held: set[str]  # every path of a model parameter the optimizer does not hold (frozen, say)
+    aliases: dict[str, list[str]]  # a tied parameter's first path -> its other paths (one tensor, one state)
     problems: list[Problem]  # a parameter of the optimizer that the model does not have
 
 
@@ -33,30 +34,43 @@ def held_parameters(optimizer: torch.optim.Optimizer, model: torch.nn.Module) ->
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"expected the optimizer's nn.Module, got {type(model).__name__}")
     group_of = {id(p): g for g, group in enumerate(optimizer.param_groups) for p in group["params"]}
-    held, seen, not_held = [], set(), set()
+    held, first_path, not_held = [], {}, set()
+    aliases: dict[str, list[str]] = {}
     for path, param in _named_parameters(model):
         key = id(param)
         if key not in group_of:
             not_held.add(path)
-        elif key not in seen:
+        elif key not in first_path:
             held.append(Held(path, param, group_of[key]))
-            seen.add(key)
-    problems = []
+            first_path[key] = path
+        else:
+            aliases.setdefault(first_path[key], []).append(path)
+    problems: list[Problem] = []
+    if len(first_path) == len(group_of):  # every parameter of the optimizer is in the model (the common case)
+        return Parameters(held, not_held, aliases, problems)
     for g, group in enumerate(optimizer.param_groups):
         for i, param in enumerate(group["params"]):
-            if id(param) not in seen:
+            if id(param) not in first_path:
                 message = f"the optimizer holds a parameter of shape {tuple(param.shape)} that the model does not have"
                 problems.append(Problem(ProblemKind.TYPE, f"param_groups.{g}.params.{i}", message))
-    return Parameters(held, not_held, problems)
+    return Parameters(held, not_held, aliases, problems)
 
 
-def _named_parameters(model: torch.nn.Module):
-    """``model.named_parameters(remove_duplicate=False)``, without its generator per module (the
+def _named_parameters(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """``model.named_parameters(remove_duplicate=False)``, without its generators per module (the
     cost that counts on a model with 20k parameters)."""
-    for prefix, module in model.named_modules(remove_duplicate=False):
-        for name, param in module._parameters.items():
-            if param is not None:
-                yield (f"{prefix}.{name}" if prefix else name), param
+    out: list[tuple[str, torch.Tensor]] = []
+    _add_parameters(model, "", out)
+    return out
+
+
+def _add_parameters(module: torch.nn.Module, prefix: str, out: list) -> None:
+    for name, param in module._parameters.items():
+        if param is not None:
+            out.append((prefix + name, param))
+    for name, child in module._modules.items():
+        if child is not None:
+            _add_parameters(child, f"{prefix}{name}.", out)
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict:
