@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ._dest import TENSOR_SLOTS, SlotKind
+from ._records import Status
 from ._report import Problem, ProblemKind
-from ._rules import Status
 from ._select import did_you_mean
 from ._text import path_prefixes
 from ._walk import Pair, walk
@@ -184,7 +184,7 @@ def finish_plan(plan, adaptation: Adaptation) -> None:
 
 def suggest_adapting(plan) -> None:
     """For a load without ``adapt=``: each shape problem ``adapt=True`` would solve says so."""
-    mismatched = [e for e in plan.entries if e.mismatch == ProblemKind.SHAPE and isinstance(e.leaf, SourceTensor)]
+    mismatched = [e for e in plan.entries if e.mismatch_kind == ProblemKind.SHAPE and isinstance(e.leaf, SourceTensor)]
     if not mismatched:
         return
     stem = stem_of([e for e in plan.entries if e.slot.kind in TENSOR_SLOTS])

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._customised import CustomLoading, record_own_loading
-from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
+from ._customised import CustomLoading, leave_it_out, record_own_loading
+from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name
+from ._materialized import materialized_dtype
 from ._problems import compose_problems
+from ._records import WRITES, Entry, Status, Unexpected
 from ._report import Adapted, Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
-from ._rules import WRITES, Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
+from ._rules import counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
-from ._text import option_text
 from ._ties import settle_ties
 from ._walk import Pair, Unpaired, Walk, walk
 from .adapt import AdaptedTensor
@@ -108,7 +109,7 @@ def _add_entry(report: LoadReport, entry: Entry, dtype) -> None:
         getattr(report, _LISTS[status]).append(entry.path)
     elif status == Status.MISMATCHED:
         shape = tuple(entry.slot.tensor.shape) if entry.slot.kind in TENSOR_SLOTS else ()
-        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch or ProblemKind.TYPE))
+        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch_kind or ProblemKind.TYPE))
     elif status == Status.UNEXPECTED:
         report.unexpected.append(entry.path)
 
@@ -134,6 +135,7 @@ def make_plan(
     tree,
     selection: Selection,
     earlier_problems: Sequence[Problem] = (),
+    *,
     dtype=None,
     meta_is_final=True,
     mmap=False,
@@ -209,12 +211,9 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
             continue
         if any(path.startswith(f"{p.path}.") or not p.path for p in problems):
             continue
-        message = (
-            f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. "
-            f"Load it with {'model.' + path if path else 'the module'}.load_state_dict(...), or leave it out "
-            f"({option_text('exclude', path or '*')})"
-        )
-        problems.append(Problem(ProblemKind.TYPE, path, message))
+        hint = leave_it_out(path)
+        message = f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. {hint}"
+        problems.append(Problem(ProblemKind.TYPE, path, message, hint))
     return problems
 
 
@@ -240,12 +239,12 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue
         problem = Problem(kind, path, message or "") if kind is not None else None
-        mismatch = (
+        mismatch_kind = (
             (ProblemKind.SHAPE if kind == ProblemKind.SHAPE else ProblemKind.TYPE)
             if status == Status.MISMATCHED
             else None
         )
-        entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch))
+        entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch_kind))
     positions.append(len(entries))
     return entries, positions
 

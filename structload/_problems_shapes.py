@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 from collections import Counter
 
-from ._rules import Entry, Status, Unexpected
+from ._records import Entry, Status, Unexpected
 from ._text import path_prefixes
 from ._walk import Missing
 

@@ -144,5 +144,4 @@ PROCESS_WIDE_STATE = {
     "structload.sources._identity._LOAD": "per thread: the identities the running load checked already",
     "structload._customised._RECORDING": "per thread: the module whose loading code is being recorded",
     "structload._customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
-    "structload._text.HINT_SYNTAX": "a ContextVar: hints written as Python (the API) or as flags (the CLI)",
 }

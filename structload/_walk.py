@@ -28,7 +28,8 @@ from typing import Any, NamedTuple
 from torch.nn import Module
 
 from ._customised import runs_own_code
-from ._dest import Slot, as_dest, customises_loading, dest_children, is_container, loads_its_own_way
+from ._dest import Slot, as_dest, dest_children, is_container
+from ._load_hooks import customises_loading, loads_its_own_way
 from .sources import SKIP
 
 
@@ -85,7 +86,7 @@ class Walk:
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
-    #: modules that customise loading: (path, module, what the source holds there, why: `_dest.loads_its_own_way`,
+    #: modules that customise loading: (path, module, what the source holds there, why: `_load_hooks.loads_its_own_way`,
     #: or ``None`` when structload runs their code: `_customised`)
     customised: list[tuple[str, Any, Any, str | None]] = field(default_factory=list)
 
