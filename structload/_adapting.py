@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ._dest import TENSOR_SLOTS, SlotKind
+from ._hints import with_note
 from ._records import Status
 from ._report import Problem, ProblemKind
 from ._select import did_you_mean
@@ -175,7 +176,7 @@ def finish_plan(plan, adaptation: Adaptation) -> None:
         ]
     if notes:
         plan.problems = [
-            Problem(p.kind, p.path, f"{p.message}; {notes[p.path]}")
+            with_note(p, notes[p.path])  # keeps the hint the problem has
             if p.kind == ProblemKind.SHAPE and p.path in notes
             else p
             for p in plan.problems

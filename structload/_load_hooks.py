@@ -19,7 +19,7 @@ from ._dest import overrides, saves_its_own_way
 #: Load hooks whose effect structload reproduces, or that cannot change a load made in place:
 #: lazy modules (their parameters take the source's shape: `SlotKind.LAZY`); weight_norm's
 #: conversion of old ``weight_g`` / ``weight_v`` names (reported with the rename, see
-#: `_problems`); spectral_norm's upgrade of checkpoints written before version 1; FSDP2's
+#: `_hints`); spectral_norm's upgrade of checkpoints written before version 1; FSDP2's
 #: post-hook, which re-syncs a parameter that ``assign=True`` replaced (structload writes
 #: each rank's local shard in place, so the parameter and its storage stay the same).
 KNOWN_LOAD_HOOKS = frozenset(

@@ -6,7 +6,7 @@
 2. the selection (`_select`) marks what ``include`` / ``exclude`` / ``filter`` leave out;
 3. the rules (`_rules.decide`) judge each pair;
 4. `_ties.settle_ties` makes one writer per shared tensor (R4);
-5. `_problems.compose_problems` turns the findings into problems and hints.
+5. `_problems.compose_problems` turns the findings into problems, with the hints `_hints` finds.
 
 `Plan.report` turns the decisions into a `LoadReport`. Because all of this
 happens before the first write, a strict load that finds a problem leaves
