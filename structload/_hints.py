@@ -3,8 +3,8 @@
 Each finder reads the plan's entries and unexpected records and returns hint
 texts; a hint that names a load option is a `Hint`, so that the command line
 writes it with its own flags (``--rename '^module\\.='``) where Python reads
-``rename={r"^module\\.": ""}``. `with_note` is the one place a hint is added
-to a problem's message.
+``rename={r"^module\\.": ""}``. `with_note` adds a hint (or any note) to a
+problem's message, keeping the `Hint` as the problem's `hint`.
 
 >>> from structload._report import Problem
 >>> problem = Problem("unexpected", "module.fc.weight", "unexpected in source")

@@ -37,7 +37,9 @@ class Problem:
     `kind` is one of ``missing``, ``unexpected``, ``shape``, ``absent``,
     ``tied``, ``type`` or ``source``; `path` is a dotted destination path (for
     ``unexpected``, the source path after `rename`); `message` says what is
-    wrong and, where it can, what to do.
+    wrong and, where it can, what to do. When that advice names a load option,
+    `hint` holds it as a `Hint`, and ``message_in("cli")`` writes the option as
+    the command line's flags.
 
     Examples:
         >>> str(Problem("shape", "fc.weight", "shape (3, 4) in destination, (4, 4) in source"))
