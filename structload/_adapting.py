@@ -26,7 +26,7 @@ from ._records import Status
 from ._report import Problem, ProblemKind
 from ._select import did_you_mean
 from ._text import path_prefixes
-from ._walk import Pair, walk
+from ._walk import SlotPair, walk
 from .adapt import DETECTED, Adapter, CannotAdapt, Target
 from .sources import SKIP, SourceTensor
 
@@ -103,7 +103,7 @@ def adapt_tree(dst, tree, adapt) -> Adaptation:
     return result
 
 
-def stem_of(tensors: list[Pair]) -> str | None:
+def stem_of(tensors: list[SlotPair]) -> str | None:
     """The path of the model's first convolution or linear weight, in module order."""
     for pair in tensors:
         if pair.slot.name == "weight" and isinstance(pair.slot.owner, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -130,7 +130,7 @@ def _unused_pins(pins: list[Pin], paths: list[str]) -> list[Problem]:
     return problems
 
 
-def _keep_derived(adapter: Adapter, pair: Pair, pairs: list[Pair], replaced: dict, derived: set[str]) -> None:
+def _keep_derived(adapter: Adapter, pair: SlotPair, pairs: list[SlotPair], replaced: dict, derived: set[str]) -> None:
     """Buffers of the destination computed from the adapted shape keep their values: the source's
     (for the old shape) is skipped and the path listed as ignored."""
     module = pair.path.rpartition(".")[0]

@@ -27,7 +27,7 @@ import re
 
 from ._align_hints import resolve_hints
 from ._align_layers import layer_rules
-from ._align_match import GroupMatch, GroupMatcher, GroupResult, Leaf, group_layout, transposed
+from ._align_match import GroupMatcher, GroupResult, Leaf, Pair, group_layout, transposed
 from ._align_paths import all_leaves, block_pattern, block_template, by_container, full_path, parent, same_layout, sends
 from ._align_sides import destination, flattened, source
 from ._alignment import Alignment, Ambiguity, Match
@@ -267,7 +267,7 @@ class _Aligner:
                 self.matched_dst.update(full_path(d, dst_c, i) for d in dst)  # not unmatched: listed as ambiguous
                 self.matched_src.update(full_path(s, src_c, i) for s in src)
 
-    def _emit_pair(self, pair: GroupMatch, dst_c, src_c, indices, count) -> None:
+    def _emit_pair(self, pair: Pair, dst_c, src_c, indices, count) -> None:
         generic = dst_c is not None
         star = (lambda rel: f"{dst_c}.*.{rel}" if dst_c else f"*.{rel}") if generic else (lambda rel: rel)
         converters: list[Converter] = []

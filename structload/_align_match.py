@@ -62,7 +62,7 @@ class Leaf:
 
 
 @dataclass
-class GroupMatch:
+class Pair:
     """A match inside a group: destination leaves (several for a Split) and source leaves (several
     for a Concat), by relative path, with the evidence."""
 
@@ -74,7 +74,7 @@ class GroupMatch:
 
 @dataclass
 class GroupResult:
-    pairs: list[GroupMatch] = field(default_factory=list)
+    pairs: list[Pair] = field(default_factory=list)
     ambiguous: list[tuple[tuple[Leaf, ...], tuple[Leaf, ...], str]] = field(default_factory=list)
 
 
@@ -97,7 +97,7 @@ class GroupMatcher:
         modules_dst, modules_src = _by_module(dst), _by_module(src)
 
         def take(d: tuple[Leaf, ...], s: tuple[Leaf, ...], evidence: str) -> None:
-            found.pairs.append(GroupMatch(d, s, [evidence]))
+            found.pairs.append(Pair(d, s, [evidence]))
             for leaf in d:
                 free_dst.pop(leaf.rel, None)
             for leaf in s:
@@ -297,7 +297,7 @@ def _stacking(fused: Leaf, pieces: tuple[Leaf, ...], matrix: bool) -> str | None
     return "direct" if direct else "transposed" if transposed else None
 
 
-def group_layout(pairs: list[GroupMatch]) -> str:
+def group_layout(pairs: list[Pair]) -> str:
     """How the source stores this group's matrices, from those whose shape shows it."""
     votes = set()
     for pair in pairs:
@@ -313,7 +313,7 @@ def group_layout(pairs: list[GroupMatch]) -> str:
     return votes.pop() if len(votes) == 1 else ("mixed" if votes else "unknown")
 
 
-def transposed(pair: GroupMatch, layout: str) -> tuple[bool, str | None]:
+def transposed(pair: Pair, layout: str) -> tuple[bool, str | None]:
     """Whether the pair's source is stored transposed, and the evidence (or why it is ambiguous)."""
     d, s = pair.dst[0], pair.src[0]
     if not d.matrix:
@@ -341,7 +341,7 @@ def transposed(pair: GroupMatch, layout: str) -> tuple[bool, str | None]:
     return False, f"ambiguous: a square matrix, and {why}, so whether it is stored transposed cannot be seen"
 
 
-def _pair_stacking(pair: GroupMatch) -> str | None:
+def _pair_stacking(pair: Pair) -> str | None:
     if len(pair.src) == 1:  # one source tensor split into the destination's
         return _stacking(pair.src[0], pair.dst, matrix=True)
     return _stacking(pair.dst[0], pair.src, matrix=True)

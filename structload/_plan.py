@@ -29,7 +29,7 @@ from ._report import Adapted, Cast, Converted, LoadReport, Mismatch, Problem, Pr
 from ._rules import counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
 from ._ties import settle_ties
-from ._walk import Pair, Unpaired, Walk, walk
+from ._walk import SlotPair, Unpaired, Walk, walk
 from .adapt import AdaptedTensor
 from .sources import SKIP, BadLeaf, MemoryTensor, iter_leaves
 from .sources._files import file_tensor
@@ -217,7 +217,7 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
     return problems
 
 
-def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
+def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
     """One `Entry` per pair the rules have something to say about, in walk order; and for each
     pair index (and one past the last), how many entries came before it."""
     entries: list[Entry] = []

@@ -3,7 +3,7 @@
 Like Flux's ``loadmodel!``, the walk only pairs. At each destination container
 it pairs the children with the source node's children by name:
 
-- a destination slot gets the source leaf at its name (a `Pair`);
+- a destination slot gets the source leaf at its name (a `SlotPair`);
 - a destination child the source lacks gets `Missing` (one marker for a whole
   missing subtree, so it can be reported once, at its root);
 - a source leaf where the destination has a subtree gives every slot below a
@@ -58,7 +58,7 @@ class Clash:
         self.found = found
 
 
-class Pair(NamedTuple):
+class SlotPair(NamedTuple):
     """A destination slot and what the source holds for it."""
 
     path: str
@@ -82,7 +82,7 @@ class Unpaired:
 class Walk:
     """Every pairing the walk made, in module order."""
 
-    pairs: list[Pair] = field(default_factory=list)
+    pairs: list[SlotPair] = field(default_factory=list)
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
@@ -102,7 +102,7 @@ def walk(dst, tree) -> Walk:
     if is_container(root):
         _pair_container(found, root, tree, "")
     else:
-        found.pairs.append(Pair("", root, tree))
+        found.pairs.append(SlotPair("", root, tree))
     return found
 
 
@@ -130,7 +130,7 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
             child_src = Missing(child_path, beside and is_slot)
             unfilled.append(name)
         if is_slot:
-            pairs.append(_new_pair(Pair, (child_path, child, child_src)))
+            pairs.append(_new_pair(SlotPair, (child_path, child, child_src)))
         else:
             _pair_container(found, child, child_src, child_path)
     if not unfilled and len(src) == len(kids):  # every name paired both ways: no other length, nothing left over
@@ -150,11 +150,11 @@ def _pair_all(found: Walk, kids, marker, path: str) -> None:
         if is_container(child):
             _pair_all(found, dest_children(child), marker, child_path)
         else:
-            found.pairs.append(Pair(child_path, child, marker))
+            found.pairs.append(SlotPair(child_path, child, marker))
 
 
 _NOTHING = object()
-_new_pair = tuple.__new__  # `Pair(...)` without the NamedTuple's Python-level constructor (once per tensor)
+_new_pair = tuple.__new__  # `SlotPair(...)` without the NamedTuple's Python-level constructor (once per tensor)
 
 
 def _is_other_length_list(known: set[str], src: dict) -> bool:
