@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ._dest import TENSOR_SLOTS, SlotKind
+from ._hints import with_note
+from ._records import Status
 from ._report import Problem, ProblemKind
-from ._rules import Status
 from ._select import did_you_mean
 from ._text import path_prefixes
-from ._walk import Pair, walk
+from ._walk import SlotPair, walk
 from .adapt import DETECTED, Adapter, CannotAdapt, Target
 from .sources import SKIP, SourceTensor
 
@@ -102,7 +103,7 @@ def adapt_tree(dst, tree, adapt) -> Adaptation:
     return result
 
 
-def stem_of(tensors: list[Pair]) -> str | None:
+def stem_of(tensors: list[SlotPair]) -> str | None:
     """The path of the model's first convolution or linear weight, in module order."""
     for pair in tensors:
         if pair.slot.name == "weight" and isinstance(pair.slot.owner, (nn.modules.conv._ConvNd, nn.Linear)):
@@ -129,7 +130,7 @@ def _unused_pins(pins: list[Pin], paths: list[str]) -> list[Problem]:
     return problems
 
 
-def _keep_derived(adapter: Adapter, pair: Pair, pairs: list[Pair], replaced: dict, derived: set[str]) -> None:
+def _keep_derived(adapter: Adapter, pair: SlotPair, pairs: list[SlotPair], replaced: dict, derived: set[str]) -> None:
     """Buffers of the destination computed from the adapted shape keep their values: the source's
     (for the old shape) is skipped and the path listed as ignored."""
     module = pair.path.rpartition(".")[0]
@@ -175,7 +176,7 @@ def finish_plan(plan, adaptation: Adaptation) -> None:
         ]
     if notes:
         plan.problems = [
-            Problem(p.kind, p.path, f"{p.message}; {notes[p.path]}")
+            with_note(p, notes[p.path])  # keeps the hint the problem has
             if p.kind == ProblemKind.SHAPE and p.path in notes
             else p
             for p in plan.problems
@@ -184,7 +185,7 @@ def finish_plan(plan, adaptation: Adaptation) -> None:
 
 def suggest_adapting(plan) -> None:
     """For a load without ``adapt=``: each shape problem ``adapt=True`` would solve says so."""
-    mismatched = [e for e in plan.entries if e.mismatch == ProblemKind.SHAPE and isinstance(e.leaf, SourceTensor)]
+    mismatched = [e for e in plan.entries if e.mismatch_kind == ProblemKind.SHAPE and isinstance(e.leaf, SourceTensor)]
     if not mismatched:
         return
     stem = stem_of([e for e in plan.entries if e.slot.kind in TENSOR_SLOTS])

@@ -18,12 +18,13 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from ._customised import run_post_hooks
-from ._dest import Slot, SlotKind, materialized_dtype
+from ._dest import Slot, SlotKind
 from ._distributed import local_block
+from ._materialized import materialized_dtype
 from ._plan import Plan
 from ._progress import could_show, progress_bar, wants_progress
+from ._records import Entry, Status
 from ._report import LoadError, LoadReport, Problem, ProblemKind, SourceError
-from ._rules import Entry, Status
 from .sources import ExtraState, MemoryTensor, SourceTensor
 from .sources._files import FileHandle, file_tensor
 from .sources._identity import checking

@@ -30,13 +30,18 @@ from ._align import align
 from ._empty import init_empty_weights
 from ._inspect import diff, inspect
 from ._load import run_load
+from ._options import LoadOptions
+from ._render import diff_table, report_tree
 from ._render_inspect import inspect_tree
 from ._report import LoadError, SourceError
-from ._text import hint_syntax
+from ._text import hint_text
 from ._verify._command import add_command as add_verify_command
 from .sources.tree import open_source
 
 OK, PROBLEMS, USAGE = 0, 1, 2
+
+#: How the command line writes the options its hints name: as flags (``--rename '^=bert.'``).
+CLI = "cli"
 
 
 class UsageError(Exception):
@@ -69,31 +74,26 @@ def cmd_diff(args: argparse.Namespace) -> int:
     else:
         console = _console()
         console.print(f"a: {args.a}\nb: {args.b}")
-        console.print(result)
+        console.print(diff_table(result, CLI))
     return OK if result.ok else PROBLEMS
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     model = build_on_meta(args.factory)
     rename = dict(_split_pair(r, "--rename", "REGEX=REPL") for r in args.rename) if args.rename else None
-    options = {
-        "include": args.include,
-        "exclude": args.exclude,
-        "filter": None,
-        "rename": rename,
-        "convert": None,
-        "strict": args.strict,
-    }
+    # built on meta only for this dry run: tensors it leaves on meta are not a problem
+    options = LoadOptions(
+        strict=args.strict, include=args.include, exclude=args.exclude, rename=rename, dry_run=True, meta_is_final=False
+    )
     console = _console()
     try:
-        # built on meta only for this dry run: tensors it leaves on meta are not a problem
-        report = run_load(model, args.src, dry_run=True, meta_is_final=False, **options)
+        report = run_load(model, args.src, options)
     except SourceError:
         raise
     except LoadError as error:
-        console.print(error.report)
+        console.print(report_tree(error.report, CLI) if error.report is not None else error.report)
         return PROBLEMS
-    console.print(report)
+    console.print(report_tree(report, CLI))
     return OK if report.ok else PROBLEMS
 
 
@@ -203,16 +203,6 @@ def _demo(args: argparse.Namespace) -> int:
     return run(_console())
 
 
-def in_cli_syntax(command):
-    """The command, with hints written as its options are typed (``--rename '^=bert.'``, not ``rename={...}``)."""
-
-    def run(args: argparse.Namespace) -> int:
-        with hint_syntax("cli"):
-            return command(args)
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="structload",
@@ -233,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("b")
     sub.add_argument("--values", action="store_true", help="also compare tensor contents")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.set_defaults(run=in_cli_syntax(cmd_diff))
+    sub.set_defaults(run=cmd_diff)
 
     sub = commands.add_parser("check", help="dry-run loading SRC into the model FACTORY builds (on meta)")
     sub.add_argument("factory", metavar="FACTORY", help="package.module:callable returning the model")
@@ -242,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--include", action="append", metavar="P", help="glob of destination paths to load (repeatable)")
     sub.add_argument("--exclude", action="append", metavar="P", help="glob of destination paths to leave (repeatable)")
     sub.add_argument("--rename", action="append", metavar="REGEX=REPL", help="rewrite source paths (repeatable)")
-    sub.set_defaults(run=in_cli_syntax(cmd_check))
+    sub.set_defaults(run=cmd_check)
 
     sub = commands.add_parser("align", help="work out rename= and convert= from structure; prints them as Python")
     sub.add_argument("factory", metavar="FACTORY", help="package.module:callable, or a transformers model directory")
@@ -254,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--exclude", action="append", metavar="P", help="glob of destination or source paths to leave (repeatable)"
     )
     sub.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.set_defaults(run=in_cli_syntax(cmd_align))
+    sub.set_defaults(run=cmd_align)
 
     add_verify_command(commands)  # structload/_verify/_command.py
 
@@ -285,6 +275,8 @@ def _fail(args: argparse.Namespace, error: Exception, internal: bool = False) ->
     if args.debug:
         traceback.print_exception(error)
     message = str(error).splitlines()[0] if isinstance(error, SourceError) else str(error)
+    if isinstance(error, LoadError):  # hints written as the options are typed here: --rename '^=bert.'
+        message = hint_text(message, [p.hint for p in error.problems if p.hint is not None], CLI)
     if internal:
         message = f"internal error: {type(error).__name__}: {message} (run with --debug for the traceback)"
     console.print(f"structload: {message}", style="red", markup=False, highlight=False)

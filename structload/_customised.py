@@ -38,11 +38,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 from torch.overrides import TorchFunctionMode
 
-from ._dest import EXTRA_STATE, KNOWN_LOAD_HOOKS, has_extra_state
-from ._dest import _hook_name as hook_name
-from ._dest import _overrides as overrides
+from ._dest import EXTRA_STATE, has_extra_state, overrides
+from ._load_hooks import KNOWN_LOAD_HOOKS, hook_name
 from ._report import Problem, ProblemKind
-from ._text import option_text
+from ._text import Hint
 from .sources import SourceTensor, SourceTree, iter_leaves
 from .sources.nesting import insert
 from .sources.versions import versions_of
@@ -156,13 +155,15 @@ def _within(path: str, module_path: str) -> bool:
 
 
 def _problem(path: str, module: nn.Module, why: str) -> Problem:
-    cls = type(module)
+    hint = leave_it_out(path)
+    message = f"a {type(module).__name__}: its own loading code {why}, which structload cannot check before writing. "
+    return Problem(ProblemKind.TYPE, path, message + hint, hint)
+
+
+def leave_it_out(path: str) -> Hint:
+    """What to do about a module whose own loading code structload cannot follow."""
     where = f"model.{path}" if path else "the module"
-    message = (
-        f"a {cls.__name__}: its own loading code {why}, which structload cannot check before writing. "
-        f"Load it with {where}.load_state_dict(...), or leave it out ({option_text('exclude', path or '*')})"
-    )
-    return Problem(ProblemKind.TYPE, path, message)
+    return Hint(f"Load it with {where}.load_state_dict(...), or leave it out (", "exclude", path or "*", ")")
 
 
 # --- the recording view ------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 from torch.nn import Parameter
-from torch.nn.modules.batchnorm import _NormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
@@ -206,16 +205,6 @@ def _module_children(module: torch.nn.Module) -> list[tuple[str, Any]]:
     return out
 
 
-def materialized_dtype(tensor: torch.Tensor, source_dtype: torch.dtype | None, option) -> torch.dtype:
-    """The dtype a destination tensor ends up in: its own, or for a meta tensor the `load(dtype=)`
-    option (``"auto"``: the source's dtype, when it has one)."""
-    if not tensor.is_meta or option is None:
-        return tensor.dtype
-    if option == "auto":
-        return source_dtype if source_dtype is not None else tensor.dtype
-    return option
-
-
 def _kind(tensor) -> SlotKind:
     if tensor is None:
         return SlotKind.ABSENT
@@ -248,35 +237,13 @@ def state_tree(node, leaf: Callable[[Slot], object], own_state: Callable[[torch.
     return tree
 
 
-# --- modules that customise how their state is saved or loaded --------------------------------
-
-#: Load hooks whose effect structload reproduces, or that cannot change a load made in place:
-#: lazy modules (their parameters take the source's shape: `SlotKind.LAZY`); weight_norm's
-#: conversion of old ``weight_g`` / ``weight_v`` names (reported with the rename, see
-#: `_problems`); spectral_norm's upgrade of checkpoints written before version 1; FSDP2's
-#: post-hook, which re-syncs a parameter that ``assign=True`` replaced (structload writes
-#: each rank's local shard in place, so the parameter and its storage stay the same).
-KNOWN_LOAD_HOOKS = frozenset(
-    {
-        "torch.nn.modules.lazy.LazyModuleMixin._lazy_load_hook",
-        "torch.nn.utils.parametrizations.weight_norm.<locals>._weight_norm_compat_hook",
-        "torch.nn.utils.spectral_norm.SpectralNormLoadStateDictPreHook",
-        "torch.distributed.fsdp._fully_shard._fsdp_param.FSDPParam.__init__.<locals>.<lambda>",
-    }
-)
-
-
-def _hook_name(wrapped) -> str:
-    hook = getattr(wrapped, "hook", wrapped)
-    if not hasattr(hook, "__qualname__"):  # a callable object
-        hook = type(hook)
-    return f"{hook.__module__}.{hook.__qualname__}"
+# --- modules that customise how their state is saved (how they load it: `_load_hooks`) -------------
 
 
 _OVERRIDES: dict[tuple[type, str], bool] = {}
 
 
-def _overrides(cls: type, method: str) -> bool:
+def overrides(cls: type, method: str) -> bool:
     """Whether `cls` defines its own `method` (cached: asked once per module of every load)."""
     key = (cls, method)
     if key not in _OVERRIDES:
@@ -284,36 +251,10 @@ def _overrides(cls: type, method: str) -> bool:
     return _OVERRIDES[key]
 
 
-_LOADS_ITS_OWN_WAY: dict[type, bool] = {}
-
-
-def customises_loading(module: torch.nn.Module) -> bool:
-    """A quick test (one per module of every load): might `loads_its_own_way` have a reason?"""
-    cls = type(module)
-    overrides = _LOADS_ITS_OWN_WAY.get(cls)
-    if overrides is None:
-        overrides = _LOADS_ITS_OWN_WAY[cls] = _overrides(cls, "_load_from_state_dict")
-    return overrides or bool(module._load_state_dict_pre_hooks) or bool(module._load_state_dict_post_hooks)
-
-
-def loads_its_own_way(module: torch.nn.Module) -> str | None:
-    """Why this module's own loading code is beyond what structload runs (`_customised`), or
-    ``None``: packed quantized state (``torch.ao`` modules, observers; a module that saves and
-    loads its state its own way), whose values no recording of names can follow (API.md §8)."""
-    cls = type(module)
-    if not _overrides(cls, "_load_from_state_dict"):
-        return None
-    packed = cls.__module__.startswith("torch.ao.") or saves_its_own_way(module)
-    if packed and not isinstance(module, _NormBase):
-        owner = next(c for c in cls.__mro__ if "_load_from_state_dict" in vars(c))
-        return f"it loads its state through its own _load_from_state_dict ({owner.__module__}.{owner.__qualname__})"
-    return None
-
-
 def saves_its_own_way(module: torch.nn.Module) -> bool:
     """Whether ``state_dict()`` of this module holds more than its parameters and persistent
     buffers (an overridden ``_save_to_state_dict``, state_dict hooks); lazy modules excepted."""
-    if _overrides(type(module), "_save_to_state_dict") and not isinstance(module, LazyModuleMixin):
+    if overrides(type(module), "_save_to_state_dict") and not isinstance(module, LazyModuleMixin):
         return True
     return bool(module._state_dict_hooks) or bool(module._state_dict_pre_hooks)
 

@@ -98,11 +98,16 @@ class Diff:
         """How many paths both sources hold: the tensors compared, whether or not they differ."""
         return self.same + len(self.shape) + len(self.dtype) + len(self.values)
 
-    def compared(self) -> str:
-        """What was compared: ``12 tensors compared by path, shape, dtype and values``."""
+    def compared(self, syntax: str = "python") -> str:
+        """What was compared: ``12 tensors compared by path, shape, dtype and values``; the option
+        that compares values is written in `syntax` (``"cli"``: ``--values``)."""
         what = "path, shape, dtype and values" if self.values_compared else "path, shape and dtype"
         text = f"{plural(self.in_both, 'tensor')} compared by {what}"
-        return text if self.values_compared else text + f" (values not compared; pass {option_text('values', True)})"
+        return (
+            text
+            if self.values_compared
+            else text + f" (values not compared; pass {option_text('values', True, syntax)})"
+        )
 
     def __rich__(self):
         from ._render import diff_table

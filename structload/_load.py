@@ -1,4 +1,15 @@
-"""`load`: open the source, plan against the destination, then apply."""
+"""`load`, step by step: each step a few lines of `run_load` or `_plan`, in this order.
+
+1. options: the keywords as one `LoadOptions` record, checked once;
+2. open: the source as a lazy tree (`sources.to_source_tree`), no tensor read;
+3. align (``align=``): ``rename`` and ``convert`` worked out from structure;
+4. rename: source paths through ``rename``;
+5. convert: the destination library's declared conversions, then ``convert``, then ``adapt``;
+6. plan: walk, rules, ties, problems (`_plan.make_plan`); a strict load with problems stops here;
+7. agree: a sharded destination's ranks share their verdict (`in_step`);
+8. read and write (`_apply.apply_plan`), and agree again;
+9. report.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +21,18 @@ import torch
 
 from ._adapt_align import pair_adaptable
 from ._adapting import adapt_tree, finish_plan, suggest_adapting
+from ._agreement import holds_dtensors, in_step
 from ._align import align as structural_align
 from ._alignment import Alignment, by_subtree
 from ._apply import add_note_once, apply_plan
 from ._customised import source_metadata
 from ._dest import dest_name
-from ._distributed import agree, holds_dtensors
-from ._plan import make_plan
-from ._rename import Renamer, compile_rename, rename_tree
+from ._options import LoadOptions
+from ._plan import Plan, make_plan
+from ._rename import Renamer, rename_tree
 from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused, destination_lock
-from ._select import Selection
-from .convert import check_converters, convert_tree
+from .convert import convert_tree
 from .integrations import declared_library
 from .sources import iter_leaves, to_source_tree
 from .sources.tree import SourceTree, open_source
@@ -140,36 +151,65 @@ def load(
       tensor is left on ``meta`` without a problem naming it.
     - R6 every check runs before the first write.
     """
-    options = {"strict": strict, "include": include, "exclude": exclude, "filter": filter, "rename": rename}
-    options["convert"] = check_converters(convert)
-    options["adapt"] = adapt
-    if align is not False and align is not None:
-        with _interruptions_noted([NOTHING_WRITTEN]):
-            src = open_source(src)  # opened once, for the alignment and the load
-            alignment = _alignment(dst, src, align, options)
-            if adapt is not None and adapt is not False:  # leftovers of another shape an adapter pairs
-                alignment = pair_adaptable(alignment, dst, src, adapt, options["rename"])
-        if strict and not alignment.ok:
-            problems = alignment_problems(alignment)
-            report = LoadReport(target=dest_name(dst), problems=problems, applied=False)
-            message = str(LoadError(problems, report)) + "\n\nthe mapping found so far, to edit:\n" + alignment.code()
-            raise LoadError(problems, report, message=message)
-        options["rename"] = alignment.rename
-        options["convert"] = list(alignment.convert) + list(convert or [])
-    return run_load(dst, src, device=device, dry_run=dry_run, progress=progress, dtype=dtype, mmap=mmap, **options)
+    options = LoadOptions(  # 1. the options, checked once
+        strict=strict,
+        include=include,
+        exclude=exclude,
+        filter=filter,
+        rename=rename,
+        convert=convert,
+        device=device,
+        dry_run=dry_run,
+        progress=progress,
+        dtype=dtype,
+        align=align,
+        mmap=mmap,
+        adapt=adapt,
+    )
+    return run_load(dst, src, options)
 
 
-def _alignment(dst, src, align, options: dict) -> Alignment:
+def run_load(dst, src, options: LoadOptions) -> LoadReport:
+    """`load` from step 2 on, given its options (``structload check`` builds its own record)."""
+    stage = [NOTHING_WRITTEN]
+    if options.aligns:
+        with _interruptions_noted(stage):
+            src = open_source(src)  # 2. open, here once for the alignment and the load
+            options = _aligned(dst, src, options)  # 3. align
+    collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
+    target = dest_name(dst)
+    with _interruptions_noted(stage), destination_lock(dst), collector_paused():  # see structload._runtime
+        # 2-6. open, rename, convert, plan; 7. the ranks agree (`in_step`) before anything is written
+        plan = in_step(collective, target, functools.partial(_plan, dst, src, options))
+        if not options.dry_run:  # 8. read and write, then agree again
+            in_step(collective, target, functools.partial(apply_plan, plan, options.target_device, options.progress))
+            stage[0] = "after writing every tensor"
+        report = plan.report(applied=not options.dry_run)  # 9. the report
+        del plan  # freed by reference counting before the collector comes back, not scanned by it
+    return report
+
+
+def _aligned(dst, src, options: LoadOptions) -> LoadOptions:
+    """The options with the alignment's ``rename`` and ``convert`` (the user's converters after its
+    own); a strict load raises here when the alignment left anything unmatched or ambiguous."""
+    alignment = _alignment(dst, src, options)
+    if options.adapts:  # leftovers of another shape an adapter pairs
+        alignment = pair_adaptable(alignment, dst, src, options.adapt, options.rename)
+    if options.strict and not alignment.ok:
+        problems = alignment_problems(alignment)
+        report = LoadReport(target=dest_name(dst), problems=problems, applied=False)
+        message = str(LoadError(problems, report)) + "\n\nthe mapping found so far, to edit:\n" + alignment.code()
+        raise LoadError(problems, report, message=message)
+    return options.with_mapping(alignment.rename, list(alignment.convert) + list(options.convert or []))
+
+
+def _alignment(dst, src, options: LoadOptions) -> Alignment:
     """The `Alignment` a load with ``align=`` uses: the one given, or one worked out here."""
-    if isinstance(align, Alignment):
-        return align
-    extra = dict(align) if isinstance(align, dict) else {}
-    if align is not True and not isinstance(align, dict):
-        raise TypeError(
-            f"align must be True, an Alignment or a dict of structload.align options, got {type(align).__name__}"
-        )
+    if isinstance(options.align, Alignment):
+        return options.align
+    extra = dict(options.align) if isinstance(options.align, dict) else {}
     for key in ("include", "exclude", "filter", "rename"):
-        extra.setdefault(key, options[key])
+        extra.setdefault(key, getattr(options, key))
     return structural_align(dst, src, **extra)
 
 
@@ -196,41 +236,6 @@ def alignment_problems(alignment: Alignment) -> list[Problem]:
     return problems
 
 
-def run_load(
-    dst, src, *, device=None, dry_run=False, progress=None, dtype=None, meta_is_final=True, mmap=False, **options
-) -> LoadReport:
-    """`load`, with one more knob for `structload check`: ``meta_is_final=False`` for a model
-    built on meta only to dry-run the load, where tensors left on meta are not a problem."""
-    selection = Selection(options["include"], options["exclude"], options["filter"])
-    renamer = compile_rename(options["rename"])
-    try:
-        target_device = torch.device(device if device is not None else "cpu")
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device= takes a torch device such as 'cpu' or 'cuda:0', got {device!r} ({error})") from None
-    if dtype is not None and dtype != "auto" and not isinstance(dtype, torch.dtype):
-        raise TypeError(f'dtype must be a torch.dtype, "auto" or None, got {dtype!r}')
-    collective = holds_dtensors(dst)  # sharded: every rank must reach the same verdict
-    target = dest_name(dst)
-    strict, convert = options["strict"], options["convert"]
-
-    maps = bool(mmap) and target_device.type == "cpu"  # a mapping lives in host memory
-
-    adapt = options.get("adapt")
-
-    def plan_step():
-        return _plan(dst, src, selection, renamer, convert, strict, dtype, meta_is_final, maps, adapt)
-
-    stage = [NOTHING_WRITTEN]
-    with _interruptions_noted(stage), destination_lock(dst), collector_paused():  # see structload._runtime
-        plan = _in_step(collective, target, plan_step)
-        if not dry_run:
-            _in_step(collective, target, functools.partial(apply_plan, plan, target_device, progress))
-            stage[0] = "after writing every tensor"
-        report = plan.report(applied=not dry_run)
-        del plan  # freed by reference counting before the collector comes back, not scanned by it
-    return report
-
-
 NOTHING_WRITTEN = "before writing anything; the destination is unchanged"
 
 
@@ -247,47 +252,38 @@ def _interruptions_noted(stage: list[str]):
         raise
 
 
-def _in_step(collective: bool, target: str, step):
-    """Run one step of the load. For a sharded destination, every rank learns whether any rank
-    failed and raises the same error, so none waits forever in a later collective."""
-    try:
-        result = step()
-    except Exception as error:
-        if not collective:
-            raise
-        shared: Exception = agree(error, target) or error
-        raise shared from (None if shared is error else error)
-    if collective and (failure := agree(None, target)) is not None:
-        raise failure
-    return result
-
-
-def _plan(
-    dst, src, selection: Selection, renamer, convert, strict: bool, dtype, meta_is_final: bool, mmap: bool, adapt=None
-):
-    """Open the source, rename, convert, adapt and plan the load (no writes); a strict load with
-    problems raises here, before anything is written."""
-    tree = opened = to_source_tree(src)
-    earlier: list[Problem] = []
+def _plan(dst, src, options: LoadOptions) -> Plan:
+    """Steps 2 and 4 to 6 of a load: open the source, rename, convert, adapt and plan (no writes); a
+    strict load with problems raises here, before anything is written."""
+    tree = opened = to_source_tree(src)  # 2. open (an aligned load's source is open already: its tree)
+    earlier: list[Problem] = []  # problems of the steps before the plan, listed first
+    renamer = options.renamer
     before_rename = (tree, renamer) if renamer is not None else None  # for converters naming old paths
-    if renamer is not None:
+    if renamer is not None:  # 4. rename
         renamed = rename_tree(tree, renamer)
         if isinstance(renamer, Renamer) and not renamer.all_used:
             earlier += renamer.unmatched([p for p, _ in iter_leaves(tree)])
         tree = renamed
     declared: list[str] = []
     if declared_library(dst) is not None and not isinstance(src, torch.nn.Module):  # a module holds its own layout
-        tree, declared_problems, declared = _declared(tree, dst)
+        tree, declared_problems, declared = _declared(tree, dst)  # 5. convert: the library's, then the user's
         earlier += declared_problems
-    if convert is not None:
-        tree, converter_problems = convert_tree(tree, convert, before_rename)
+    if options.convert is not None:
+        tree, converter_problems = convert_tree(tree, options.convert, before_rename)
         earlier += converter_problems
-    adaptation = None
-    if adapt is not None and adapt is not False:
-        adaptation = adapt_tree(dst, tree, adapt)
+    adaptation = adapt_tree(dst, tree, options.adapt) if options.adapts else None
+    if adaptation is not None:
         tree, earlier = adaptation.tree, earlier + adaptation.problems
-    metadata = functools.partial(source_metadata, src, opened)  # versions, for modules' own loading code
-    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
+    plan = make_plan(  # 6. plan: walk, rules, ties, problems
+        dst,
+        tree,
+        options.selection,
+        earlier,
+        dtype=options.dtype,
+        meta_is_final=options.meta_is_final,
+        mmap=options.maps,
+        metadata=functools.partial(source_metadata, src, opened),  # versions, for modules' own loading code
+    )
     plan.declared = declared
     if adaptation is not None:
         finish_plan(plan, adaptation)
@@ -295,7 +291,7 @@ def _plan(
         suggest_adapting(plan)
     if isinstance(src, (str, os.PathLike, SourceTree)):
         plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
-    if strict and plan.problems:
+    if options.strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan
 

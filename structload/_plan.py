@@ -6,7 +6,7 @@
 2. the selection (`_select`) marks what ``include`` / ``exclude`` / ``filter`` leave out;
 3. the rules (`_rules.decide`) judge each pair;
 4. `_ties.settle_ties` makes one writer per shared tensor (R4);
-5. `_problems.compose_problems` turns the findings into problems and hints.
+5. `_problems.compose_problems` turns the findings into problems, with the hints `_hints` finds.
 
 `Plan.report` turns the decisions into a `LoadReport`. Because all of this
 happens before the first write, a strict load that finds a problem leaves
@@ -20,15 +20,16 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._customised import CustomLoading, record_own_loading, refused_once
-from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name, materialized_dtype
+from ._customised import CustomLoading, leave_it_out, record_own_loading, refused_once
+from ._dest import FILLED_SLOTS, TENSOR_SLOTS, SlotKind, dest_name
+from ._materialized import materialized_dtype
 from ._problems import compose_problems
+from ._records import WRITES, Entry, Status, Unexpected
 from ._report import Adapted, Cast, Converted, LoadReport, Mismatch, Problem, ProblemKind
-from ._rules import WRITES, Entry, Status, Unexpected, counts_as_unexpected, decide, left_on_meta, plain_load
+from ._rules import counts_as_unexpected, decide, left_on_meta, plain_load
 from ._select import LeftOut, Selection
-from ._text import option_text
 from ._ties import settle_ties
-from ._walk import Pair, Unpaired, Walk, walk
+from ._walk import SlotPair, Unpaired, Walk, walk
 from .adapt import AdaptedTensor
 from .sources import SKIP, BadLeaf, MemoryTensor, iter_leaves
 from .sources._files import file_tensor
@@ -108,7 +109,7 @@ def _add_entry(report: LoadReport, entry: Entry, dtype) -> None:
         getattr(report, _LISTS[status]).append(entry.path)
     elif status == Status.MISMATCHED:
         shape = tuple(entry.slot.tensor.shape) if entry.slot.kind in TENSOR_SLOTS else ()
-        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch or ProblemKind.TYPE))
+        report.mismatched.append(Mismatch(entry.path, shape, entry.src_shape, entry.mismatch_kind or ProblemKind.TYPE))
     elif status == Status.UNEXPECTED:
         report.unexpected.append(entry.path)
 
@@ -134,6 +135,7 @@ def make_plan(
     tree,
     selection: Selection,
     earlier_problems: Sequence[Problem] = (),
+    *,
     dtype=None,
     meta_is_final=True,
     mmap=False,
@@ -204,16 +206,13 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
             continue
         if any(path.startswith(f"{p.path}.") or not p.path for p in problems):
             continue
-        message = (
-            f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. "
-            f"Load it with {'model.' + path if path else 'the module'}.load_state_dict(...), or leave it out "
-            f"({option_text('exclude', path or '*')})"
-        )
-        problems.append(Problem(ProblemKind.TYPE, path, message))
+        hint = leave_it_out(path)
+        message = f"a {type(module).__name__}: {reason}; structload cannot load it with the same result. {hint}"
+        problems.append(Problem(ProblemKind.TYPE, path, message, hint))
     return problems
 
 
-def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
+def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
     """One `Entry` per pair the rules have something to say about, in walk order; and for each
     pair index (and one past the last), how many entries came before it."""
     entries: list[Entry] = []
@@ -235,12 +234,12 @@ def judge(pairs: list[Pair], left_out: LeftOut | None) -> tuple[list[Entry], lis
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue
         problem = Problem(kind, path, message or "") if kind is not None else None
-        mismatch = (
+        mismatch_kind = (
             (ProblemKind.SHAPE if kind == ProblemKind.SHAPE else ProblemKind.TYPE)
             if status == Status.MISMATCHED
             else None
         )
-        entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch))
+        entries.append(Entry(path, slot, leaf, status, problem, src_shape, mismatch_kind))
     positions.append(len(entries))
     return entries, positions
 

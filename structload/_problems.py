@@ -6,15 +6,23 @@ count; a numbered container whose lengths differ is one problem at the
 container; unexpected source subtrees likewise. Messages add "did you mean"
 suggestions for near-miss names and, when the two trees differ by a common
 prefix (``module.``, ``_orig_mod.``, ``model.``, ...), the exact ``rename=``
-that fixes it.
+that fixes it: the hints are `_hints`' to find, this module only adds them.
 """
 
 from __future__ import annotations
 
 import operator
-import re
-from collections import Counter
 
+from ._hints import (
+    TRANSPOSED,
+    layout_matches,
+    legacy_weight_norm_hints,
+    new_head_hints,
+    prefix_applies,
+    prefix_hint,
+    transposed_paths,
+    with_note,
+)
 from ._problems_shapes import (
     ALIGN_HINT,
     entry_shape,
@@ -22,18 +30,11 @@ from ._problems_shapes import (
     suggest_by_path,
     suggest_by_sibling,
 )
+from ._records import Entry, Status, Unexpected
 from ._report import Problem, ProblemKind
-from ._rules import Entry, Status, Unexpected
-from ._text import number_ranges, option_text, plural, shape_text
+from ._text import number_ranges, plural, shape_text
 from ._walk import Clash
 from .sources import ABSENT, SourceTensor
-
-#: Who usually adds a prefix, for the hint's wording.
-KNOWN_PREFIXES = {
-    "module.": "DistributedDataParallel and DataParallel add it",
-    "_orig_mod.": "torch.compile adds it",
-    "model.": "training wrappers often add it",
-}
 
 #: A suggestion for an unexpected source subtree: (the source path it is for, the destination path meant).
 Suggestion = tuple[str, str]
@@ -67,23 +68,29 @@ def compose_problems(
         events.append((record.position - 0.5, _unexpected_problem(record, suggestions.get(i))))
     events.sort(key=lambda pair: pair[0])
     problems = [problem for _, problem in events]
-    problems = _with_transposed_hint(problems, entries)
+    flipped = transposed_paths(entries)
+    problems = [with_note(p, TRANSPOSED) if p.path in flipped else p for p in problems]
     extra = {**new_head_hints(entries), **legacy_weight_norm_hints(entries, unexpected)}
     if extra:
-        problems = [_with_extra(p, extra) for p in problems]
-    hints = list(dict.fromkeys(extra.values()))
+        problems = [with_note(p, extra[p.path]) if p.path in extra else p for p in problems]
+    hints: list[str] = list(dict.fromkeys(extra.values()))
     problems, general = _general_hints(problems, entries, unexpected, suggestions)
     return problems, general + hints
 
 
 def _general_hints(problems, entries, unexpected, suggestions) -> tuple[list[Problem], list[str]]:
-    hint = prefix_hint(entries, unexpected)
-    if hint is not None:
-        prefix, text, direction = hint
-        return [_with_hint(p, prefix, text, direction) for p in problems], [text]
+    """The hint that concerns the whole load, if any: a prefix, a subtree laid out like another, or
+    another implementation of the architecture; added to the problems it concerns."""
+    found = prefix_hint(entries, unexpected)
+    if found is not None:
+        prefix, hint, direction = found
+        return [with_note(p, hint) if prefix_applies(p, prefix, direction) else p for p in problems], [hint]
     moves = layout_matches(entries, unexpected, suggestions)
     if moves:
-        return [_with_move(p, moves) for p in problems], list(moves.values())
+        moved = [
+            with_note(p, moves[p.path]) if p.kind == ProblemKind.UNEXPECTED and p.path in moves else p for p in problems
+        ]
+        return moved, list(moves.values())
     missing = [entry_shape(e) for e in entries if e.status == Status.MISSING]
     loaded = sum(e.status == Status.LOADED for e in entries)
     if (
@@ -92,7 +99,7 @@ def _general_hints(problems, entries, unexpected, suggestions) -> tuple[list[Pro
         and looks_like_another_implementation(missing, [s for r in unexpected for s in r.shapes], loaded)
     ):
         first = problems[0]  # said once, where the error starts, and among the report's hints
-        return [Problem(first.kind, first.path, f"{first.message}; {ALIGN_HINT}"), *problems[1:]], [ALIGN_HINT]
+        return [with_note(first, ALIGN_HINT), *problems[1:]], [ALIGN_HINT]
     return problems, []
 
 
@@ -190,27 +197,6 @@ def _longer_problem(parent: str, unexpected: list[Unexpected], lengths: dict[str
     return Problem(ProblemKind.UNEXPECTED, parent, message)
 
 
-TRANSPOSED = (
-    "the source stores matrices transposed ((in, out), like GPT-2's Conv1D); square matrices of the same role "
-    "need the same, and no shape check can see them: port by structure with align=True (structload align)"
-)
-
-
-def _with_transposed_hint(problems: list[Problem], entries: list[Entry]) -> list[Problem]:
-    """Shape problems that are exact transposes say what that means for the square matrices beside them."""
-    flipped = {
-        e.path
-        for e in entries
-        if e.mismatch == ProblemKind.SHAPE
-        and e.src_shape is not None
-        and len(e.src_shape) == 2
-        and tuple(e.slot.tensor.shape) == tuple(e.src_shape)[::-1]
-    }
-    if not flipped:
-        return problems
-    return [Problem(p.kind, p.path, f"{p.message}; {TRANSPOSED}") if p.path in flipped else p for p in problems]
-
-
 def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Problem:
     if len(record.leaf_paths) == 1:
         path = record.leaf_paths[0]
@@ -228,136 +214,3 @@ def _unexpected_problem(record: Unexpected, suggestion: Suggestion | None) -> Pr
 def _did_you_mean(meant: dict[str, str], path: str) -> str:
     similar = meant.get(path)
     return f"; did you mean '{similar}' in source?" if similar else ""
-
-
-def prefix_hint(entries: list[Entry], records: list[Unexpected]) -> tuple[str, str, str] | None:
-    """``(prefix, hint text, "strip" | "add")`` when source and destination paths differ by a prefix."""
-    unexpected = [p for record in records for p in record.leaf_paths]
-    missing = [e.path for e in entries if e.status == Status.MISSING]
-    if not unexpected or not missing:
-        return None
-    dst_paths = {e.path for e in entries}
-    prefix = _common_prefix(unexpected, dst_paths)
-    if prefix is not None:
-        why = KNOWN_PREFIXES.get(prefix, "")
-        text = (
-            f"the source paths carry the prefix '{prefix}'"
-            + (f" ({why})" if why else "")
-            + f"; pass {option_text('rename', {'^' + re.escape(prefix): ''})}"
-        )
-        return prefix, text, "strip"
-    prefix = _common_prefix(missing, set(unexpected))
-    if prefix is not None:
-        text = f"the source paths lack the destination's prefix '{prefix}'; pass {option_text('rename', {'^': prefix})}"
-        return prefix, text, "add"
-    return None
-
-
-def _common_prefix(paths: list[str], targets: set[str]) -> str | None:
-    """A prefix of one to three names that, removed, turns most of `paths` into `targets`."""
-    counts: Counter[str] = Counter()
-    for path in paths:
-        parts = path.split(".")
-        for k in range(1, min(4, len(parts))):
-            prefix = ".".join(parts[:k]) + "."
-            if path[len(prefix) :] in targets:
-                counts[prefix] += 1
-    if not counts:
-        return None
-    prefix, n = counts.most_common(1)[0]
-    return prefix if 2 * n >= len(paths) else None
-
-
-def layout_matches(
-    entries: list[Entry], records: list[Unexpected], suggestions: dict[int, Suggestion]
-) -> dict[str, str]:
-    """Unexpected source subtrees laid out like a missing destination subtree.
-
-    Returns ``{source path: hint text with the rename=}`` where the two
-    subtrees' relative tensor paths overlap so that one holds the other and
-    at least half of it (``blocks`` against ``layers``, the source without
-    the biases the destination adds), when exactly one destination subtree fits.
-    """
-    missing: dict[str, set[str]] = {}
-    for entry in entries:
-        root = entry.root
-        if entry.status == Status.MISSING and root is not None and root != entry.path:
-            missing.setdefault(root, set()).add(entry.path[len(root) + 1 :])
-    if not missing:
-        return {}
-    moves = {}
-    for i, record in enumerate(records):
-        if len(record.leaf_paths) < 2 or record.path in record.leaf_paths or i in suggestions:
-            continue
-        layout = {p[len(record.path) + 1 :] for p in record.leaf_paths}
-        alike = [root for root, paths in missing.items() if _same_layout(layout, paths)]
-        if len(alike) == 1:
-            root = alike[0]
-            text = (
-                f"'{record.path}' in source is laid out like '{root}' in destination; "
-                f"pass {option_text('rename', {'^' + re.escape(record.path + '.'): root + '.'})}"
-            )
-            moves[record.path] = text
-    return moves
-
-
-def _same_layout(a: set[str], b: set[str]) -> bool:
-    """One set of relative paths holds the other and at least half of it, with 3 tensors or more."""
-    small, big = sorted((a, b), key=len)
-    return len(small) >= 3 and small <= big and 2 * len(small) >= len(big)
-
-
-def new_head_hints(entries: list[Entry]) -> dict[str, str]:
-    """``{path: hint}`` for the tensors of each module whose shape problems all differ in the first
-    dimension only (a classifier with another number of classes, an embedding with another vocabulary)."""
-    by_module: dict[str, list[Entry]] = {}
-    for entry in entries:
-        if entry.status == Status.MISMATCHED and entry.mismatch == ProblemKind.SHAPE and entry.src_shape:
-            by_module.setdefault(entry.path.rpartition(".")[0], []).append(entry)
-    hints = {}
-    for module, mismatched in by_module.items():
-        pairs = [(tuple(e.slot.tensor.shape), tuple(e.src_shape or ())) for e in mismatched]
-        if module and all(len(d) == len(s) >= 1 and d[1:] == s[1:] for d, s in pairs):
-            dst, src = pairs[0][0][0], pairs[0][1][0]
-            hint = (
-                f"'{module}' differs in its first dimension only ({dst} in destination, {src} in source: another "
-                f"number of classes or tokens?); if it is a new head, keep the destination's own with "
-                f"{option_text('exclude', module)}"
-            )
-            hints.update({e.path: hint for e in mismatched})
-    return hints
-
-
-def legacy_weight_norm_hints(entries: list[Entry], records: list[Unexpected]) -> dict[str, str]:
-    """``{path: hint}`` for ``weight_g`` / ``weight_v`` of the old ``torch.nn.utils.weight_norm`` where the
-    destination uses the parametrization (``parametrizations.weight.original0`` / ``original1``): the
-    names ``load_state_dict``'s compatibility hook converts."""
-    missing = {e.path for e in entries if e.status == Status.MISSING}
-    old = [p for r in records for p in r.leaf_paths if p.endswith((".weight_g", ".weight_v"))]
-    moved = [p for p in old if p[: -len("weight_g")] + "parametrizations.weight.original0" in missing]
-    if not moved:
-        return {}
-    rename = {
-        r"\.weight_g$": ".parametrizations.weight.original0",
-        r"\.weight_v$": ".parametrizations.weight.original1",
-    }
-    hint = f"the source uses the old weight_norm names (weight_g, weight_v); pass {option_text('rename', rename)}"
-    return dict.fromkeys(old, hint)
-
-
-def _with_extra(problem: Problem, extra: dict[str, str]) -> Problem:
-    hint = extra.get(problem.path)
-    return Problem(problem.kind, problem.path, f"{problem.message}; {hint}") if hint else problem
-
-
-def _with_move(problem: Problem, moves: dict[str, str]) -> Problem:
-    hint = moves.get(problem.path) if problem.kind == ProblemKind.UNEXPECTED else None
-    return Problem(problem.kind, problem.path, f"{problem.message}; {hint}") if hint else problem
-
-
-def _with_hint(problem: Problem, prefix: str, text: str, direction: str) -> Problem:
-    kind = ProblemKind.UNEXPECTED if direction == "strip" else ProblemKind.MISSING
-    path = problem.path + "."
-    if problem.kind == kind and (path.startswith(prefix) or prefix.startswith(path)):
-        return Problem(problem.kind, problem.path, f"{problem.message}; {text}")
-    return problem

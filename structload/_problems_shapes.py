@@ -15,7 +15,7 @@ import difflib
 from collections import Counter
 
 from ._dest import SlotKind
-from ._rules import Entry, Status, Unexpected
+from ._records import Entry, Status, Unexpected
 from ._text import path_prefixes
 from ._walk import Missing
 

@@ -15,7 +15,7 @@ from rich.tree import Tree
 
 from ._render_tree import node_at, numbered_run_end
 from ._report import LoadReport, pickled_text
-from ._text import display_path, plural
+from ._text import display_path, hint_text, plural
 
 STYLES = {
     "loaded": "green",
@@ -128,9 +128,10 @@ class _Drawing:
         return full not in self.messages and full not in self.unfoldable and node.signature == items[first][1].signature
 
 
-def report_tree(report: LoadReport):
-    """The report as a rich tree, coloured by outcome, problems and hints underneath."""
-    drawing = _Drawing({p.path: p.message for p in report.problems})
+def report_tree(report: LoadReport, syntax: str = "python"):
+    """The report as a rich tree, coloured by outcome, problems and hints underneath (hints that name an
+    option written in `syntax`: ``"cli"`` for the command line's flags)."""
+    drawing = _Drawing({p.path: p.message_in(syntax) for p in report.problems})
     root = _build(outcomes_by_path(report))
     tree = Tree(Text(report.summary(), style="bold red" if report.problems else "bold green"))
     if root.outcome is not None:  # the destination is a single tensor
@@ -151,14 +152,14 @@ def report_tree(report: LoadReport):
     if report.pickled:
         parts.append(Text(f"source: {pickled_text(report.pickled)}", style="magenta"))
     parts += [Text(f"declared: {line}", style="cyan") for line in report.declared]
-    parts += [Text(f"hint: {hint}", style="yellow") for hint in report.hints]
+    parts += [Text(f"hint: {hint_text(hint, (hint,), syntax)}", style="yellow") for hint in report.hints]
     return Group(*parts)
 
 
-def diff_table(result) -> Table | Text:
-    """A `Diff` as a table: one row per differing path."""
+def diff_table(result, syntax: str = "python") -> Table | Text:
+    """A `Diff` as a table: one row per differing path (the footer's option written in `syntax`)."""
     if result.ok:
-        return Text(f"no differences: {result.compared()}", style="green")
+        return Text(f"no differences: {result.compared(syntax)}", style="green")
     table = Table(title="differences", show_lines=False)
     table.add_column("path")
     table.add_column("difference")
@@ -172,5 +173,5 @@ def diff_table(result) -> Table | Text:
         table.add_row(d.path, Text(f"dtype {d.to_dict()['a']} vs {d.to_dict()['b']}", style="cyan"))
     for path in result.values:
         table.add_row(path, Text("values differ", style="magenta"))
-    table.caption = f"{result.compared()}; {result.same} identical"
+    table.caption = f"{result.compared(syntax)}; {result.same} identical"
     return table

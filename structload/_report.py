@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import torch
 
-from ._text import display_path, dtype_text, plural, shape_text
+from ._text import Hint, display_path, dtype_text, hint_text, plural, shape_text
 
 
 class ProblemKind(StrEnum):
@@ -37,7 +37,9 @@ class Problem:
     `kind` is one of ``missing``, ``unexpected``, ``shape``, ``absent``,
     ``tied``, ``type`` or ``source``; `path` is a dotted destination path (for
     ``unexpected``, the source path after `rename`); `message` says what is
-    wrong and, where it can, what to do.
+    wrong and, where it can, what to do. When that advice names a load option,
+    `hint` holds it as a `Hint`, and ``message_in("cli")`` writes the option as
+    the command line's flags.
 
     Examples:
         >>> str(Problem("shape", "fc.weight", "shape (3, 4) in destination, (4, 4) in source"))
@@ -47,12 +49,19 @@ class Problem:
     kind: ProblemKind
     path: str
     message: str
+    #: the advice in `message` that names a load option, as data (`Hint`): the command line writes it as flags
+    hint: Hint | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", ProblemKind(self.kind))  # a plain string is checked and converted
 
     def __str__(self) -> str:
         return f"{display_path(self.path)}: {self.message}"
+
+    def message_in(self, syntax: str) -> str:
+        """`message` with its hint's option written in `syntax`: ``"python"`` (as `message` has it)
+        or ``"cli"`` (``--exclude head`` for ``exclude="head"``)."""
+        return hint_text(self.message, (self.hint,), syntax) if self.hint is not None else self.message
 
     def to_dict(self) -> dict:
         return {"kind": self.kind.value, "path": self.path, "message": self.message}

@@ -29,7 +29,6 @@ any          subtree / bad leaf   a ``type`` problem
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -39,6 +38,7 @@ from torch.nn.modules.batchnorm import _NormBase
 from ._dest import Slot, SlotKind
 from ._distributed import dtensor_problem
 from ._empty import built_empty
+from ._records import Entry, Status
 from ._report import Problem, ProblemKind
 from ._text import dtype_text, shape_text
 from ._walk import Clash, Missing
@@ -57,25 +57,6 @@ class SourceKind(StrEnum):
     OTHER = "other"  # a subtree, a bad leaf or a clash
 
 
-class Status(StrEnum):
-    """What a load does, or would do, at one destination path."""
-
-    LOADED = "loaded"
-    ZEROED = "zeroed"
-    SKIPPED = "skipped"
-    EXCLUDED = "excluded"
-    MISSING = "missing"
-    MISMATCHED = "mismatched"
-    DROPPED = "dropped"
-    IGNORED = "ignored"
-    UNEXPECTED = "unexpected"
-    NOTHING = "nothing"
-
-
-#: The statuses that write into the destination.
-WRITES = (Status.LOADED, Status.ZEROED)
-
-
 class Verdict(NamedTuple):
     """A rule's answer: the outcome, and the problem (kind, message) if any."""
 
@@ -83,50 +64,6 @@ class Verdict(NamedTuple):
     problem_kind: ProblemKind | None = None
     message: str | None = None
     src_shape: tuple | None = None
-
-
-class Entry(NamedTuple):
-    """The decision at one destination path. Never changed in place: `_ties` makes new ones.
-
-    `mismatch` is the kind of a `MISMATCHED` entry (``shape``, ``type``,
-    ``tied``). `writer` is set on the paths of a tied group that do not write
-    themselves: the path of the entry whose write fills them, or ``""`` when
-    none does (a skipped or clashing group).
-    """
-
-    path: str
-    slot: Slot
-    leaf: Any  # a source leaf or a walk marker
-    status: Status
-    problem: Problem | None = None
-    src_shape: tuple | None = None
-    mismatch: ProblemKind | None = None
-    writer: str | None = None
-
-    @property
-    def writes(self) -> bool:
-        """Whether applying the plan writes this entry."""
-        return self.status in WRITES and self.writer is None
-
-    @property
-    def root(self) -> str | None:
-        """The subtree root a `Missing` / `Clash` marker came from (not for tied followers)."""
-        leaf = self.leaf
-        return leaf.root if isinstance(leaf, (Missing, Clash)) and self.writer is None else None
-
-
-@dataclass(frozen=True)
-class Unexpected:
-    """Source tensors under `path` with no place in the destination (`leaf_paths`, after the
-    selection), `position` entries into the walk; `beside`: the destination names at that level
-    the source did not fill."""
-
-    path: str
-    leaf_paths: list[str]
-    position: int
-    beside: tuple[str, ...] = ()
-    what: str = ""  # for a single value that is no tensor: what it is (a pickled object, a string)
-    shapes: tuple = ()  # the shape of each of `leaf_paths` (None for what is no tensor), for suggestions
 
 
 def source_kind(leaf) -> SourceKind:
@@ -226,7 +163,7 @@ def missing(slot: Slot, leaf: Missing) -> Verdict:
     return Verdict(Status.MISSING)
 
 
-def mismatch(slot: Slot, leaf) -> Verdict:
+def not_a_tensor(slot: Slot, leaf) -> Verdict:
     """A source value that cannot fill a tensor: a subtree, a bad leaf, extra state."""
     if isinstance(leaf, Clash):  # reported once, at the subtree root
         return Verdict(Status.MISMATCHED)
@@ -254,7 +191,8 @@ def nothing(slot: Slot, leaf) -> Verdict:
     return Verdict(Status.NOTHING)
 
 
-def absent_mismatch(slot: Slot, leaf) -> Verdict:
+def absent_not_a_tensor(slot: Slot, leaf) -> Verdict:
+    """A subtree or bad leaf where the destination is absent: nothing to write, a problem to say."""
     if isinstance(leaf, Clash):
         return Verdict(Status.NOTHING)
     if isinstance(leaf, BadLeaf):
@@ -312,8 +250,8 @@ _TENSOR_ROW: dict[SourceKind, Rule] = {
     _K.SKIP: skip,
     _K.ABSENT: zero,
     _K.MISSING: missing,
-    _K.EXTRA: mismatch,
-    _K.OTHER: mismatch,
+    _K.EXTRA: not_a_tensor,
+    _K.OTHER: not_a_tensor,
 }
 RULES: dict[tuple[SlotKind, SourceKind], Rule] = {
     **{(_S.TENSOR, k): rule for k, rule in _TENSOR_ROW.items()},
@@ -323,14 +261,14 @@ RULES: dict[tuple[SlotKind, SourceKind], Rule] = {
     (_S.ABSENT, _K.SKIP): nothing,
     (_S.ABSENT, _K.ABSENT): nothing,
     (_S.ABSENT, _K.MISSING): nothing,
-    (_S.ABSENT, _K.EXTRA): absent_mismatch,
-    (_S.ABSENT, _K.OTHER): absent_mismatch,
+    (_S.ABSENT, _K.EXTRA): absent_not_a_tensor,
+    (_S.ABSENT, _K.OTHER): absent_not_a_tensor,
     (_S.EXTRA, _K.EXTRA): set_extra,
     (_S.EXTRA, _K.SKIP): nothing,
     (_S.EXTRA, _K.ABSENT): nothing,
     (_S.EXTRA, _K.MISSING): nothing,
     (_S.EXTRA, _K.TENSOR): set_extra,
-    (_S.EXTRA, _K.OTHER): mismatch,
+    (_S.EXTRA, _K.OTHER): not_a_tensor,
     **{(_S.IGNORED, k): not_state for k in SourceKind},
     **{(_S.LAZY, k): rule for k, rule in _TENSOR_ROW.items()},
     (_S.LAZY, _K.TENSOR): load_lazy,

@@ -146,5 +146,4 @@ PROCESS_WIDE_STATE = {
     "structload._customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
     "structload.integrations._declarations._declarations": "transformers' declared transforms, per kind of model",
     "structload.sources.versions._VERSIONS": "open torch files -> the module versions their state dicts carried",
-    "structload._text.HINT_SYNTAX": "a ContextVar: hints written as Python (the API) or as flags (the CLI)",
 }

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import shlex
-from collections.abc import Iterable, Iterator
-from contextvars import ContextVar
+from collections.abc import Iterable
 
 
 def plural(n: int, noun: str) -> str:
@@ -74,32 +72,18 @@ def number_ranges(numbers: Iterable[int]) -> str:
 
 # --- options as a hint writes them: Python (the default) or the command line -----------------
 
-#: How hints write an option: ``"python"`` (``rename={...}``) or ``"cli"`` (``--rename '...'``).
-#: The command line sets it for the duration of a command (`hint_syntax`); nothing else does.
-HINT_SYNTAX: ContextVar[str] = ContextVar("structload_hint_syntax", default="python")
 
-
-@contextlib.contextmanager
-def hint_syntax(syntax: str) -> Iterator[None]:
-    """Write hints in `syntax` (``"python"`` or ``"cli"``) inside the block."""
-    token = HINT_SYNTAX.set(syntax)
-    try:
-        yield
-    finally:
-        HINT_SYNTAX.reset(token)
-
-
-def option_text(option: str, value) -> str:
-    """A load option as the user would type it: ``rename={r"^module\\.": ""}`` in Python,
-    ``--rename '^module\\.='`` on the command line; ``exclude="head"`` or ``--exclude head``.
+def option_text(option: str, value, syntax: str = "python") -> str:
+    """A load option as the user would type it: ``rename={r"^module\\.": ""}`` in Python (`syntax`
+    ``"python"``), ``--rename '^module\\.='`` on the command line (``"cli"``); ``exclude="head"`` or
+    ``--exclude head``.
 
     >>> option_text("rename", {r"^module\\.": ""}), option_text("exclude", "head")
     ('rename={r"^module\\\\.": ""}', 'exclude="head"')
-    >>> with hint_syntax("cli"):
-    ...     option_text("rename", {r"^module\\.": ""}), option_text("exclude", "head")
+    >>> option_text("rename", {r"^module\\.": ""}, "cli"), option_text("exclude", "head", "cli")
     ("--rename '^module\\\\.='", '--exclude head')
     """
-    if HINT_SYNTAX.get() == "cli":
+    if syntax == "cli":
         flag = f"--{option.replace('_', '-')}"
         if value is True:
             return flag
@@ -111,3 +95,45 @@ def option_text(option: str, value) -> str:
     if isinstance(value, dict):
         return f"{option}={{" + ", ".join(f'r"{key}": "{replacement}"' for key, replacement in value.items()) + "}"
     return f'{option}="{value}"'
+
+
+class Hint(str):
+    """Advice that names a load option: text around `option_text(option, value)`.
+
+    As a string it is the Python spelling, which messages, ``str(error)`` and
+    ``report.hints`` hold; ``text("cli")`` spells the option as the command
+    line's flags, which is how ``structload`` prints it.
+
+    >>> hint = Hint("a new head? keep the destination's own with ", "exclude", "head")
+    >>> print(hint)
+    a new head? keep the destination's own with exclude="head"
+    >>> hint.text("cli")
+    "a new head? keep the destination's own with --exclude head"
+    """
+
+    before: str
+    option: str
+    value: object
+    after: str
+
+    def __new__(cls, before: str, option: str, value, after: str = "") -> Hint:
+        hint = super().__new__(cls, before + option_text(option, value) + after)
+        hint.before, hint.option, hint.value, hint.after = before, option, value, after
+        return hint
+
+    def __getnewargs__(self) -> tuple:  # copies and pickles rebuild it from its parts
+        return (self.before, self.option, self.value, self.after)
+
+    def text(self, syntax: str = "python") -> str:
+        """The hint with its option written in `syntax` (``"python"`` or ``"cli"``)."""
+        return self.before + option_text(self.option, self.value, syntax) + self.after
+
+
+def hint_text(text: str, hints, syntax: str) -> str:
+    """`text` with each of `hints` in it written in `syntax` (the last occurrence of each)."""
+    for hint in hints:
+        if isinstance(hint, Hint) and syntax != "python":
+            head, found, tail = text.rpartition(hint)
+            if found:
+                text = head + hint.text(syntax) + tail
+    return text

@@ -7,7 +7,7 @@ write. `settle_ties` returns new entries; it changes none.
 
 >>> import torch
 >>> from structload._dest import tensor_slot
->>> from structload._rules import Entry, Status
+>>> from structload._records import Entry, Status
 >>> from structload._walk import Missing
 >>> shared = torch.zeros(2)
 >>> entries = [Entry("a", tensor_slot(shared), None, Status.LOADED), Entry("b", tensor_slot(shared), Missing("b"), Status.MISSING)]
@@ -19,8 +19,9 @@ write. `settle_ties` returns new entries; it changes none.
 from __future__ import annotations
 
 from ._dest import TENSOR_SLOTS
+from ._records import WRITES, Entry, Status
 from ._report import Problem, ProblemKind
-from ._rules import WRITES, Entry, Status, values_agree
+from ._rules import values_agree
 
 
 def settle_ties(entries: list[Entry]) -> tuple[list[Entry], list[list[Entry]]]:
@@ -79,7 +80,7 @@ def _clash(group: list[Entry], first: Entry, other: Entry, writers: list[Entry])
         if any(entry is w for w in writers):
             problem = Problem(ProblemKind.TIED, entry.path, message) if entry is first else None
             entry = entry._replace(
-                status=Status.MISMATCHED, mismatch=ProblemKind.TIED, problem=problem, src_shape=shape, writer=""
+                status=Status.MISMATCHED, mismatch_kind=ProblemKind.TIED, problem=problem, src_shape=shape, writer=""
             )
         out.append(entry)
     return out

@@ -3,7 +3,7 @@
 Like Flux's ``loadmodel!``, the walk only pairs. At each destination container
 it pairs the children with the source node's children by name:
 
-- a destination slot gets the source leaf at its name (a `Pair`);
+- a destination slot gets the source leaf at its name (a `SlotPair`);
 - a destination child the source lacks gets `Missing` (one marker for a whole
   missing subtree, so it can be reported once, at its root);
 - a source leaf where the destination has a subtree gives every slot below a
@@ -29,7 +29,8 @@ from typing import Any, NamedTuple
 from torch.nn import Module
 
 from ._customised import runs_own_code
-from ._dest import Slot, as_dest, customises_loading, dest_children, is_container, loads_its_own_way
+from ._dest import Slot, as_dest, dest_children, is_container
+from ._load_hooks import customises_loading, loads_its_own_way
 from .sources import SKIP
 
 
@@ -58,7 +59,7 @@ class Clash:
         self.found = found
 
 
-class Pair(NamedTuple):
+class SlotPair(NamedTuple):
     """A destination slot and what the source holds for it."""
 
     path: str
@@ -82,11 +83,11 @@ class Unpaired:
 class Walk:
     """Every pairing the walk made, in module order."""
 
-    pairs: list[Pair] = field(default_factory=list)
+    pairs: list[SlotPair] = field(default_factory=list)
     unpaired: list[Unpaired] = field(default_factory=list)
     #: numbered containers (``ModuleList``, lists) whose source list has another length: path -> source length
     lengths: dict[str, int] = field(default_factory=dict)
-    #: modules that customise loading: (path, module, what the source holds there, why: `_dest.loads_its_own_way`,
+    #: modules that customise loading: (path, module, what the source holds there, why: `_load_hooks.loads_its_own_way`,
     #: or ``None`` when structload runs their code: `_customised`)
     customised: list[tuple[str, Any, Any, str | None]] = field(default_factory=list)
 
@@ -104,7 +105,7 @@ def walk(dst, tree) -> Walk:
     if is_container(root):
         _pair_container(found, root, tree, "")
     else:
-        found.pairs.append(Pair("", root, tree))
+        found.pairs.append(SlotPair("", root, tree))
     return found
 
 
@@ -132,7 +133,7 @@ def _pair_container(found: Walk, node, src, path: str) -> None:
             child_src = Missing(child_path, beside and is_slot)
             unfilled.append(name)
         if is_slot:
-            pairs.append(_new_pair(Pair, (child_path, child, child_src)))
+            pairs.append(_new_pair(SlotPair, (child_path, child, child_src)))
         else:
             _pair_container(found, child, child_src, child_path)
     if not unfilled and len(src) == len(kids):  # every name paired both ways: no other length, nothing left over
@@ -152,11 +153,11 @@ def _pair_all(found: Walk, kids, marker, path: str) -> None:
         if is_container(child):
             _pair_all(found, dest_children(child), marker, child_path)
         else:
-            found.pairs.append(Pair(child_path, child, marker))
+            found.pairs.append(SlotPair(child_path, child, marker))
 
 
 _NOTHING = object()
-_new_pair = tuple.__new__  # `Pair(...)` without the NamedTuple's Python-level constructor (once per tensor)
+_new_pair = tuple.__new__  # `SlotPair(...)` without the NamedTuple's Python-level constructor (once per tensor)
 
 
 def _is_other_length_list(known: set[str], src: dict) -> bool:

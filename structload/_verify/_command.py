@@ -19,8 +19,6 @@ import torch
 
 def add_command(commands) -> None:
     """The ``verify`` subcommand, on the parser's subcommands."""
-    from .._cli import in_cli_syntax
-
     sub = commands.add_parser("verify", help="load SRC into two implementations and name the first module that differs")
     sub.add_argument("factory", metavar="FACTORY", help="package.module:callable, or a transformers model directory")
     sub.add_argument("src", metavar="SRC")
@@ -33,7 +31,7 @@ def add_command(commands) -> None:
     sub.add_argument("--input", default="1,16", metavar="SHAPE", help="input shape, comma-separated (default 1,16)")
     sub.add_argument("--ids", type=int, metavar="N", help="integer token ids below N (default: the vocab_size)")
     sub.add_argument("--json", action="store_true", help="machine-readable output")
-    sub.set_defaults(run=in_cli_syntax(cmd_verify))
+    sub.set_defaults(run=cmd_verify)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

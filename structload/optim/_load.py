@@ -9,16 +9,15 @@ from typing import NamedTuple
 
 import torch
 
+from .._agreement import holds_dtensors, in_step
 from .._align import align as structural_align
 from .._alignment import Alignment
 from .._apply import apply_plan
-from .._distributed import holds_dtensors
-from .._load import _in_step
+from .._options import LoadOptions
 from .._plan import Plan, make_plan
 from .._report import LoadError, LoadReport, Problem, ProblemKind
 from .._runtime import collector_paused
 from .._select import Selection
-from ..convert import check_converters
 from ..sources import SourceTensor
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install
@@ -98,43 +97,47 @@ def load_optimizer(
       would (the parameter's dtype and device) and installed only after
       every write succeeded. A strict failure leaves the optimizer unchanged.
     """
-    options = {
-        "strict": strict,
-        "dry_run": dry_run,
-        "progress": progress,
-        "align": align,
-        "convert": check_converters(convert),
-    }
+    options = LoadOptions(
+        strict=strict,
+        include=include,
+        exclude=exclude,
+        filter=filter,
+        rename=rename,
+        convert=convert,
+        align=align,
+        dry_run=dry_run,
+        progress=progress,
+    )
     with collector_paused():  # as in `load`: a load allocates small objects per tensor; see structload._runtime
-        return _load(optimizer, model, src, source_model, Selection(include, exclude, filter), rename, options)
+        return _load(optimizer, model, src, source_model, options)
 
 
-def _load(optimizer, model, src, source_model, selection: Selection, rename, options: dict) -> LoadReport:
+def _load(optimizer, model, src, source_model, options: LoadOptions) -> LoadReport:
     """`load_optimizer`, step by step, with the collector paused."""
     # 1. the parameters the optimizer holds, by path in the model
     parameters = held_parameters(optimizer, model)
     held, problems = parameters.held, list(parameters.problems)
-    if _common_case(parameters, selection, rename, options):  # resuming the same model: see _fast
-        loaded = fast_load(optimizer, held, src, source_model, model, options["progress"])
+    if _common_case(parameters, options):  # resuming the same model: see _fast
+        loaded = fast_load(optimizer, held, src, source_model, model, options.progress)
         if loaded is not None:
             return OptimizerReport(target=type(optimizer).__name__, loaded=loaded)
     if isinstance(optimizer, torch.optim.LBFGS):  # its state is not per parameter: nothing to pair by path
-        return _nothing_to_pair(optimizer, [*problems, Problem(ProblemKind.TYPE, "", LBFGS)], options["strict"])
+        return _nothing_to_pair(optimizer, [*problems, Problem(ProblemKind.TYPE, "", LBFGS)], options.strict)
     # 2. the source's state per source parameter path, whatever its kind
-    source = read_states(src, source_model, model, rename)
+    source = read_states(src, source_model, model, options.rename)
     problems += source.problems
     if not source.readable:  # nothing to pair: only what says why, not a "missing" for every parameter
-        return _nothing_to_pair(optimizer, problems, options["strict"])
+        return _nothing_to_pair(optimizer, problems, options.strict)
     # 3. the mapping: align (if asked), rename and convert, on parameter paths
-    rename, convert = _mapping(model, source.states, source_model, options["align"], rename, options["convert"])
+    rename, convert = _mapping(model, source.states, source_model, options)
     states, found = rename_states(source.states, rename)
     fused = fuse_states(states, convert, {h.path: tuple(h.param.shape) for h in held} if convert else {})
     problems += found + fused.problems
     # 4. state of model parameters the optimizer does not hold is ignored, not unexpected
     states, ignored = _held_only(fused.states, parameters.not_held)
     # 5. include / exclude / filter on the model's paths
-    left_out = selection.left_out(model)
-    problems += selection.unmatched_patterns()
+    left_out = options.selection.left_out(model)
+    problems += options.selection.unmatched_patterns()
     left_out_params = frozenset(h.path for h in held if left_out is not None and h.path in left_out.paths)
     # 6. the destination tree, planned against the source tree, written, installed
     dest = dest_states(optimizer, held, states, parameters.aliases)
@@ -160,12 +163,15 @@ def _nothing_to_pair(optimizer, problems: list[Problem], strict: bool) -> LoadRe
     return report
 
 
-def _common_case(parameters: Parameters, selection: Selection, rename, options: dict) -> bool:
+def _common_case(parameters: Parameters, options: LoadOptions) -> bool:
     """Nothing to map, select or dry-run, and each parameter at one path: the fast lane may take it."""
-    align = options["align"]
-    plain = rename is None and not options["convert"] and (align is False or align is None)
+    plain = options.rename is None and not options.convert and not options.aligns
     return (
-        plain and selection.everything and not options["dry_run"] and not parameters.problems and not parameters.aliases
+        plain
+        and options.selection.everything
+        and not options.dry_run
+        and not parameters.problems
+        and not parameters.aliases
     )
 
 
@@ -179,13 +185,13 @@ class _Load(NamedTuple):
     left_out: frozenset[str]  # parameter paths include / exclude / filter leave out
     reset: set[str]  # parameters whose state cannot be used: they start fresh
 
-    def run(self, tree: dict, problems: list, options: dict) -> LoadReport:
+    def run(self, tree: dict, problems: list, options: LoadOptions) -> LoadReport:
         collective = holds_dtensors(self.dest.tree)
         target = type(self.optimizer).__name__
-        plan = _in_step(collective, target, functools.partial(self.plan, tree, problems, options["strict"], target))
-        if options["dry_run"]:
+        plan = in_step(collective, target, functools.partial(self.plan, tree, problems, options.strict, target))
+        if options.dry_run:
             return optimizer_report(plan.report(applied=False))
-        return _in_step(collective, target, functools.partial(self.write, plan, options["progress"]))
+        return in_step(collective, target, functools.partial(self.write, plan, options.progress))
 
     def plan(self, tree: dict, problems: list, strict: bool, target: str) -> Plan:
         left_out = self.left_out
@@ -238,21 +244,19 @@ def _source_tree(states: dict) -> dict:
     return {f"{path}.{key}": leaf for path, state in states.items() for key, leaf in state.items()}
 
 
-def _mapping(model, states: dict, source_model, align, rename, convert):
+def _mapping(model, states: dict, source_model, options: LoadOptions):
     """The ``rename`` and ``convert`` the load uses: the ones given, or an alignment's (API section 7)
     of the model against the source's weights (`source_model`, or each parameter's largest state tensor)."""
-    if align is False or align is None:
-        return rename, convert
-    if isinstance(align, Alignment):
-        alignment = align
+    if not options.aligns:
+        return options.rename, options.convert
+    if isinstance(options.align, Alignment):
+        alignment = options.align
     else:
-        if align is not True and not isinstance(align, dict):
-            raise TypeError(f"align must be True, an Alignment or a dict of align options, got {type(align).__name__}")
         weights = source_model if _has_weights(source_model) else _weights_like(states)
-        options = dict(align) if isinstance(align, dict) else {}
-        options.setdefault("rename", rename)
-        alignment = structural_align(model, weights, **options)
-    return alignment.rename, list(alignment.convert) + list(convert or [])
+        extra = dict(options.align) if isinstance(options.align, dict) else {}
+        extra.setdefault("rename", options.rename)
+        alignment = structural_align(model, weights, **extra)
+    return alignment.rename, list(alignment.convert) + list(options.convert or [])
 
 
 def _has_weights(source_model) -> bool:
