@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 
@@ -23,8 +22,8 @@ from ._runtime import collector_paused, destination_lock
 from ._select import Selection
 from .convert import convert_tree
 from .integrations import declared_library
-from .sources import iter_leaves, to_source_tree
-from .sources.tree import SourceTree, open_source
+from .sources import iter_leaves, open_tree
+from .sources.tree import open_source
 
 
 def load(
@@ -264,7 +263,8 @@ def _plan(
 ):
     """Open the source, rename, convert, adapt and plan the load (no writes); a strict load with
     problems raises here, before anything is written."""
-    tree = to_source_tree(src)
+    source = open_tree(src)  # the tree, with what its source knows about itself (pickled types)
+    tree = source.node
     earlier: list[Problem] = []
     if renamer is not None:
         renamed = rename_tree(tree, renamer)
@@ -283,14 +283,12 @@ def _plan(
         adaptation = adapt_tree(dst, tree, adapt)
         tree, earlier = adaptation.tree, earlier + adaptation.problems
     metadata = functools.partial(source_metadata, src)  # versions, for modules' own loading code
-    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata)
+    plan = make_plan(dst, tree, selection, earlier, dtype, meta_is_final, mmap, metadata, source=source)
     plan.declared = declared
     if adaptation is not None:
         finish_plan(plan, adaptation)
     elif plan.problems:
         suggest_adapting(plan)
-    if isinstance(src, (str, os.PathLike, SourceTree)):
-        plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan
