@@ -71,7 +71,7 @@ def _write_all(
                 else:
                     entry, slot = run[0], run[0].slot
                     if entry.path in plan.mapped:
-                        install_mapped(entry, shared.get(id(slot.tensor), (slot,)), session)
+                        install_mmap_view(entry, shared.get(id(slot.tensor), (slot,)), session)
                     else:
                         write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)), session)
                     done.append(entry)
@@ -250,7 +250,7 @@ def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slo
         session.read_into(entry.leaf, target)
 
 
-def install_mapped(entry: Entry, sharing: Sequence[Slot], session: ReadSession) -> None:
+def install_mmap_view(entry: Entry, sharing: Sequence[Slot], session: ReadSession) -> None:
     """``mmap=True``: the meta tensor becomes a copy-on-write view of the file's mmap, no bytes copied."""
     old = entry.slot.tensor
     new = session.mmap_view(entry.leaf)
