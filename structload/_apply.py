@@ -12,7 +12,6 @@ keeps its identity.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -26,24 +25,21 @@ from ._progress import could_show, progress_bar, wants_progress
 from ._records import Entry, Status
 from ._report import LoadError, LoadReport, Problem, ProblemKind, SourceError
 from .sources import ExtraState, MemoryTensor, SourceTensor
-from .sources._files import FileHandle, file_tensor
-from .sources._identity import checking
-from .sources._remote import RemoteFile
-from .sources.dcp import DCPCheckpoint
+from .sources.reading import Read, ReadSession, lazy, reads_from_file
 
 
 def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
     """Carry out every write of `plan`; if a source fails mid-way, say exactly what was written.
 
-    Every file the writes read is checked to be the file that was opened, unchanged, before the
-    first write (`structload.sources._identity`), and again after the last; an interruption
-    anywhere in here (Ctrl-C) gets a note saying how far the load got."""
+    The reads are a `ReadSession`'s (`structload.sources.reading`): it checks every file they
+    read before the first write and again after the last, and prefetches remote bytes; an
+    interruption anywhere in here (Ctrl-C) gets a note saying how far the load got."""
     writes = plan.writes()
     done: list[Entry] = []
     try:
-        with checking(_files_read(plan, writes)) as checked:
-            _write_all(plan, writes, done, device, progress)
-        _check_after(plan, checked)
+        with ReadSession(_reads(plan, writes), mmap=plan.mmap) as session:
+            _write_all(plan, writes, done, device, progress, session)
+        _check_after(plan, session)
     except SourceError as error:
         if error.report is None:  # a file changed before the first write: nothing was written
             raise SourceError(f"{error}; nothing was written", path="", report=_written(plan, [])) from None
@@ -57,18 +53,17 @@ def apply_plan(plan: Plan, device: torch.device, progress: bool | None) -> None:
         raise
 
 
-def _write_all(plan: Plan, writes: list[Entry], done: list[Entry], device: torch.device, progress) -> None:
+def _write_all(
+    plan: Plan, writes: list[Entry], done: list[Entry], device: torch.device, progress, session: ReadSession
+) -> None:
     """The writes, in order, appended to `done` as they are made."""
     showing = could_show(progress)
     total = sum(map(_nbytes, writes)) if showing else 0
     shared = {id(group[0].slot.tensor): [e.slot for e in group] for group in plan.groups}
-    remote = _remote_reads(plan, writes) if RemoteFile.opened else {}
-    verb = "fetching" if remote else "loading"
+    verb = "fetching" if session.fetching else "loading"
     bar = progress_bar(wants_progress(progress, total), total, f"{verb} {plan.target}")
-    with torch.no_grad(), bar as advance, contextlib.ExitStack() as prefetching:
-        for file, ranges in remote.items():
-            prefetching.enter_context(file.prefetching(ranges))
-        advance = _advance_by_bytes_fetched(advance, list(remote)) if remote else advance
+    with torch.no_grad(), bar as advance:
+        advance = session.progress(advance)
         for batched, run in _runs(writes):
             before = len(done)
             try:
@@ -77,9 +72,9 @@ def _write_all(plan: Plan, writes: list[Entry], done: list[Entry], device: torch
                 else:
                     entry, slot = run[0], run[0].slot
                     if entry.path in plan.mapped:
-                        install_mapped(entry, shared.get(id(slot.tensor), (slot,)))
+                        install_mmap_view(entry, shared.get(id(slot.tensor), (slot,)), session)
                     else:
-                        write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)), plan.mmap)
+                        write_entry(entry, device, plan.dtype, shared.get(id(slot.tensor), (slot,)), session)
                     done.append(entry)
             except Exception as error:  # a file that shrank, a converter's fn, a device out of memory
                 failed = run[len(done) - before]
@@ -152,63 +147,24 @@ def _copy_each(targets: list[torch.Tensor], sources: list[torch.Tensor]) -> None
 _foreach_copy = getattr(torch, "_foreach_copy_", _copy_each)
 
 
-def _remote_reads(plan: Plan, writes: list[Entry]) -> dict[RemoteFile, list[tuple[int, int]]]:
-    """Per remote file, the byte ranges the writes will read, in write order (for prefetching)."""
-    reads: dict[RemoteFile, list[tuple[int, int]]] = {}
-    for entry in writes:
-        if entry.path in plan.mapped or entry.status == Status.ZEROED or not isinstance(entry.leaf, SourceTensor):
-            continue
-        base = file_tensor(entry.leaf)
-        file = base.file if base is not None else None
-        if base is None or not isinstance(file, RemoteFile):
-            continue
-        if entry.slot.kind == SlotKind.SHARDED:
-            base = base.block(*local_block(entry.slot.tensor))
-        if base.stride is None:
-            reads.setdefault(file, []).append((base.offset, base.nbytes))
-    return reads
+def _reads(plan: Plan, writes: list[Entry]) -> list[Read]:
+    """What the writes will read, in order, for the read session: tensors not in memory (one
+    pass, no call for those: a load from memory has 20,000 of them)."""
+    mapped, memory = plan.mapped, MemoryTensor
+    return [
+        Read(e.leaf, local_block(e.slot.tensor) if e.slot.kind == SlotKind.SHARDED else None, e.path in mapped)
+        for e in writes
+        if type(e.leaf) is not memory and lazy(e.leaf) and e.status == Status.LOADED
+    ]
 
 
-def _advance_by_bytes_fetched(advance, files: list[RemoteFile]):
-    """For remote loads the bar counts bytes received (from here on: not the headers), not bytes written."""
-    seen = sum(f.fetched for f in files)
-
-    def advance_fetched(_written: int) -> None:
-        nonlocal seen
-        fetched = sum(f.fetched for f in files)
-        advance(fetched - seen)
-        seen = fetched
-
-    return advance_fetched
-
-
-def _files_read(plan: Plan, writes: list[Entry]) -> list:
-    """The files the writes read directly, to check before the first write (a remote file whose
-    reads each require the ETag seen at open needs no check); files read through converters'
-    computations are checked before their first read."""
-    files: dict[int, FileHandle | DCPCheckpoint] = {}
-    if not (FileHandle.alive or RemoteFile.opened or DCPCheckpoint.opened):  # from memory: no pass over the writes
-        return []
-    for entry in writes:
-        leaf = entry.leaf.resolve() if hasattr(entry.leaf, "resolve") else entry.leaf  # a shard's tensor
-        file = getattr(leaf, "file", None) or getattr(leaf, "checkpoint", None)  # a file's, a DCP directory's
-        if isinstance(file, (FileHandle, DCPCheckpoint)) and not (
-            isinstance(file, RemoteFile) and file.conditional_reads
-        ):
-            files.setdefault(id(file), file)
-    return list(files.values())
-
-
-def _check_after(plan: Plan, checked: set) -> None:
+def _check_after(plan: Plan, session: ReadSession) -> None:
     """After the last write: every file read is still the file opened, unchanged."""
-    for file in checked:
-        if isinstance(file, RemoteFile) and file.conditional_reads:  # every read required the ETag seen at open
-            continue
-        try:
-            file.check_unchanged()
-        except SourceError as error:
-            message = f"{error}; every tensor was written, from a file that changed: load again"
-            raise SourceError(message, path="", report=plan.report(applied=True)) from None
+    try:
+        session.check_after()
+    except SourceError as error:
+        message = f"{error}; every tensor was written, from a file that changed: load again"
+        raise SourceError(message, path="", report=plan.report(applied=True)) from None
 
 
 def add_note_once(interruption: BaseException, note: str) -> None:
@@ -231,7 +187,7 @@ def _may_tear(plan: Plan, entry: Entry) -> bool:
     straight into it, piece by piece (any other source is read whole, then copied in one call)."""
     if entry.status != Status.LOADED or entry.path in plan.mapped or entry.slot.kind == SlotKind.EXTRA:
         return False
-    return isinstance(entry.leaf, SourceTensor) and file_tensor(entry.leaf) is not None
+    return isinstance(entry.leaf, SourceTensor) and reads_from_file(entry.leaf)
 
 
 def _written(plan: Plan, done: list[Entry]) -> LoadReport:
@@ -268,13 +224,12 @@ def _partial_failure(plan: Plan, done: list[Entry], failed: Entry, error: Except
     return LoadError(report.problems[-1:], report, message=f"writing '{failed.path}' failed: {message}")
 
 
-def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slot], mmap: bool = False) -> None:
-    """Write one planned entry into the destination; `sharing` lists every slot holding its tensor,
-    `dtype` is the ``load(dtype=)`` option for meta tensors; with `mmap` (``load(mmap=True)``, whose
-    caller accepts a mapped file) a tensor of a local file is cast from mappings of its bytes."""
+def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slot], session: ReadSession) -> None:
+    """Write one planned entry into the destination, from what `session` reads; `sharing` lists
+    every slot holding its tensor, `dtype` is the ``load(dtype=)`` option for meta tensors."""
     slot = entry.slot
     if slot.kind == SlotKind.EXTRA:
-        slot.owner.set_extra_state(extra_state_value(entry.leaf))
+        slot.owner.set_extra_state(extra_state_value(entry.leaf, session.read))
         return
     target = slot.tensor
     if slot.kind == SlotKind.SHARDED:  # a shard of a global tensor: fill the local block only
@@ -282,7 +237,7 @@ def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slo
         if entry.status == Status.ZEROED:
             local.zero_()
         else:
-            entry.leaf.read_slice_into(local, *local_block(target))
+            session.read_slice_into(entry.leaf, local, *local_block(target))
         return
     if slot.kind == SlotKind.LAZY:  # takes the source's shape, as load_state_dict's lazy hook does
         target.materialize(entry.leaf.shape)
@@ -292,16 +247,14 @@ def write_entry(entry: Entry, device: torch.device, dtype, sharing: Sequence[Slo
         )
     if entry.status == Status.ZEROED:
         target.zero_()
-    elif mmap and (file := file_tensor(entry.leaf)) is not None:
-        file.read_into(target, map_casts=True)
     else:
-        entry.leaf.read_into(target)
+        session.read_into(entry.leaf, target)
 
 
-def install_mapped(entry: Entry, sharing: Sequence[Slot]) -> None:
-    """``mmap=True``: the meta tensor becomes a copy-on-write view of the mapped file, no bytes copied."""
+def install_mmap_view(entry: Entry, sharing: Sequence[Slot], session: ReadSession) -> None:
+    """``mmap=True``: the meta tensor becomes a copy-on-write view of the file's mmap, no bytes copied."""
     old = entry.slot.tensor
-    new = file_tensor(entry.leaf).mapped()  # type: ignore[union-attr]  # can_map checked it is a file tensor
+    new = session.mmap_view(entry.leaf)
     if old.stride() != new.stride():  # another memory format (channels_last): a copy after all
         new = new.as_strided(old.shape, new.stride()).clone(memory_format=_memory_format(old))
     if isinstance(old, torch.nn.Parameter):
@@ -316,22 +269,22 @@ def _memory_format(tensor: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def extra_state_value(leaf):
+def extra_state_value(leaf, read):
     """What ``set_extra_state`` receives: the source's value with every lazy file tensor in it read
-    (a torch file's extra state can hold tensors; a safetensors file stores it as one tensor)."""
+    by `read` (a torch file's extra state can hold tensors; a safetensors file stores it as one tensor)."""
     value = leaf.value if isinstance(leaf, ExtraState) else leaf
-    return _read_tensors(value)
+    return _read_tensors(value, read)
 
 
-def _read_tensors(value):
+def _read_tensors(value, read):
     if isinstance(value, SourceTensor):
-        return value.read()
+        return read(value)
     if isinstance(value, dict):
-        return type(value)((key, _read_tensors(item)) for key, item in value.items())
+        return type(value)((key, _read_tensors(item, read)) for key, item in value.items())
     if isinstance(value, tuple) and hasattr(value, "_fields"):  # a namedtuple
-        return type(value)(*(_read_tensors(item) for item in value))
+        return type(value)(*(_read_tensors(item, read) for item in value))
     if isinstance(value, (list, tuple)):
-        return type(value)(_read_tensors(item) for item in value)
+        return type(value)(_read_tensors(item, read) for item in value)
     return value
 
 

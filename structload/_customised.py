@@ -403,16 +403,16 @@ def run_post_hooks(post_hooks: list[tuple[str, nn.Module]], missing: list[str], 
             hook(module, keys)
 
 
-def source_metadata(src, tree=None) -> dict | None:
+def source_metadata(src, source=None) -> dict | None:
     """``state_dict()._metadata`` for a source that has it: a state dict that kept it, a module
-    (its modules' ``_version``, as ``state_dict()`` writes them), or `tree` (the source opened)
-    when it reads ``torch.save`` files, whose state dicts carried theirs (`sources.versions`).
+    (its modules' ``_version``, as ``state_dict()`` writes them), or `source` (the `SourceTree`
+    opened) when it is a ``torch.save`` file, whose state dicts carried theirs (`sources.versions`).
     Safetensors files give none, as ``load_state_dict`` of one gets none."""
     if isinstance(src, nn.Module):
         return {name: {"version": m._version} for name, m in src.named_modules()}
     metadata = getattr(src, "_metadata", None)
     if isinstance(metadata, dict):
         return metadata
-    if tree is None:
+    if not isinstance(source, SourceTree):
         return None
-    return versions_of(tree, src.path if isinstance(src, SourceTree) else "") or None
+    return versions_of(source) or None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 
 import torch
 
@@ -34,8 +33,8 @@ from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused, destination_lock
 from .convert import convert_tree
 from .integrations import declared_library
-from .sources import iter_leaves, to_source_tree
-from .sources.tree import SourceTree, open_source
+from .sources import iter_leaves, open_tree
+from .sources.tree import open_source
 
 
 def load(
@@ -255,7 +254,8 @@ def _interruptions_noted(stage: list[str]):
 def _plan(dst, src, options: LoadOptions) -> Plan:
     """Steps 2 and 4 to 6 of a load: open the source, rename, convert, adapt and plan (no writes); a
     strict load with problems raises here, before anything is written."""
-    tree = opened = to_source_tree(src)  # 2. open (an aligned load's source is open already: its tree)
+    source = open_tree(src)  # 2. open (an aligned load's source is open already), with what it knows of itself
+    tree = source.node
     earlier: list[Problem] = []  # problems of the steps before the plan, listed first
     renamer = options.renamer
     before_rename = (tree, renamer) if renamer is not None else None  # for converters naming old paths
@@ -282,15 +282,14 @@ def _plan(dst, src, options: LoadOptions) -> Plan:
         dtype=options.dtype,
         meta_is_final=options.meta_is_final,
         mmap=options.maps,
-        metadata=functools.partial(source_metadata, src, opened),  # versions, for modules' own loading code
+        metadata=functools.partial(source_metadata, src, source),  # versions, for modules' own loading code
+        source=source,  # its pickled types go to the report
     )
     plan.declared = declared
     if adaptation is not None:
         finish_plan(plan, adaptation)
     elif plan.problems:
         suggest_adapting(plan)
-    if isinstance(src, (str, os.PathLike, SourceTree)):
-        plan.pickled = src.types if isinstance(src, SourceTree) else SourceTree(tree).types
     if options.strict and plan.problems:
         raise LoadError(plan.problems, plan.report(applied=False))
     return plan

@@ -31,9 +31,8 @@ from ._select import LeftOut, Selection
 from ._ties import settle_ties
 from ._walk import SlotPair, Unpaired, Walk, walk
 from .adapt import AdaptedTensor
-from .sources import SKIP, BadLeaf, MemoryTensor, iter_leaves
-from .sources._files import file_tensor
-from .sources._leaves import ConvertedTensor
+from .sources import SKIP, BadLeaf, ConvertedTensor, MemoryTensor, SourceTree, iter_leaves
+from .sources.reading import mmap_dtype
 
 _LISTS = {
     Status.LOADED: "loaded",
@@ -59,7 +58,7 @@ class Plan:
     dtype: torch.dtype | str | None = None  # what meta tensors are materialized in (`load(dtype=...)`)
     mapped: frozenset[str] = frozenset()  # paths `load(mmap=True)` makes views of the mapped file
     mmap: bool = False  # `load(mmap=True)`: casting reads of local files go through short-lived mappings too
-    pickled: dict[str, str] = field(default_factory=dict)  # source path -> type of a pickled object not imported
+    source: SourceTree | None = None  # the source as opened: what it knows about itself (pickled types)
     post_hooks: list = field(default_factory=list)  # (path, module) whose load post-hooks apply runs last
     declared: list[str] = field(default_factory=list)  # conversions the destination's library declares, applied
 
@@ -93,7 +92,7 @@ class Plan:
             pending = next(unexpected, None)
         report.tied = [tuple(e.path for e in group) for group in self.groups]
         report.mapped = [e.path for e in self.entries if e.path in self.mapped] if self.mapped else []
-        report.pickled = dict(self.pickled)
+        report.pickled = self.source.types if self.source is not None else {}
         report.declared = list(self.declared)
         return report
 
@@ -140,12 +139,14 @@ def make_plan(
     meta_is_final=True,
     mmap=False,
     metadata=None,
+    source: SourceTree | None = None,
 ) -> Plan:
     """Walk, select, decide, settle ties, find every problem; read no data except R3's and R4's checks.
 
     `earlier_problems` (patterns that match nothing, converters that cannot run) come first.
     With `meta_is_final` false (a model built on meta for a dry run), tensors left on meta are fine.
     `metadata` (a callable) gives the source's ``state_dict()._metadata``, for modules' own loading code.
+    `source` is the source tree `tree` was made from, as opened (its pickled types go to the report).
     """
     found = walk(dst, tree)
     left_out = selection.left_out(dst)
@@ -162,7 +163,7 @@ def make_plan(
     refusals = customised(found, selection, left_out) + own_code
     problems = list(earlier_problems) + selection.unmatched_patterns() + refused_once(refusals, problems)
     mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
-    plan = Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap)
+    plan = Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap, source)
     plan.post_hooks = custom.post_hooks if custom is not None else []
     return plan
 
@@ -192,8 +193,8 @@ def can_map(entry: Entry, dtype) -> bool:
         return False
     if not slot.tensor.is_meta:
         return False
-    file = file_tensor(leaf)
-    return file is not None and file.mappable() and materialized_dtype(slot.tensor, file.dtype, dtype) == file.dtype
+    in_file = mmap_dtype(leaf)
+    return in_file is not None and materialized_dtype(slot.tensor, in_file, dtype) == in_file
 
 
 def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> list[Problem]:

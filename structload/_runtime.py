@@ -16,9 +16,11 @@ process and live here:
 
 Everything else a load shares with the process lives beside the code that uses
 it, and `PROCESS_WIDE_STATE` lists it all (a test scans the package and checks
-that nothing else exists): the second reader pool for URLs, the registries of
-open files that a load checks, the per-thread identity checks, the recorder of
-modules' own loading code, and the hint syntax of the command line. Two
+that nothing else exists): the second reader pool for URLs, the per-thread
+identity checks, the recorder of modules' own loading code, and the hint syntax
+of the command line. There is no registry of open files: a load's read session
+finds the files from what it reads, and a source tree carries what its source
+learned (`structload.sources.tree.SourceInfo`). Two
 patches of torch are made for a bounded time only: ``nn.Module.register_parameter``
 inside ``init_empty_weights()`` (for the thread that entered it), and
 ``nn.Module._load_from_state_dict`` while a plan records a module's own loading
@@ -137,13 +139,8 @@ PROCESS_WIDE_STATE = {
     "structload._runtime._destinations": "id(destination) -> its lock and the loads using it",
     "structload._runtime.READERS": "the reader thread pool for local files",
     "structload.sources._remote.REMOTE_READERS": "the reader thread pool for URLs (more, smaller requests)",
-    "structload.sources._files.FileHandle.alive": "open file handles, whose identity a load checks",
-    "structload.sources._files.FileHandle.holding_pickled_types": "handles whose pickles held unknown types",
-    "structload.sources._remote.RemoteFile.opened": "open remote files, for prefetch and change checks",
-    "structload.sources.dcp.DCPCheckpoint.opened": "open DCP checkpoints, whose identity a load checks",
     "structload.sources._identity._LOAD": "per thread: the identities the running load checked already",
     "structload._customised._RECORDING": "per thread: the module whose loading code is being recorded",
     "structload._customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
     "structload.integrations._declarations._declarations": "transformers' declared transforms, per kind of model",
-    "structload.sources.versions._VERSIONS": "open torch files -> the module versions their state dicts carried",
 }

@@ -161,11 +161,11 @@ def test_different_depths_are_a_clear_error_with_both_counts(gpt2):
 
 def test_align_reads_no_tensor_data(gpt2, monkeypatch):
     folder, _, _ = gpt2
-    from structload.sources import _files
+    from structload.sources import _local
 
     reads = []
-    original = _files.FileHandle.read_into
-    monkeypatch.setattr(_files.FileHandle, "read_into", lambda self, b, o: (reads.append(len(b)), original(self, b, o)))
+    original = _local.LocalFile.read_into
+    monkeypatch.setattr(_local.LocalFile, "read_into", lambda self, b, o: (reads.append(len(b)), original(self, b, o)))
     sl.align(SplitGPT(97, 16, 32, 2, 4), str(folder))
     assert sum(reads) < 64 << 10  # the header only
 

@@ -94,16 +94,16 @@ _ORIGINAL_READ = None
 def count_bytes_read() -> list[int]:
     """Count bytes read from files from now on in this process (the list holds the total)."""
     global _ORIGINAL_READ
-    from structload.sources import _files
+    from structload.sources import _local
 
-    _ORIGINAL_READ = _ORIGINAL_READ or _files.FileHandle.read_into
+    _ORIGINAL_READ = _ORIGINAL_READ or _local.LocalFile.read_into
     original, total = _ORIGINAL_READ, [0]
 
     def counting(handle, buffer, offset):
         total[0] += len(buffer)
         return original(handle, buffer, offset)
 
-    _files.FileHandle.read_into = counting
+    _local.LocalFile.read_into = counting
     return total
 
 

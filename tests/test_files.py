@@ -14,7 +14,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
-from structload.sources import _files, iter_leaves
+from structload.sources import _casting, _file_tensor, _local, iter_leaves
 
 
 @pytest.fixture
@@ -49,13 +49,13 @@ class ReadLog:
 
     def __init__(self, monkeypatch):
         self.ranges: list[tuple[str, int, int]] = []
-        original = _files.FileHandle.read_into
+        original = _local.LocalFile.read_into
 
         def logged(handle, buffer, offset):
             self.ranges.append((handle.path, offset, len(buffer)))
             return original(handle, buffer, offset)
 
-        monkeypatch.setattr(_files.FileHandle, "read_into", logged)
+        monkeypatch.setattr(_local.LocalFile, "read_into", logged)
 
     def bytes_read(self) -> int:
         return sum(n for _, _, n in self.ranges)
@@ -102,7 +102,7 @@ def test_meta_destination_from_file_is_materialized(tmp_path, source, fmt):
 
 
 def test_casts_from_file_go_through_bounded_chunks(tmp_path, source, monkeypatch):
-    monkeypatch.setattr(_files, "CHUNK_BYTES", 64)  # many chunks per tensor
+    monkeypatch.setattr(_casting, "CHUNK_BYTES", 64)  # many chunks per tensor
     state = {k: v.half() for k, v in source.state_dict().items()}
     path = save_safetensors(tmp_path / "half.safetensors", state)
     dst = Net(n=3)
@@ -437,7 +437,7 @@ def test_file_shrinking_between_planning_and_writing_reports_what_was_written(tm
     size = os.path.getsize(path)
     last = source.state_dict()["head.bias"].numel() * 4 + source.state_dict()["head.weight"].numel() * 4
     head_offset = opened.node["head"]["weight"].offset
-    original = _files.FileHandle.read_into
+    original = _local.LocalFile.read_into
 
     def cut_before_the_head(handle, buffer, offset):  # the file shrinks while the load is writing
         if offset == head_offset:
@@ -446,7 +446,7 @@ def test_file_shrinking_between_planning_and_writing_reports_what_was_written(tm
 
     dst = Net(n=3)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_files.FileHandle, "read_into", cut_before_the_head)
+        patch.setattr(_local.LocalFile, "read_into", cut_before_the_head)
         with pytest.raises(sl.SourceError) as info:
             sl.load(dst, opened)
     error = info.value
@@ -458,8 +458,8 @@ def test_file_shrinking_between_planning_and_writing_reports_what_was_written(tm
 
 
 def test_big_reads_split_into_parallel_pieces_give_the_same_values(tmp_path, monkeypatch):
-    monkeypatch.setattr(_files, "PARALLEL_BYTES", 1024)
-    monkeypatch.setattr(_files, "PIECE_BYTES", 100)  # uneven pieces
+    monkeypatch.setattr(_local, "PARALLEL_BYTES", 1024)
+    monkeypatch.setattr(_local, "PIECE_BYTES", 100)  # uneven pieces
     values = {"w": torch.randn(50, 33), "v": torch.arange(1000, dtype=torch.int64)}
     path = save_safetensors(tmp_path / "big.safetensors", values)
     dst = {"w": torch.zeros(50, 33), "v": torch.zeros(1000, dtype=torch.int64)}
@@ -474,8 +474,8 @@ def test_big_reads_split_into_parallel_pieces_give_the_same_values(tmp_path, mon
 
 @pytest.mark.parametrize("chunk", [64, 1 << 20])
 def test_slices_of_file_tensors_read_exact_blocks(tmp_path, monkeypatch, chunk):
-    monkeypatch.setattr(_files, "CHUNK_BYTES", chunk)  # small: exercise the row-by-row and block paths
-    monkeypatch.setattr(_files, "SEGMENT_BYTES", 32)
+    monkeypatch.setattr(_casting, "CHUNK_BYTES", chunk)  # small: exercise the row-by-row and block paths
+    monkeypatch.setattr(_file_tensor, "SEGMENT_BYTES", 32)
     values = torch.arange(7 * 6 * 5, dtype=torch.float32).reshape(7, 6, 5)
     path = save_safetensors(tmp_path / "t.safetensors", {"t": values})
     leaf = sl.open(path)["t"]
@@ -498,8 +498,8 @@ def test_slices_of_file_tensors_read_exact_blocks(tmp_path, monkeypatch, chunk):
 def test_parallel_reads_work_in_a_forked_child(tmp_path, monkeypatch):
     import multiprocessing
 
-    monkeypatch.setattr(_files, "PARALLEL_BYTES", 1024)
-    monkeypatch.setattr(_files, "PIECE_BYTES", 256)
+    monkeypatch.setattr(_local, "PARALLEL_BYTES", 1024)
+    monkeypatch.setattr(_local, "PIECE_BYTES", 256)
     values = {"w": torch.randn(64, 64)}
     path = save_safetensors(tmp_path / "w.safetensors", values)
     sl.load({"w": torch.zeros(64, 64)}, path)  # the parent's reader pool now has threads
@@ -527,9 +527,9 @@ def test_numbered_entries_come_in_numeric_order(tmp_path):
 
 
 def test_casting_reads_in_overlapped_chunks_give_the_cast_values(tmp_path, monkeypatch):
-    from structload.sources import _files
+    from structload.sources import _casting
 
-    monkeypatch.setattr(_files, "CHUNK_BYTES", 64)  # 32 bf16 elements a chunk: every tensor takes many
+    monkeypatch.setattr(_casting, "CHUNK_BYTES", 64)  # 32 bf16 elements a chunk: every tensor takes many
     state = {"a": torch.randn(37, 11).bfloat16(), "b": torch.randn(5).bfloat16(), "c": torch.randn(300).bfloat16()}
     path = tmp_path / "bf16.safetensors"
     safetensors.torch.save_file(state, str(path))
@@ -544,9 +544,9 @@ def test_casting_reads_in_overlapped_chunks_give_the_cast_values(tmp_path, monke
 
 
 def test_a_file_cut_during_an_overlapped_casting_read_is_a_source_error(tmp_path, monkeypatch):
-    from structload.sources import _files
+    from structload.sources import _casting
 
-    monkeypatch.setattr(_files, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(_casting, "CHUNK_BYTES", 64)
     path = tmp_path / "bf16.safetensors"
     safetensors.torch.save_file({"w": torch.randn(1000).bfloat16()}, str(path))
     tree = sl.open(str(path))

@@ -19,7 +19,8 @@ import torch.nn as nn
 import structload as sl
 from helpers import Net, TiedLM, randomized
 from structload._cli import main
-from structload.sources._files import FileHandle, FileTensor
+from structload.sources._file_tensor import FileTensor
+from structload.sources._local import LocalFile
 
 DTYPES = [
     torch.float64,
@@ -253,8 +254,8 @@ def test_only_the_pickles_and_the_loaded_tensors_are_read(tmp_path, monkeypatch)
     data = sum(8 + t.numel() * t.element_size() for t in state.values())  # every storage: header + bytes
     pickles = (tmp_path / "net.pt").stat().st_size - data
     read: list[int] = []
-    original = FileHandle._read_range
-    monkeypatch.setattr(FileHandle, "_read_range", lambda self, b, o: (read.append(len(b)), original(self, b, o))[1])
+    original = LocalFile.read_range
+    monkeypatch.setattr(LocalFile, "read_range", lambda self, b, o: (read.append(len(b)), original(self, b, o))[1])
     tree = sl.open(path)
     # the pickles, pickle's own read-ahead (128 KiB) and the storages' headers; not the 800 KiB of data
     assert sum(read) <= pickles + (128 << 10) + 262 + 8 * len(state) < data
@@ -371,8 +372,8 @@ def test_a_slice_of_a_bigger_storage_reads_only_its_own_bytes(tmp_path, monkeypa
     path = save_legacy({"w": big[10:14]}, tmp_path / "slice.pt")  # torch writes all 1000 elements
     leaf = sl.open(path)["w"]
     read: list[int] = []
-    original = FileHandle._read_range
-    monkeypatch.setattr(FileHandle, "_read_range", lambda self, b, o: (read.append(len(b)), original(self, b, o))[1])
+    original = LocalFile.read_range
+    monkeypatch.setattr(LocalFile, "read_range", lambda self, b, o: (read.append(len(b)), original(self, b, o))[1])
     assert leaf.shape == (4,) and torch.equal(leaf.read(), big[10:14]) and read == [16]
 
 

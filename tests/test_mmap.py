@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, randomized
-from structload.sources._files import FileHandle
+from structload.sources._local import LocalFile
 
 
 def storage_of(tensor: torch.Tensor) -> int:
@@ -57,13 +57,13 @@ def test_casts_under_mmap_read_from_mappings_that_are_gone_after_the_load(tmp_pa
     bf16 = {k: v.to(torch.bfloat16) for k, v in src.state_dict().items()}
     safetensors.torch.save_file(bf16, path)
     read: list[int] = []
-    original = FileHandle._read_range
+    original = LocalFile.read_range
 
     def counted(self, buffer, offset):
         read.append(len(buffer))
         return original(self, buffer, offset)
 
-    monkeypatch.setattr(FileHandle, "_read_range", counted)
+    monkeypatch.setattr(LocalFile, "read_range", counted)
     dst = on_meta(lambda: Net(n=1))
     report = sl.load(dst, path, mmap=True)
     assert report.ok and report.mapped == [] and len(report.cast) == len(bf16)

@@ -189,11 +189,11 @@ def test_inspect_command_names_the_pickled_types(files):
 
 
 def test_opening_reads_only_the_pickle_and_a_load_only_its_tensors(files, monkeypatch):
-    from structload.sources import _files
+    from structload.sources import _local
 
     read = []
-    original = _files.FileHandle.read_into
-    monkeypatch.setattr(_files.FileHandle, "read_into", lambda self, b, o: (read.append(len(b)), original(self, b, o)))
+    original = _local.LocalFile.read_into
+    monkeypatch.setattr(_local.LocalFile, "read_into", lambda self, b, o: (read.append(len(b)), original(self, b, o)))
     tree = sl.open(str(files / "whole.pt"))
     opened = sum(read)
     records = [n for n in zipfile.ZipFile(files / "whole.pt").namelist() if "/data/" in n]
@@ -241,12 +241,12 @@ def test_npz_loads_lazily(tmp_path, save):
 
 
 def test_stored_npz_reads_only_the_arrays_loaded(tmp_path, monkeypatch):
-    from structload.sources import _files
+    from structload.sources import _local
 
     np.savez(tmp_path / "export.npz", **npz_arrays())
     read = []
-    original = _files.FileHandle.read_into
-    monkeypatch.setattr(_files.FileHandle, "read_into", lambda self, b, o: (read.append(len(b)), original(self, b, o)))
+    original = _local.LocalFile.read_into
+    monkeypatch.setattr(_local.LocalFile, "read_into", lambda self, b, o: (read.append(len(b)), original(self, b, o)))
     tree = sl.open(str(tmp_path / "export.npz"))
     opened = sum(read)
     model = Flax()

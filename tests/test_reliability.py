@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
-from structload.sources import _files
+from structload.sources import _local
 
 
 def save(path, state: dict, fmt: str) -> str:
@@ -94,7 +94,7 @@ def test_a_file_rewritten_during_the_load_is_an_error_with_what_was_written(tmp_
     state = {"a": torch.ones(64), "b": torch.ones(64)}
     path = save(tmp_path / "m.safetensors", state, "safetensors")
     tree = sl.open(path)
-    original = _files.FileHandle.read_into
+    original = _local.LocalFile.read_into
 
     def rewrite_after_the_first_read(handle, buffer, offset):
         original(handle, buffer, offset)
@@ -106,7 +106,7 @@ def test_a_file_rewritten_during_the_load_is_an_error_with_what_was_written(tmp_
     rewritten: list[bool] = []
     dst = {"a": torch.zeros(64), "b": torch.zeros(64)}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_files.FileHandle, "read_into", rewrite_after_the_first_read)
+        patch.setattr(_local.LocalFile, "read_into", rewrite_after_the_first_read)
         with pytest.raises(sl.SourceError, match="it was rewritten.*every tensor was written.*load again") as info:
             sl.load(dst, tree)
     assert path in str(info.value) and info.value.report.loaded == ["a", "b"]
@@ -134,11 +134,11 @@ def test_mapping_checks_the_file_first_and_maps_the_file_that_was_opened(tmp_pat
     leaf = sl.open(path).node["w"]
     os.replace(save(tmp_path / "o.safetensors", {"w": torch.zeros(8)}, "safetensors"), path)
     with pytest.raises(sl.SourceError, match="another file was put at its path"):
-        leaf.mapped()
+        leaf.mmap_view()
     fresh = sl.open(save(tmp_path / "n.safetensors", {"w": torch.arange(8.0)}, "safetensors")).node["w"]
     os.remove(tmp_path / "n.safetensors")  # the path names nothing now: a change too
     with pytest.raises(sl.SourceError, match="its path no longer names a file"):
-        fresh.mapped()
+        fresh.mmap_view()
 
 
 def open_in_thread(path: str, seconds: float = 10.0):
@@ -176,15 +176,15 @@ def test_a_character_device_is_refused_at_open(tmp_path):
 
 
 def test_two_threads_loading_into_one_model_never_mix_or_tear_it(tmp_path, monkeypatch):
-    monkeypatch.setattr(_files, "PARALLEL_BYTES", 4096)  # every tensor read in pieces, by several threads
-    monkeypatch.setattr(_files, "PIECE_BYTES", 1024)
-    original = _files.FileHandle._read_range
+    monkeypatch.setattr(_local, "PARALLEL_BYTES", 4096)  # every tensor read in pieces, by several threads
+    monkeypatch.setattr(_local, "PIECE_BYTES", 1024)
+    original = _local.LocalFile.read_range
 
     def slow_read(handle, buffer, offset):  # a slow disk: the two loads overlap for sure
         time.sleep(0.0005)
         return original(handle, buffer, offset)
 
-    monkeypatch.setattr(_files.FileHandle, "_read_range", slow_read)
+    monkeypatch.setattr(_local.LocalFile, "read_range", slow_read)
     names = [f"w{i}" for i in range(6)]
     files = [
         save(tmp_path / f"{value}.safetensors", {n: torch.full((4096,), float(value)) for n in names}, "safetensors")
@@ -232,14 +232,14 @@ def test_an_interrupt_while_reading_a_file_names_the_tensor_it_may_have_torn(tmp
     path = save(tmp_path / "m.safetensors", {"a": torch.ones(8), "b": torch.ones(8)}, "safetensors")
     tree = sl.open(path)
     b_offset = tree.node["b"].offset
-    original = _files.FileHandle._read_range
+    original = _local.LocalFile.read_range
 
     def interrupted(handle, buffer, offset):
         if offset == b_offset:
             raise KeyboardInterrupt  # Ctrl-C between two pieces of the read into 'b'
         return original(handle, buffer, offset)
 
-    monkeypatch.setattr(_files.FileHandle, "_read_range", interrupted)
+    monkeypatch.setattr(_local.LocalFile, "read_range", interrupted)
     with pytest.raises(KeyboardInterrupt) as info:
         sl.load({"a": torch.zeros(8), "b": torch.zeros(8)}, tree)
     assert info.value.__notes__ == [

@@ -31,8 +31,8 @@ import torch
 
 from .._runtime import READERS
 from ..sources import SourceTensor
-from ..sources._files import PARALLEL_BYTES, file_tensor
 from ..sources._leaves import ComputedTensor
+from ..sources.reading import PARALLEL_BYTES, reads_from_file
 from ..sources.views import narrow, transpose
 
 
@@ -175,7 +175,7 @@ def _write_parts(parts: list[tuple[SourceTensor, torch.Tensor]]) -> None:
     core); anything else is written here, in turn."""
     waiting = []
     for leaf, target in parts:
-        parallel = READERS.workers > 1 and leaf.nbytes < PARALLEL_BYTES and file_tensor(leaf) is not None
+        parallel = READERS.workers > 1 and leaf.nbytes < PARALLEL_BYTES and reads_from_file(leaf)
         if parallel and target.device.type == "cpu" and leaf.dtype == target.dtype:
             waiting.append(READERS.submit(leaf.read_into, target))
         else:

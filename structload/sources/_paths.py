@@ -13,14 +13,15 @@ import posixpath
 import zipfile
 
 from .._report import SourceError
-from ._files import FileHandle
+from ._bytes import ByteSource
 from ._identity import before_read
+from ._local import LocalFile
 from ._remote import NotFound, RemoteFile, filesystem, is_url, with_retries
 
 
-def open_handle(path: str) -> FileHandle:
-    """The handle tensors of `path` read through: a local file, or a remote one for a URL."""
-    return RemoteFile(path) if is_url(path) else FileHandle(path)
+def open_handle(path: str) -> ByteSource:
+    """The byte source tensors of `path` read through: a local file, or a remote one for a URL."""
+    return RemoteFile(path) if is_url(path) else LocalFile(path)
 
 
 def join(directory: str, name: str) -> str:
@@ -77,10 +78,10 @@ def read_small(path: str, limit: int) -> bytes:
 class _RangeReader(io.RawIOBase):
     """A seekable read-only file over a handle's positioned or ranged reads (for ``zipfile``)."""
 
-    def __init__(self, handle: FileHandle):
+    def __init__(self, handle: ByteSource):
         self.handle, self.position = handle, 0
         # a local file's zip records are read as zipfile asks, like its own reads (not a tensor read)
-        self.read_range = handle.read_into if isinstance(handle, RemoteFile) else handle._read_range
+        self.read_range = handle.read_range if isinstance(handle, LocalFile) else handle.read_into
 
     def readable(self) -> bool:
         return True
@@ -105,7 +106,7 @@ class _RangeReader(io.RawIOBase):
         return count
 
 
-def zip_archive(handle: FileHandle) -> zipfile.ZipFile:
+def zip_archive(handle: ByteSource) -> zipfile.ZipFile:
     """The zip archive in a file, read through the handle (the file it opened, never its path
     opened again: another file may be there now), with positioned or buffered ranged reads.
     Raises what ``zipfile`` raises: callers turn it into a `SourceError` with their own wording."""

@@ -1,7 +1,7 @@
 """Remote files: any fsspec URL (``https://``, ``s3://``, ``gs://``, ``hf://``, ``memory://``) as a source.
 
-A `RemoteFile` stands where a local `FileHandle` does, so every format reader
-works on URLs unchanged: headers, pickles and zip directories come from small
+A `RemoteFile` is a `structload.sources._bytes.ByteSource` like a local file,
+so every format reader works on URLs unchanged: headers, pickles and zip directories come from small
 ranged reads, and each tensor from ranged reads of exactly its bytes. fsspec
 and its filesystem packages (``structload[remote]``) do the talking; this
 module adds what a load needs on top:
@@ -34,12 +34,12 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, ClassVar
+from typing import Any
 
 from .._report import SourceError
 from .._runtime import ReaderPool
 from . import _http as http
-from ._files import FileHandle
+from ._bytes import CastBuffers
 from ._identity import before_read
 
 #: Pieces big reads are split into, and the most bytes one coalesced request fetches.
@@ -142,14 +142,12 @@ def _describe(error: BaseException) -> str:
     return f"HTTP {status}: {text}" if isinstance(status, int) and str(status) not in text else text
 
 
-class RemoteFile(FileHandle):
-    """A file behind an fsspec URL, read with ranged reads: a `FileHandle` with no descriptor."""
+class RemoteFile:
+    """A file behind an fsspec URL, read with ranged reads (a `ByteSource`, as a local file is)."""
 
     local = False
-    #: Every remote file alive (weakly held): a load with none skips the remote-only steps.
-    opened: ClassVar[weakref.WeakSet[RemoteFile]] = weakref.WeakSet()
 
-    def __init__(self, url: str, readers: ReaderPool = REMOTE_READERS):  # no super().__init__: nothing to open
+    def __init__(self, url: str, readers: ReaderPool = REMOTE_READERS):
         self.path = url
         self.readers = readers
         self.fs, self.fs_path = filesystem(url)
@@ -159,18 +157,15 @@ class RemoteFile(FileHandle):
         self.size = int(info.get("size") or 0)
         self.etag = info.get("ETag") or info.get("etag")
         self.last_modified = info.get("Last-Modified")
-        self.pickled_types: dict[str, str] = {}
         self.fetched = 0  # bytes received, for tests, benchmarks and the progress bar
+        self.buffers = CastBuffers()
         self._lock = threading.Lock()
-        self._buffer_lock = threading.Lock()
-        self._cast_buffers = None
         self._loads = threading.local()  # each loading thread's prefetch state
         self._whole: http.WholeBody | None = None  # the body, when the server ignored Range and it was kept
         self._http = type(self.fs).__name__ == "HTTPFileSystem"
         self._probed = not self._http  # whether a read has shown that the server honours Range
-        RemoteFile.opened.add(self)
 
-    # The FileHandle interface.
+    # The ByteSource interface.
 
     def read_into(self, buffer: memoryview, offset: int) -> None:
         """Fill `buffer` with the bytes at `offset`: from prefetched pieces, else in parallel pieces."""
@@ -186,9 +181,6 @@ class RemoteFile(FileHandle):
         buffer = bytearray(length)
         self.read_into(memoryview(buffer), offset)
         return bytes(buffer)
-
-    def mapping(self) -> Any:
-        raise SourceError(f"{self.path}: a remote file cannot be memory mapped", path="")
 
     # Fetching.
 

@@ -6,11 +6,11 @@ import struct
 import zipfile
 
 from .._report import SourceError
-from ._files import FileHandle
+from ._bytes import ByteSource
 from ._paths import zip_archive
 
 
-def open_zip(file: FileHandle, what: str) -> zipfile.ZipFile:
+def open_zip(file: ByteSource, what: str) -> zipfile.ZipFile:
     """The archive's directory, or a `SourceError` naming the file (`what` says what it should be)."""
     if file.size == 0:
         raise SourceError(f"{file.path}: the file is empty")
@@ -22,7 +22,7 @@ def open_zip(file: FileHandle, what: str) -> zipfile.ZipFile:
         ) from None
 
 
-def record_data_offset(file: FileHandle, info: zipfile.ZipInfo) -> int:
+def record_data_offset(file: ByteSource, info: zipfile.ZipInfo) -> int:
     """Where a stored record's bytes start: after its local header, whose extra field may differ
     from the central directory's."""
     header = file.read_bytes(info.header_offset, 30)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import functools
 import os
-import weakref
-from typing import ClassVar
 
 import torch
 
@@ -23,6 +21,7 @@ from ._identity import Identity, before_read
 from ._leaves import SourceTensor
 from ._remote import is_url
 from .nesting import insert, numbered_in_order
+from .tree import SourceInfo, SourceTree
 
 
 def is_dcp_directory(path: str) -> bool:
@@ -33,9 +32,6 @@ class DCPCheckpoint:
     """One DCP directory: its reader, set up once. DCP's reader opens its files by path at each
     read, so the identity of every file of a local directory is recorded at open and checked
     by a load (`check_unchanged`) like a file's (`structload.sources._identity`)."""
-
-    #: Every DCP checkpoint open (weakly held): a load with no file and none of these checks nothing.
-    opened: ClassVar[weakref.WeakSet[DCPCheckpoint]] = weakref.WeakSet()
 
     def __init__(self, path: str):
         from torch.distributed.checkpoint import FileSystemReader
@@ -54,7 +50,6 @@ class DCPCheckpoint:
             self.reader.set_up_storage_reader(self.metadata, is_coordinator=True)
         except Exception as error:  # pickle, OSError, ...: never raw
             raise SourceError(f"{path}: cannot read the DCP metadata ({type(error).__name__}: {error})") from None
-        DCPCheckpoint.opened.add(self)
 
     def check_unchanged(self) -> None:
         """A `SourceError` naming the directory if a file of it changed, came or went since open."""
@@ -166,8 +161,8 @@ class DCPTensor(SourceTensor):
         )
 
 
-def open_dcp(path: str) -> dict:
-    """The nested source tree of a DCP directory, from its metadata alone."""
+def open_dcp(path: str) -> SourceTree:
+    """The source tree of a DCP directory, from its metadata alone."""
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     checkpoint = DCPCheckpoint(path)
@@ -175,4 +170,4 @@ def open_dcp(path: str) -> dict:
     for fqn, entry in checkpoint.metadata.state_dict_metadata.items():
         if isinstance(entry, TensorStorageMetadata):
             insert(tree, fqn, DCPTensor(checkpoint, fqn, entry.size, entry.properties.dtype))
-    return numbered_in_order(tree)
+    return SourceTree(numbered_in_order(tree), SourceInfo(path, "dcp", (checkpoint,)))

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from .._report import SourceError
 from . import _paths as paths
-from ._files import FileHandle
+from ._bytes import ByteSource
 from .dcp import is_dcp_directory, open_dcp
 from .npz_file import open_npz
 from .safetensors_file import open_safetensors
 from .sharded import find_in_directory, open_index
 from .torch_file import NotZipArchive, open_torch_file
 from .torch_legacy import HEAD_BYTES, is_legacy_torch_file, open_legacy_torch_file
+from .tree import SourceTree
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 
 
-def open_file(path: str) -> dict:
-    """Open a checkpoint file, index or directory (local, or an fsspec URL) as a lazy source tree;
-    reads metadata only."""
+def open_file(path: str) -> SourceTree:
+    """Open a checkpoint file, index or directory (local, or an fsspec URL) as a lazy source tree
+    whose origin is `path`; reads metadata only."""
+    tree = _open(path)
+    if tree.origin == path:
+        return tree
+    return SourceTree(tree.node, dataclasses.replace(tree.info, origin=path))  # a directory: the file it holds
+
+
+def _open(path: str) -> SourceTree:
     found = paths.kind(path)
     if found is None:
         raise SourceError(f"{path}: no such file or directory")
@@ -36,7 +46,7 @@ def open_file(path: str) -> dict:
     return _open_by_content(path)
 
 
-def _open_by_content(path: str) -> dict:
+def _open_by_content(path: str) -> SourceTree:
     handle = paths.open_handle(path)
     head = handle.read_bytes(0, min(HEAD_BYTES, handle.size))
     if head.startswith(b"PK\x03\x04"):
@@ -51,7 +61,7 @@ def _open_by_content(path: str) -> dict:
     )
 
 
-def _open_torch(path: str, handle: FileHandle) -> dict:
+def _open_torch(path: str, handle: ByteSource) -> SourceTree:
     """A ``torch.save`` file: the zip format (its reader checks the zip magic first), else the
     legacy one (before PyTorch 1.6), known by its pickled magic number."""
     try:
@@ -73,7 +83,7 @@ def _open_torch(path: str, handle: FileHandle) -> dict:
 _TAR_MAGIC_END = 262
 
 
-def _holds_npy_arrays(handle: FileHandle) -> bool:
+def _holds_npy_arrays(handle: ByteSource) -> bool:
     """Whether a zip file is an ``.npz`` (``.npy`` records, no torch ``data.pkl``)."""
     try:
         with paths.zip_archive(handle) as archive:

@@ -23,11 +23,13 @@ import zipfile
 import torch
 
 from .._report import SourceError
-from ._files import FileHandle, FileTensor, contiguous_strides, writable_bytes
+from ._bytes import ByteSource, writable_bytes
+from ._file_tensor import FileTensor, contiguous_strides
 from ._leaves import BadLeaf, SourceTensor
 from ._paths import open_handle, zip_archive
 from ._zip import open_zip, record_data_offset
 from .nesting import insert, numbered_in_order
+from .tree import SourceInfo, SourceTree
 
 #: ``.npy`` headers longer than this are refused (numpy itself allows 10 000 bytes by default).
 MAX_NPY_HEADER_BYTES = 1 << 20
@@ -42,8 +44,8 @@ _PLAIN_HEADER = re.compile(
 )
 
 
-def open_npz(path: str, file: FileHandle | None = None) -> dict:
-    """The nested source tree of an ``.npz`` file, reading only the ``.npy`` headers; `file` is
+def open_npz(path: str, file: ByteSource | None = None) -> SourceTree:
+    """The source tree of an ``.npz`` file, reading only the ``.npy`` headers; `file` is
     its handle when the caller has opened it already."""
     file = file or open_handle(path)
     archive = open_zip(file, "numpy .npz file")
@@ -60,14 +62,14 @@ def open_npz(path: str, file: FileHandle | None = None) -> dict:
         insert(tree, name, leaf)
     if not tree:
         raise SourceError(f"{path}: the archive holds no .npy arrays; not a numpy .npz file")
-    return numbered_in_order(tree)
+    return SourceTree(numbered_in_order(tree), SourceInfo(path, "npz", (file,)))
 
 
 class _Refused(Exception):
     pass
 
 
-def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> SourceTensor:
+def _member(file: ByteSource, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> SourceTensor:
     stored = info.compress_type == zipfile.ZIP_STORED
     record_start = record_data_offset(file, info) if stored else 0
     head = _first_bytes(file, archive, info, record_start, HEAD_BYTES)
@@ -90,7 +92,7 @@ def _member(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -
     return CompressedArray(file, info.filename, data_start, shape, dtype, stride)
 
 
-def _first_bytes(file: FileHandle, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int, count: int) -> bytes:
+def _first_bytes(file: ByteSource, archive: zipfile.ZipFile, info: zipfile.ZipInfo, start: int, count: int) -> bytes:
     """The first `count` bytes of a record (fewer if it is shorter): one positioned read when it is
     stored, else through the decompressor."""
     count = min(count, info.file_size)
@@ -159,7 +161,7 @@ class CompressedArray(SourceTensor):
 
     __slots__ = ("data_start", "file", "member", "stride")
 
-    def __init__(self, file: FileHandle, member: str, data_start: int, shape, dtype: torch.dtype, stride):
+    def __init__(self, file: ByteSource, member: str, data_start: int, shape, dtype: torch.dtype, stride):
         self.file, self.member, self.data_start = file, member, data_start
         self.shape, self.dtype, self.stride = tuple(shape), dtype, stride
 

@@ -15,9 +15,12 @@ import math
 import torch
 
 from .._report import SourceError
-from ._files import FileHandle, FileTensor, refuse_duplicate_keys
+from ._bytes import ByteSource
+from ._file_tensor import FileTensor
+from ._json import refuse_duplicate_keys
 from ._paths import open_handle
 from .nesting import insert, numbered_in_order
+from .tree import SourceInfo, SourceTree
 
 #: Headers larger than this are refused (the reference implementation allows 100 MB).
 MAX_HEADER_BYTES = 100_000_000
@@ -42,8 +45,8 @@ DTYPES = {
 }
 
 
-def open_safetensors(path: str, file: FileHandle | None = None) -> dict:
-    """The nested source tree of a safetensors file (tensor names split on dots); `file` is
+def open_safetensors(path: str, file: ByteSource | None = None) -> SourceTree:
+    """The source tree of a safetensors file (tensor names split on dots); `file` is
     its handle when the caller has opened it already."""
     file = file or open_handle(path)
     header, data_start = _read_header(file)
@@ -57,14 +60,14 @@ def open_safetensors(path: str, file: FileHandle | None = None) -> dict:
         spans.append((begin, end, name))
         insert(tree, name, FileTensor(file, data_start + begin, shape, dtype))
     _check_no_overlap(path, spans)
-    return numbered_in_order(tree)
+    return SourceTree(numbered_in_order(tree), SourceInfo(path, "safetensors", (file,)))
 
 
 def _fail(path: str, what: str) -> SourceError:
     return SourceError(f"{path}: not a valid safetensors file: {what}")
 
 
-def _read_header(file: FileHandle) -> tuple[dict, int]:
+def _read_header(file: ByteSource) -> tuple[dict, int]:
     if file.size < 8:
         raise _fail(file.path, f"{file.size} bytes is too short for a header")
     length = int.from_bytes(file.read_bytes(0, 8), "little")

@@ -16,10 +16,11 @@ import torch
 
 from .._report import SourceError
 from . import _paths as paths
-from ._files import refuse_duplicate_keys
+from ._json import refuse_duplicate_keys
 from ._leaves import SourceTensor
 from ._remote import is_url
 from .nesting import insert, numbered_in_order
+from .tree import SourceInfo, SourceTree
 
 #: Checkpoint files a directory is searched for, in order of preference.
 DIRECTORY_FILES = (
@@ -59,7 +60,7 @@ class Shard:
         from .formats import open_file  # the format is the shard's own
 
         if self._tree is None:
-            self._tree = open_file(self.path)
+            self._tree = open_file(self.path).node
         node: Any = self._tree
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
@@ -106,8 +107,8 @@ class ShardTensor(SourceTensor):
 MAX_INDEX_BYTES = 256 << 20
 
 
-def open_index(path: str) -> dict:
-    """The nested source tree of a sharded checkpoint, from its index alone."""
+def open_index(path: str) -> SourceTree:
+    """The source tree of a sharded checkpoint, from its index alone (no shard opened yet)."""
     weight_map = _read_weight_map(path)
     directory = paths.dirname(path)
     shards: dict[str, Shard] = {}
@@ -122,7 +123,7 @@ def open_index(path: str) -> dict:
                 raise SourceError(f"{path}: shard '{filename}' (holding '{name}') does not exist")
             shard = shards[filename] = Shard(shard_path, path)
         insert(tree, name, ShardTensor(shard, name))
-    return numbered_in_order(tree)
+    return SourceTree(numbered_in_order(tree), SourceInfo(path, "index"))
 
 
 def _read_weight_map(path: str) -> dict[str, str]:

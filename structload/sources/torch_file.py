@@ -38,15 +38,16 @@ import zipfile
 import torch
 
 from .._report import SourceError
-from ._files import FileHandle, FileTensor
+from ._bytes import ByteSource
+from ._file_tensor import FileTensor
 from ._leaves import BadLeaf
 from ._paths import open_handle
 from ._zip import open_zip, record_data_offset
 from .memory import tree_from_object
 from .pickle_scan import PickleRefused, scan
 from .pickled import MAX_PLACEHOLDER_TYPES, PickledType, placeholder_type, types_in
+from .tree import SourceInfo, SourceTree
 from .versions import plain_metadata, versions_in
-from .versions import record as record_versions
 
 _LEGACY_STORAGES = {
     "DoubleStorage": torch.float64,
@@ -136,8 +137,8 @@ class _OrderedDict(collections.OrderedDict):
             self._metadata = metadata
 
 
-def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
-    """The nested source tree of a ``torch.save`` file, reading only its pickle; `file` is its
+def open_torch_file(path: str, file: ByteSource | None = None) -> SourceTree:
+    """The source tree of a ``torch.save`` file, reading only its pickle; `file` is its
     handle when the caller has opened it already."""
     file = file or open_handle(path)
     archive = _open_archive(file)
@@ -154,19 +155,19 @@ def open_torch_file(path: str, file: FileHandle | None = None) -> dict:
         return unpickler.load_from(data)
 
     try:
-        return tree_of_pickle(path, file, unpickler, unpickle)
+        return tree_of_pickle(path, file, unpickler, unpickle, "torch")
     finally:  # the archive's handle on the file is not kept past opening
         archive.close()
 
 
-def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, unpickle) -> dict:
-    """The source tree of what `unpickle()` returns (through `unpickler`); whatever goes wrong is a
-    `SourceError` naming `path`. Shared with the legacy format (`structload.sources.torch_legacy`)."""
+def tree_of_pickle(path: str, file: ByteSource, unpickler: _WeightsUnpickler, unpickle, format: str) -> SourceTree:
+    """The source tree of what `unpickle()` returns (through `unpickler`), with the types of the
+    pickle's objects that were not imported; whatever goes wrong is a `SourceError` naming `path`.
+    Shared with the legacy format (`structload.sources.torch_legacy`)."""
     try:
         unpickled = unpickle()
-        if unpickler.placeholders:
-            file.hold_pickled_types(types_in(unpickled))
-        record_versions(file, versions_in(unpickled))  # state dicts' _metadata, for modules' own loading code
+        pickled = types_in(unpickled) if unpickler.placeholders else {}
+        versions = versions_in(unpickled)  # state dicts' _metadata, for modules' own loading code
         tree = tree_from_object(unpickled)
     except (_Refused, PickleRefused) as refused:
         raise SourceError(f"{path}: {refused}") from None
@@ -178,10 +179,10 @@ def tree_of_pickle(path: str, file: FileHandle, unpickler: _WeightsUnpickler, un
         unpickler.memo.clear()
     if isinstance(tree, BadLeaf):
         raise SourceError(f"{path}: nothing to load: the pickle holds {tree.reason}")
-    return tree
+    return SourceTree(tree, SourceInfo(path, format, (file,), pickled, versions))
 
 
-def _open_archive(file: FileHandle) -> zipfile.ZipFile:
+def _open_archive(file: ByteSource) -> zipfile.ZipFile:
     path = file.path
     magic = file.read_bytes(0, min(4, file.size))
     if magic != b"PK\x03\x04":
@@ -228,7 +229,7 @@ def _record_text(archive: zipfile.ZipFile, name: str) -> str | None:
 class _WeightsUnpickler(pickle.Unpickler):
     """Unpickles ``data.pkl`` running no code: allowed globals are data, all others placeholders."""
 
-    def __init__(self, file: FileHandle, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, file: ByteSource, archive: zipfile.ZipFile, prefix: str):
         self.file, self.archive, self.prefix = file, archive, prefix
         self.storages: dict[str, _Storage] = {}
         self.placeholders: dict[tuple[str, str], PickledType] = {}

@@ -38,7 +38,8 @@ import pickle
 import reprlib
 
 from .._report import SourceError
-from ._files import FileHandle, FileTensor
+from ._bytes import ByteSource
+from ._file_tensor import FileTensor
 from ._paths import open_handle
 from .pickle_scan import Incomplete, scan
 from .torch_file import (
@@ -52,6 +53,7 @@ from .torch_file import (
     _WeightsUnpickler,
     tree_of_pickle,
 )
+from .tree import SourceTree
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -81,8 +83,8 @@ def is_legacy_torch_file(head: bytes) -> bool:
         return False
 
 
-def open_legacy_torch_file(path: str, file: FileHandle | None = None) -> dict:
-    """The nested source tree of a legacy ``torch.save`` file, reading only its pickles and the
+def open_legacy_torch_file(path: str, file: ByteSource | None = None) -> SourceTree:
+    """The source tree of a legacy ``torch.save`` file, reading only its pickles and the
     storages' headers; `file` is its handle when the caller has opened it already."""
     file = file or open_handle(path)
     pickles = _Pickles(file, MAX_PICKLE_BYTES)
@@ -95,7 +97,7 @@ def open_legacy_torch_file(path: str, file: FileHandle | None = None) -> dict:
         _locate_storages(file, unpickler, keys, pickles.end)
         return unpickled
 
-    return tree_of_pickle(path, file, unpickler, unpickle)
+    return tree_of_pickle(path, file, unpickler, unpickle, "torch legacy")
 
 
 def _check_preamble(pickles: _Pickles) -> None:
@@ -122,7 +124,7 @@ class _Pickles:
     as the scan needs them, never past `limit` bytes: after the pickles, at most as many bytes
     again (or `BLOCK_BYTES`) are read."""
 
-    def __init__(self, file: FileHandle, limit: int):
+    def __init__(self, file: ByteSource, limit: int):
         self.file, self.limit = file, limit
         self.buffer = bytearray()
         self.end = 0  # where the next pickle starts: after the last one, where the storages start
@@ -163,7 +165,7 @@ class _LegacyUnpickler(_WeightsUnpickler):
     known only once the whole pickle is read: tensors are made at offsets inside their storage and
     moved to the file's by `_locate_storages`."""
 
-    def __init__(self, file: FileHandle):  # no archive: the zip reader's __init__ does not apply
+    def __init__(self, file: ByteSource):  # no archive: the zip reader's __init__ does not apply
         self.file = file
         self.storages: dict[str, _Storage] = {}  # by root key, at offset 0 of themselves
         self.views: dict[str, _Storage] = {}  # storage views (older torch versions), by view key
@@ -222,7 +224,7 @@ class _LegacyUnpickler(_WeightsUnpickler):
         return tensor
 
 
-def _locate_storages(file: FileHandle, unpickler: _LegacyUnpickler, keys, start: int) -> None:
+def _locate_storages(file: ByteSource, unpickler: _LegacyUnpickler, keys, start: int) -> None:
     """Move every tensor to its place in the file. Storages follow the pickles (which end at
     `start`) in the order of `keys`, each as a header and the number of bytes its first reference
     in the pickle gave; every storage the pickle uses must be there exactly once."""
@@ -250,7 +252,7 @@ def _locate_storages(file: FileHandle, unpickler: _LegacyUnpickler, keys, start:
         tensor.offset += bases[key]
 
 
-def _check_headers(file: FileHandle, storages: dict[str, _Storage], bases: dict[str, int]) -> None:
+def _check_headers(file: ByteSource, storages: dict[str, _Storage], bases: dict[str, int]) -> None:
     """Each storage's header (its element count) must agree with the pickle, as ``torch.load``
     checks. The headers of a remote file are fetched in parallel, each a small request."""
     at = [bases[key] - HEADER_BYTES for key in bases]

@@ -1,13 +1,45 @@
-"""`SourceTree`: what `structload.open` returns, a lazy tree you can index and pass to `load`."""
+"""`SourceTree`: what `structload.open` returns, a lazy tree you can index and pass to `load`.
+
+A source tree carries what its source knows about itself (`SourceInfo`): where
+it came from, the files opening it opened, and what its format learned while
+opening it (the types of a pickle's objects that were not imported). Every
+format reader returns one; `load` hands it to the plan, whose report reads the
+pickled types from there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 from .._report import SourceError
-from ._files import FileHandle, file_handles
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value, iter_leaves
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceInfo:
+    """What a source knows about itself, learned while opening it (nothing, for one in memory).
+
+    >>> SourceInfo("model.pt", "torch", pickled={"config": "argparse.Namespace"}).pickled["config"]
+    'argparse.Namespace'
+    """
+
+    origin: str = ""  # the path or URL opened; "" for an in-memory source
+    format: str = "memory"  # "safetensors", "torch", "torch legacy", "npz", "index", "dcp" or "memory"
+    #: What opening it opened and its tensors read from: files (`structload.sources._bytes.ByteSource`),
+    #: a DCP directory. The shards of a sharded checkpoint open when first read, so are not among them.
+    files: tuple[object, ...] = ()
+    #: Dotted path -> type name of each object of a torch file's pickle that was not imported.
+    pickled: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    #: Module path -> its entry of ``state_dict()._metadata`` (``{"version": 2}``), from every state
+    #: dict a torch file's pickle holds (`structload.sources.versions`), for modules' own loading code.
+    versions: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
+
+
+#: An in-memory source's: it knows nothing about itself.
+IN_MEMORY = SourceInfo()
 
 
 class SourceTree(Mapping):
@@ -21,10 +53,15 @@ class SourceTree(Mapping):
     did not import as `structload.Pickled` (``tree["hyper_parameters"].lr``).
     """
 
-    def __init__(self, node: dict, origin: str = "", path: str = ""):
-        self.node = node
-        self.origin = origin
+    def __init__(self, node: Any, info: SourceInfo = IN_MEMORY, path: str = ""):
+        self.node = node  # a dict; a file holding one tensor is that leaf here, which `structload.open` refuses
+        self.info = info
         self.path = path
+
+    @property
+    def origin(self) -> str:
+        """The path or URL this tree was opened from ("" in memory)."""
+        return self.info.origin
 
     def __getitem__(self, key: str):
         node, path = self.node, self.path
@@ -34,7 +71,7 @@ class SourceTree(Mapping):
             node = node[part]
             path = f"{path}.{part}" if path else part
         if type(node) is dict:
-            return SourceTree(node, self.origin, path)
+            return SourceTree(node, self.info, path)
         if node is SKIP:
             return None
         if node is ABSENT:
@@ -65,13 +102,9 @@ class SourceTree(Mapping):
         >>> sl.open({"w": torch.zeros(1)}).types
         {}
         """
-        found: dict[str, str] = {}
-        if not FileHandle.holding_pickled_types:  # no file open has any: no pass over the leaves
-            return found
-        for handle in file_handles(self.node):
-            found.update(handle.pickled_types)
+        found = self.info.pickled
         if not self.path:
-            return found
+            return dict(found)
         prefix = self.path + "."
         return {p[len(prefix) :]: t for p, t in found.items() if p.startswith(prefix)} | (
             {"": found[self.path]} if self.path in found else {}
@@ -100,15 +133,15 @@ def open_source(src) -> SourceTree:
         >>> list(tree), tree["model"]["fc"]["weight"].shape, tree["model.fc.weight"].dtype
         (['model', 'epoch'], (2, 3), torch.float32)
     """
-    from . import to_source_tree
+    from . import open_tree
 
     if isinstance(src, SourceTree):
         return src
-    origin = os.fspath(src) if isinstance(src, (str, os.PathLike)) else ""
-    node = to_source_tree(src)
+    tree = open_tree(src)
+    node, origin = tree.node, tree.origin
     if type(node) is not dict and origin:
         what = node.reason if isinstance(node, BadLeaf) else "a single tensor"
         raise SourceError(f"{origin}: holds {what}, not a tree of tensors", path="")
     if type(node) is not dict:
         raise TypeError(f"structload.open: a {type(src).__name__} is a single value, not a tree")
-    return SourceTree(node, origin)
+    return tree

@@ -6,9 +6,9 @@ that migrates old checkpoints reads it (``local_metadata["version"]``: torchvisi
 user's module with a ``_version``), so a file must hand it over as ``torch.load`` does.
 
 The torch file readers keep ``_metadata`` of every state dict the pickle holds, as plain data
-only (`plain_metadata`), and `record` files them under the file's handle with the state dict's
-place in the tree put in front (``{"model": state_dict}`` gives ``"model.features"``). A load
-finds them through the files its source tree reads (`versions_of`).
+only (`plain_metadata`), with the state dict's place in the tree put in front (``{"model":
+state_dict}`` gives ``"model.features"``), in the opened tree's `SourceInfo`; a load reads them
+from there (`versions_of`), for the subtree it loads.
 
 Examples:
     >>> import collections
@@ -20,15 +20,11 @@ Examples:
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 
-from ._files import file_handles
+from .tree import SourceTree
 
 _PLAIN = (int, float, str, bool, type(None))
-
-#: File handle -> the versions its pickle carried (weakly held: gone with the file).
-_VERSIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def plain_metadata(value) -> dict | None:
@@ -64,24 +60,13 @@ def versions_in(unpickled) -> dict[str, dict]:
     return found
 
 
-def record(file, versions: dict[str, dict]) -> None:
-    """File `versions` under `file` (a handle), for the loads that read it."""
-    if versions:
-        _VERSIONS[file] = versions
-
-
-def versions_of(tree, path: str = "") -> dict[str, dict]:
-    """The versions the files of `tree` carried, keyed by module path relative to `path` (the
-    subtree of the file that `tree` is): what ``state_dict()._metadata`` would be."""
-    if not _VERSIONS:  # no torch file open carries any: no pass over the leaves
-        return {}
-    found: dict[str, dict] = {}
-    for handle in file_handles(tree):
-        for key, entry in _VERSIONS.get(handle, {}).items():
-            found.setdefault(key, entry)
-    if not path:
-        return found
-    head = path + "."
+def versions_of(source: SourceTree) -> dict[str, dict]:
+    """The versions `source`'s torch file carried, keyed by module path relative to the subtree
+    `source` is (``sl.open(path)["model"]``): what its ``state_dict()._metadata`` would be."""
+    found = source.info.versions
+    if not source.path or not found:
+        return dict(found)
+    path, head = source.path, source.path + "."
     return {
         key[len(head) :] if key != path else "": e for key, e in found.items() if key == path or key.startswith(head)
     }
