@@ -24,11 +24,8 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 import structload as sl
 from helpers import attempt
-from structload import _apply, _dest, _plan, _problems, _pytree, _rules, _ties, _walk
+from structload import _apply, _dest, _load_hooks, _plan, _problems, _pytree, _records, _rules, _ties, _walk
 from structload.sources import MemoryTensor, to_source_tree
-from structload.sources._files import FileHandle
-from structload.sources._remote import RemoteFile
-from structload.sources.dcp import DCPCheckpoint
 from structload.sources.memory import leaf_from_value, tensor_leaf, tree_from_object
 
 SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -342,18 +339,15 @@ LANES = {
     # `customises_loading` and `_overrides` ask a class once whether it overrides a method of nn.Module
     "the per-class caches": lambda: [
         mock.patch.object(_dest, "_OVERRIDES", _Forgetful()),
-        mock.patch.object(_dest, "_LOADS_ITS_OWN_WAY", _Forgetful()),
+        mock.patch.object(_load_hooks, "_LOADS_ITS_OWN_WAY", _Forgetful()),
     ],
     # `compose_problems` returns at once for a clean load (`_may_have_problems`)
     "compose_problems' clean-load shortcut": lambda: [mock.patch.object(_problems, "_may_have_problems", always)],
     # `_pytree.children` reads a plain dict itself rather than through optree
     "_pytree.children' dict lane": lambda: [mock.patch.object(_pytree, "type", lambda node: None, create=True)],
-    # apply skips the pass over the writes for open files (checks, remote prefetch) when none is open
-    "apply's from-memory lane": lambda: [
-        mock.patch.object(FileHandle, "alive", {object()}),
-        mock.patch.object(RemoteFile, "opened", {object()}),
-        mock.patch.object(DCPCheckpoint, "opened", {object()}),
-    ],
+    # apply's list of reads for the read session skips in-memory tensors without asking `lazy`
+    # (the same name switches the batched copies off too)
+    "apply's from-memory lane": lambda: [mock.patch.object(_apply, "MemoryTensor", not_the_type(MemoryTensor))],
 }
 
 
@@ -453,7 +447,7 @@ def test_the_walk_stops_early_only_where_nothing_is_left_over(case):
     fast = _walk.walk(dst, tree)
     general = _walk.walk(dst, _with_one_more_name(tree))
     assert [_pair_key(p) for p in fast.pairs] == [_pair_key(p) for p in general.pairs]
-    assert all(type(p) is _walk.Pair for p in fast.pairs)  # built with tuple.__new__, still a Pair
+    assert all(type(p) is _walk.SlotPair for p in fast.pairs)  # built with tuple.__new__, still a SlotPair
     assert fast.lengths == general.lengths
     assert_every_source_leaf_is_accounted_for(fast, tree)
     assert_every_source_leaf_is_accounted_for(general, _with_one_more_name(tree))
@@ -568,11 +562,11 @@ def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds)
             module.register_load_state_dict_pre_hook(lambda *args: None)
         if kind == "post_hook":
             module.register_load_state_dict_post_hook(lambda *args: None)
-        quick = _dest.customises_loading(module)
+        quick = _load_hooks.customises_loading(module)
         if not quick:
-            assert _dest.loads_its_own_way(module) is None and not runs_own_code(module), kind
+            assert _load_hooks.loads_its_own_way(module) is None and not runs_own_code(module), kind
         overrides = type(module)._load_from_state_dict is not nn.Module._load_from_state_dict
-        assert _dest._LOADS_ITS_OWN_WAY[type(module)] == overrides
+        assert _load_hooks._LOADS_ITS_OWN_WAY[type(module)] == overrides
         assert _dest._OVERRIDES[type(module), "_load_from_state_dict"] == overrides
         owner = next(c for c in type(module).__mro__ if "_load_from_state_dict" in vars(c))
         assert _owner(type(module)) is owner  # cached per class too
@@ -621,7 +615,7 @@ def test_a_loaded_entry_is_never_a_problem(case):
     plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))
     roots = _problems._root_counts(plan.entries)
     for entry in plan.entries:
-        if entry.status is _rules.Status.LOADED and not entry.writer:  # a tied follower: see below
+        if entry.status is _records.Status.LOADED and not entry.writer:  # a tied follower: see below
             assert _problems._entry_problem(entry, plan.entries, {}, roots, {}, set()) is None, entry.path
 
 
