@@ -23,12 +23,15 @@ import torch
 from overhead import flat_model
 from targets import Targets, options
 
-from structload import _apply, _dest, _plan, _ties
-from structload._select import Selection
+from structload import _apply
+from structload._plan import dest as _dest
+from structload._plan import plan as _plan
+from structload._plan import ties as _ties
+from structload._plan.select import Selection
 from structload.sources import MemoryTensor, to_source_tree
 from structload.sources._files import FileHandle
-from structload.sources._remote import RemoteFile
-from structload.sources.dcp import DCPCheckpoint
+from structload.sources._io.remote import RemoteFile
+from structload.sources.formats.dcp import DCPCheckpoint
 from structload.sources.memory import tensor_leaf
 
 

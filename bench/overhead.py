@@ -102,8 +102,8 @@ def phases(make, repeat: int) -> dict[str, float]:
     import gc
 
     from structload._apply import apply_plan
-    from structload._plan import make_plan
-    from structload._select import Selection
+    from structload._plan.plan import make_plan
+    from structload._plan.select import Selection
     from structload.sources import to_source_tree
 
     torch.manual_seed(0)

@@ -27,7 +27,7 @@ from overhead import median_seconds
 from targets import Targets, options
 
 import structload as sl
-from structload._text import human_bytes
+from structload._render.text import human_bytes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 

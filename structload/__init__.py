@@ -7,8 +7,8 @@ True
 """
 
 from . import adapt, convert
-from ._align import align
-from ._alignment import Alignment, Ambiguity, Match
+from ._align.aligner import align
+from ._align.alignment import Alignment, Ambiguity, Match
 from ._empty import init_empty_weights
 from ._inspect import Diff, TensorInfo, diff, inspect
 from ._load import load
@@ -17,7 +17,7 @@ from ._report import Adapted, Cast, Converted, LoadError, LoadReport, Mismatch, 
 from ._state import state
 from ._verify import Verification, verify
 from .optim import load_optimizer, optimizer_state
-from .sources.pickled import Pickled
+from .sources.formats.pickled import Pickled
 from .sources.tree import SourceTree
 from .sources.tree import open_source as open
 

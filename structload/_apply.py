@@ -16,13 +16,13 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from ._customised import run_post_hooks
-from ._dest import Slot, SlotKind
-from ._distributed import local_block
-from ._materialized import materialized_dtype
-from ._plan import Plan
-from ._progress import could_show, progress_bar, wants_progress
-from ._records import Entry, Status
+from ._distributed.dtensors import local_block
+from ._plan.customised import run_post_hooks
+from ._plan.dest import Slot, SlotKind
+from ._plan.materialized import materialized_dtype
+from ._plan.plan import Plan
+from ._plan.records import Entry, Status
+from ._render.progress import could_show, progress_bar, wants_progress
 from ._report import LoadError, LoadReport, Problem, ProblemKind, SourceError
 from .sources import ExtraState, MemoryTensor, SourceTensor
 from .sources.reading import Read, ReadSession, lazy, reads_from_file

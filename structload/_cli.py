@@ -26,15 +26,15 @@ from typing import Any
 
 from rich.console import Console
 
-from ._align import align
+from ._align.aligner import align
 from ._empty import init_empty_weights
 from ._inspect import diff, inspect
 from ._load import run_load
 from ._options import LoadOptions
-from ._render import diff_table, report_tree
-from ._render_inspect import inspect_tree
+from ._render.inspect import inspect_tree
+from ._render.report import diff_table, report_tree
+from ._render.text import hint_text
 from ._report import LoadError, SourceError
-from ._text import hint_text
 from ._verify._command import add_command as add_verify_command
 from .sources.tree import open_source
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ._text import dtype_text, option_text, plural, shape_text
+from ._render.text import dtype_text, option_text, plural, shape_text
 from .sources import SourceTensor, iter_leaves, to_source_tree
 
 
@@ -110,7 +110,7 @@ class Diff:
         )
 
     def __rich__(self):
-        from ._render import diff_table
+        from ._render.report import diff_table
 
         return diff_table(self)
 

@@ -18,16 +18,16 @@ import functools
 
 import torch
 
-from ._adapt_align import pair_adaptable
-from ._adapting import adapt_tree, finish_plan, suggest_adapting
-from ._agreement import holds_dtensors, in_step
-from ._align import align as structural_align
-from ._alignment import Alignment, by_subtree
+from ._adapt.pairing import pair_adaptable
+from ._adapt.step import adapt_tree, finish_plan, suggest_adapting
+from ._align.aligner import align as structural_align
+from ._align.alignment import Alignment, by_subtree
 from ._apply import add_note_once, apply_plan
-from ._customised import source_metadata
-from ._dest import dest_name
+from ._distributed.agreement import holds_dtensors, in_step
 from ._options import LoadOptions
-from ._plan import Plan, make_plan
+from ._plan.customised import source_metadata
+from ._plan.dest import dest_name
+from ._plan.plan import Plan, make_plan
 from ._rename import Renamer, rename_tree
 from ._report import LoadError, LoadReport, Problem, ProblemKind
 from ._runtime import collector_paused, destination_lock

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from ._alignment import Alignment
+from ._align.alignment import Alignment
+from ._plan.select import Selection
 from ._rename import compile_rename
-from ._select import Selection
 from .convert import check_converters
 
 

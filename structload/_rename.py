@@ -6,8 +6,8 @@ import difflib
 import re
 from collections.abc import Callable, Mapping
 
+from ._render.text import path_prefixes
 from ._report import Problem, ProblemKind
-from ._text import path_prefixes
 from .sources import iter_leaves
 from .sources.nesting import insert
 

@@ -13,7 +13,7 @@ from enum import StrEnum
 
 import torch
 
-from ._text import Hint, display_path, dtype_text, hint_text, plural, shape_text
+from ._render.text import Hint, display_path, dtype_text, hint_text, plural, shape_text
 
 
 class ProblemKind(StrEnum):
@@ -259,7 +259,7 @@ class LoadReport:
         return "\n".join(lines)
 
     def __rich__(self):
-        from ._render import report_tree
+        from ._render.report import report_tree
 
         return report_tree(self)
 

@@ -17,8 +17,8 @@ process and live here:
 Everything else a load shares with the process lives beside the code that uses
 it, and `PROCESS_WIDE_STATE` lists it all (a test scans the package and checks
 that nothing else exists): the second reader pool for URLs, the per-thread
-identity checks, the recorder of modules' own loading code, and the hint syntax
-of the command line. There is no registry of open files: a load's read session
+identity checks, the recorder of modules' own loading code, and transformers'
+declared conversions read once per kind of model. There is no registry of open files: a load's read session
 finds the files from what it reads, and a source tree carries what its source
 learned (`structload.sources.tree.SourceInfo`). Two
 patches of torch are made for a bounded time only: ``nn.Module.register_parameter``
@@ -138,9 +138,9 @@ PROCESS_WIDE_STATE = {
     "structload._runtime._destinations_lock": "guards the table of per-destination locks",
     "structload._runtime._destinations": "id(destination) -> its lock and the loads using it",
     "structload._runtime.READERS": "the reader thread pool for local files",
-    "structload.sources._remote.REMOTE_READERS": "the reader thread pool for URLs (more, smaller requests)",
-    "structload.sources._identity._LOAD": "per thread: the identities the running load checked already",
-    "structload._customised._RECORDING": "per thread: the module whose loading code is being recorded",
-    "structload._customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
+    "structload.sources._io.remote.REMOTE_READERS": "the reader thread pool for URLs (more, smaller requests)",
+    "structload.sources._io.identity._LOAD": "per thread: the identities the running load checked already",
+    "structload._plan.customised._RECORDING": "per thread: the module whose loading code is being recorded",
+    "structload._plan.customised._RECORDERS_LOCK": "guards the patch of nn.Module._load_from_state_dict",
     "structload.integrations._declarations._declarations": "transformers' declared transforms, per kind of model",
 }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._dest import TENSOR_SLOTS, Slot, SlotKind, as_dest, is_container, state_tree
+from ._plan.dest import TENSOR_SLOTS, Slot, SlotKind, as_dest, is_container, state_tree
 from .sources.nesting import insert
 
 

@@ -39,9 +39,9 @@ from typing import ClassVar
 
 import torch
 
-from . import _adapt_math as formulas
-from ._adapted import AdaptedTensor, CannotAdapt, OwnInit, Target
-from ._text import shape_text
+from ._adapt import formulas
+from ._adapt.adapted import AdaptedTensor, CannotAdapt, OwnInit, Target
+from ._render.text import shape_text
 from .sources.views import narrow
 
 __all__ = [

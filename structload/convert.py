@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._render.text import plural, shape_text
 from ._report import Problem, ProblemKind, SourceError
-from ._text import plural, shape_text
 from .sources import SourceTensor, iter_leaves
 from .sources._leaves import ComputedTensor, ConvertedTensor
 from .sources.nesting import insert

@@ -8,7 +8,7 @@ import sys
 import pytest
 from loopback import LoopbackServer
 
-from structload.sources import _remote
+from structload.sources._io import remote as _remote
 
 
 @pytest.fixture

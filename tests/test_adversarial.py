@@ -17,7 +17,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
-from structload.sources import torch_file
+from structload.sources.formats import torch_file
 
 
 @pytest.fixture
@@ -475,7 +475,7 @@ def test_legacy_header_pickles_and_older_rebuilds_run_nothing(tmp_path):
 
 
 def test_legacy_pickles_are_bounded(tmp_path, monkeypatch):
-    from structload.sources import torch_legacy
+    from structload.sources.formats import torch_legacy
 
     monkeypatch.setattr(torch_legacy, "MAX_PICKLE_BYTES", 1 << 20)
     big = PROTO2 + EMPTY_DICT + text("x") + text("y" * (2 << 20)) + SETITEM + STOP

@@ -161,7 +161,7 @@ def test_different_depths_are_a_clear_error_with_both_counts(gpt2):
 
 def test_align_reads_no_tensor_data(gpt2, monkeypatch):
     folder, _, _ = gpt2
-    from structload.sources import _local
+    from structload.sources._io import local as _local
 
     reads = []
     original = _local.LocalFile.read_into

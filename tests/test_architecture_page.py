@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from structload import _rules
-from structload._dest import SlotKind
+from structload._plan import rules as _rules
+from structload._plan.dest import SlotKind
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "structload"

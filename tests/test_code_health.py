@@ -11,8 +11,8 @@ from typing import IO
 
 import pytest
 
-from structload._dest import SlotKind
-from structload._rules import RULES, SourceKind
+from structload._plan.dest import SlotKind
+from structload._plan.rules import RULES, SourceKind
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -94,7 +94,7 @@ _ORIGINAL_READ = None
 def count_bytes_read() -> list[int]:
     """Count bytes read from files from now on in this process (the list holds the total)."""
     global _ORIGINAL_READ
-    from structload.sources import _local
+    from structload.sources._io import local as _local
 
     _ORIGINAL_READ = _ORIGINAL_READ or _local.LocalFile.read_into
     original, total = _ORIGINAL_READ, [0]

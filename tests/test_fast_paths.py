@@ -24,7 +24,15 @@ from torch.nn.parameter import UninitializedTensorMixin
 
 import structload as sl
 from helpers import attempt
-from structload import _apply, _dest, _load_hooks, _plan, _problems, _pytree, _records, _rules, _ties, _walk
+from structload import _apply, _pytree
+from structload._plan import dest as _dest
+from structload._plan import load_hooks as _load_hooks
+from structload._plan import plan as _plan
+from structload._plan import problems as _problems
+from structload._plan import records as _records
+from structload._plan import rules as _rules
+from structload._plan import ties as _ties
+from structload._plan import walk as _walk
 from structload.sources import MemoryTensor, to_source_tree
 from structload.sources.memory import leaf_from_value, tensor_leaf, tree_from_object
 
@@ -549,7 +557,7 @@ def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds)
     """`customises_loading` (cached per class, in front of `_overrides`, itself cached) is a sound quick test: where it says no, neither
     `loads_its_own_way` nor `runs_own_code` finds anything; and its cached answers are what the
     class says now."""
-    from structload._customised import _owner, runs_own_code
+    from structload._plan.customised import _owner, runs_own_code
 
     for kind in kinds:
         module = {
@@ -578,7 +586,7 @@ def test_the_per_class_cache_of_customised_loading_answers_as_asking_anew(kinds)
 @given(case=load_cases())
 def test_plan_writes_are_the_entries_that_write(case):
     """`Plan.writes` inlines `Entry.writes`."""
-    from structload._select import Selection
+    from structload._plan.select import Selection
 
     dst, src, _ = case
     plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))
@@ -609,7 +617,7 @@ def test_a_plain_dict_has_the_children_optree_gives_it(items):
 @given(case=load_cases())
 def test_a_loaded_entry_is_never_a_problem(case):
     """`compose_problems` skips loaded entries without asking `_entry_problem`; it would find nothing."""
-    from structload._select import Selection
+    from structload._plan.select import Selection
 
     dst, src, _ = case
     plan = _plan.make_plan(dst, to_source_tree(src), Selection(None, None, None))

@@ -14,7 +14,10 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, assert_same_state, assert_unchanged, randomized, snapshot
-from structload.sources import _casting, _file_tensor, _local, iter_leaves
+from structload.sources import iter_leaves
+from structload.sources._io import casting as _casting
+from structload.sources._io import file_tensor as _file_tensor
+from structload.sources._io import local as _local
 
 
 @pytest.fixture
@@ -236,7 +239,7 @@ def test_progress_bar_for_file_loads(tmp_path, source, monkeypatch):
     from rich.console import Console
 
     stream = io.StringIO()
-    monkeypatch.setattr("structload._progress.Console", lambda stderr: Console(file=stream, force_terminal=True))
+    monkeypatch.setattr("structload._render.progress.Console", lambda stderr: Console(file=stream, force_terminal=True))
     path = save_safetensors(tmp_path / "m.safetensors", source.state_dict())
     sl.load(Net(n=3), path, progress=True)
     assert "loading Net" in stream.getvalue()
@@ -527,7 +530,7 @@ def test_numbered_entries_come_in_numeric_order(tmp_path):
 
 
 def test_casting_reads_in_overlapped_chunks_give_the_cast_values(tmp_path, monkeypatch):
-    from structload.sources import _casting
+    from structload.sources._io import casting as _casting
 
     monkeypatch.setattr(_casting, "CHUNK_BYTES", 64)  # 32 bf16 elements a chunk: every tensor takes many
     state = {"a": torch.randn(37, 11).bfloat16(), "b": torch.randn(5).bfloat16(), "c": torch.randn(300).bfloat16()}
@@ -544,7 +547,7 @@ def test_casting_reads_in_overlapped_chunks_give_the_cast_values(tmp_path, monke
 
 
 def test_a_file_cut_during_an_overlapped_casting_read_is_a_source_error(tmp_path, monkeypatch):
-    from structload.sources import _casting
+    from structload.sources._io import casting as _casting
 
     monkeypatch.setattr(_casting, "CHUNK_BYTES", 64)
     path = tmp_path / "bf16.safetensors"

@@ -19,8 +19,8 @@ import torch.nn as nn
 import structload as sl
 from helpers import Net, TiedLM, randomized
 from structload._cli import main
-from structload.sources._file_tensor import FileTensor
-from structload.sources._local import LocalFile
+from structload.sources._io.file_tensor import FileTensor
+from structload.sources._io.local import LocalFile
 
 DTYPES = [
     torch.float64,

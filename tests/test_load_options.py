@@ -16,8 +16,8 @@ import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
 from structload import _cli
 from structload._options import LoadOptions
-from structload._plan import make_plan
-from structload._text import Hint
+from structload._plan.plan import make_plan
+from structload._render.text import Hint
 
 
 def test_the_record_holds_exactly_the_keywords_of_load():
@@ -138,6 +138,6 @@ def test_no_context_variable_decides_how_messages_are_written():
 
     names = [name for name in process_wide_state().values() if name.endswith("HINT_SYNTAX")]
     assert names == []
-    from structload import _text
+    from structload._render import text as _text
 
     assert not any(isinstance(v, contextvars.ContextVar) for v in vars(_text).values())

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, TiedLM, randomized
-from structload.sources._local import LocalFile
+from structload.sources._io.local import LocalFile
 
 
 def storage_of(tensor: torch.Tensor) -> int:

@@ -150,7 +150,7 @@ def test_dry_run_leaves_meta_tensors_on_meta():
 
 def test_progress_true_draws_a_bar_on_stderr(monkeypatch):
     stream = io.StringIO()
-    monkeypatch.setattr("structload._progress.Console", lambda stderr: Console(file=stream, force_terminal=True))
+    monkeypatch.setattr("structload._render.progress.Console", lambda stderr: Console(file=stream, force_terminal=True))
     sl.load(Net(), randomized(Net(), 1), progress=True)
     assert "loading Net" in stream.getvalue()
 

@@ -189,7 +189,7 @@ def test_inspect_command_names_the_pickled_types(files):
 
 
 def test_opening_reads_only_the_pickle_and_a_load_only_its_tensors(files, monkeypatch):
-    from structload.sources import _local
+    from structload.sources._io import local as _local
 
     read = []
     original = _local.LocalFile.read_into
@@ -241,7 +241,7 @@ def test_npz_loads_lazily(tmp_path, save):
 
 
 def test_stored_npz_reads_only_the_arrays_loaded(tmp_path, monkeypatch):
-    from structload.sources import _local
+    from structload.sources._io import local as _local
 
     np.savez(tmp_path / "export.npz", **npz_arrays())
     read = []

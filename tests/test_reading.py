@@ -20,10 +20,11 @@ import safetensors.torch
 import torch
 
 import structload as sl
-from structload.sources import MemoryTensor, SourceInfo, _local, views
-from structload.sources._bytes import ByteSource
-from structload.sources._local import LocalFile
-from structload.sources._remote import RemoteFile
+from structload.sources import MemoryTensor, SourceInfo, views
+from structload.sources._io import local as _local
+from structload.sources._io.byte_source import ByteSource
+from structload.sources._io.local import LocalFile
+from structload.sources._io.remote import RemoteFile
 from structload.sources.reading import Read, ReadSession, mmap_dtype, reads_from_file
 
 PACKAGE = Path(sl.__file__).parent

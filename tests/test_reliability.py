@@ -23,7 +23,7 @@ import torch.nn as nn
 
 import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
-from structload.sources import _local
+from structload.sources._io import local as _local
 
 
 def save(path, state: dict, fmt: str) -> str:

@@ -22,7 +22,7 @@ from test_distributed import fsdp_model, reference_state, results, run_ranks, sa
 import structload as sl
 from helpers import Net, randomized
 from structload import _apply
-from structload.sources import _remote
+from structload.sources._io import remote as _remote
 
 #: Bytes a load may fetch beyond its tensors and the file's headers (gaps between coalesced ranges).
 SMALL_BOUND = 4096

@@ -23,7 +23,8 @@ from loopback import LoopbackServer
 
 import structload as sl
 from helpers import Net, assert_unchanged, randomized, snapshot
-from structload.sources import _http, _remote
+from structload.sources._io import http as _http
+from structload.sources._io import remote as _remote
 
 #: every test here: retries without waiting, and `served` (a loopback HTTP server), from conftest.py
 pytestmark = pytest.mark.usefixtures("quick_retries")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .._alignment import Alignment
+from .._align.alignment import Alignment
 from .._rename import Renamer, compile_rename
 from .._report import Problem
 from ._causes import Observed, explain
@@ -170,7 +170,7 @@ def _mapping(model, reference, rename, align):
         align, rename = rename, None
     if align is not None and align is not False:
         if align is True or isinstance(align, dict):
-            from .._align import align as structural_align
+            from .._align.aligner import align as structural_align
 
             align = structural_align(model, reference, **(align if isinstance(align, dict) else {}))
         if not isinstance(align, Alignment):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .._text import display_path, shape_text
+from .._render.text import display_path, shape_text
 
 
 @dataclass

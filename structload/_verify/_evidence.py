@@ -18,7 +18,7 @@ import itertools
 
 import torch
 
-from .._alignment import Alignment, Ambiguity
+from .._align.alignment import Alignment, Ambiguity
 
 EVIDENCE = "verified against the reference"
 MOST_CANDIDATES = 24  # assignments tried at most: each costs a load and two forward passes
@@ -32,7 +32,7 @@ def resolve_ambiguities(dst, src, alignment: Alignment, reference, options: dict
     candidates = _assignments(alignment.ambiguous)
     if not candidates or len(candidates) > MOST_CANDIDATES:
         return _unresolved(alignment, f"too many assignments to verify against the reference ({len(candidates)})")
-    from .._align import align
+    from .._align.aligner import align
     from .._load import load
     from . import verify
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from .._render.text import display_path, plural, shape_text
 from .._report import Problem
-from .._text import display_path, plural, shape_text
 
 
 class Compared(NamedTuple):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._progress import wants_progress
+from .._render.progress import wants_progress
 from ._sources import memory_states
 from ._tree import Held
 

@@ -9,15 +9,15 @@ from typing import NamedTuple
 
 import torch
 
-from .._agreement import holds_dtensors, in_step
-from .._align import align as structural_align
-from .._alignment import Alignment
+from .._align.aligner import align as structural_align
+from .._align.alignment import Alignment
 from .._apply import apply_plan
+from .._distributed.agreement import holds_dtensors, in_step
 from .._options import LoadOptions
-from .._plan import Plan, make_plan
+from .._plan.plan import Plan, make_plan
+from .._plan.select import Selection
 from .._report import LoadError, LoadReport, Problem, ProblemKind
 from .._runtime import collector_paused
-from .._select import Selection
 from ..sources import SourceTensor
 from ..sources.tree import SourceTree
 from ._dest import DestStates, dest_states, install

@@ -18,8 +18,8 @@ from typing import NamedTuple
 import torch
 
 from .._rename import compile_rename
+from .._render.text import plural
 from .._report import Problem, ProblemKind
-from .._text import plural
 from ..sources import SourceTensor, iter_leaves
 from ..sources.tree import SourceTree, open_source
 

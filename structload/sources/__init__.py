@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 
 from ._leaves import ABSENT, SKIP, BadLeaf, ConvertedTensor, ExtraState, MemoryTensor, SourceTensor, iter_leaves
-from .formats import open_file
+from .formats.dispatch import open_file
 from .memory import tree_from_object
 from .tree import SourceInfo, SourceTree
 

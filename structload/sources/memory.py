@@ -10,11 +10,11 @@ import numpy as np
 import torch
 from torch.nn.parameter import UninitializedTensorMixin  # type: ignore[attr-defined]
 
-from .._dest import EXTRA_STATE
+from .._plan.dest import EXTRA_STATE
 from .._pytree import children
 from ._leaves import ABSENT, SKIP, BadLeaf, ExtraState, MemoryTensor, SourceTensor, Value
+from .formats.pickled import Pickled, is_module, module_state, numpy_value, pickled_type_name
 from .nesting import insert
-from .pickled import Pickled, is_module, module_state, numpy_value, pickled_type_name
 
 
 def leaf_from_value(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .._dest import TENSOR_SLOTS, Slot, SlotKind, saves_its_own_way, state_tree
+from .._plan.dest import TENSOR_SLOTS, Slot, SlotKind, saves_its_own_way, state_tree
 from ._leaves import ABSENT, BadLeaf, ExtraState
 from .memory import tensor_leaf, tree_from_object
 

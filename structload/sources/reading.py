@@ -5,11 +5,11 @@ writes never asks what kind of file a tensor lives in. Given the reads in the
 order they will be made (`Read`), a session
 
 - checks every file they read directly before the first write (it is still
-  the file that was opened, unchanged; `structload.sources._identity`), any
+  the file that was opened, unchanged; `structload.sources._io.identity`), any
   other file before its first read, and all of them again after the last
   write (`check_after`);
 - prefetches the byte ranges of remote files ahead of the writes, coalesced
-  into few requests (`structload.sources._remote`), and counts the bytes
+  into few requests (`structload.sources._io.remote`), and counts the bytes
   fetched for the progress bar (`progress`);
 - hands each read to its leaf: straight into the destination's memory, a
   cast through bounded chunks, or with ``load(mmap=True)`` a view of the
@@ -32,11 +32,11 @@ from typing import NamedTuple
 
 import torch
 
-from ._file_tensor import FileTensor, file_tensor
-from ._identity import checking
+from ._io.file_tensor import FileTensor, file_tensor
+from ._io.identity import checking
+from ._io.local import PARALLEL_BYTES
+from ._io.remote import RemoteFile
 from ._leaves import MemoryTensor, SourceTensor
-from ._local import PARALLEL_BYTES
-from ._remote import RemoteFile
 
 __all__ = ["PARALLEL_BYTES", "Read", "ReadSession", "mmap_dtype", "reads_from_file"]
 

@@ -28,13 +28,13 @@ class SourceInfo:
 
     origin: str = ""  # the path or URL opened; "" for an in-memory source
     format: str = "memory"  # "safetensors", "torch", "torch legacy", "npz", "index", "dcp" or "memory"
-    #: What opening it opened and its tensors read from: files (`structload.sources._bytes.ByteSource`),
+    #: What opening it opened and its tensors read from: files (`structload.sources._io.byte_source.ByteSource`),
     #: a DCP directory. The shards of a sharded checkpoint open when first read, so are not among them.
     files: tuple[object, ...] = ()
     #: Dotted path -> type name of each object of a torch file's pickle that was not imported.
     pickled: Mapping[str, str] = dataclasses.field(default_factory=dict)
     #: Module path -> its entry of ``state_dict()._metadata`` (``{"version": 2}``), from every state
-    #: dict a torch file's pickle holds (`structload.sources.versions`), for modules' own loading code.
+    #: dict a torch file's pickle holds (`structload.sources.formats.versions`), for modules' own loading code.
     versions: Mapping[str, Mapping] = dataclasses.field(default_factory=dict)
 
 

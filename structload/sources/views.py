@@ -7,7 +7,7 @@ is computed from the whole tensor when read. Converters build on these.
 
 from __future__ import annotations
 
-from ._file_tensor import file_tensor
+from ._io.file_tensor import file_tensor
 from ._leaves import ComputedTensor, SourceTensor
 
 

@@ -17,7 +17,7 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from .readers import check_file_bytes, seeds
+from tests.fuzz.readers import check_file_bytes, seeds
 
 EXAMPLES = int(os.environ.get("STRUCTLOAD_FUZZ_EXAMPLES", "150"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None)

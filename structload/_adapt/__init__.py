@@ -1,0 +1,1 @@
+"""The `adapt=` step: source tensors of another shape adapted by the adapters of `structload.adapt` (see README.md)."""

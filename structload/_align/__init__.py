@@ -1,0 +1,1 @@
+"""`align`: matching two implementations of one model by structure, written as `rename` + `convert` (see README.md)."""

@@ -1,0 +1,1 @@
+"""One module per file format, each giving a `SourceTree` of lazy leaves (see README.md)."""
