@@ -63,10 +63,12 @@ def versions_in(unpickled) -> dict[str, dict]:
 def versions_of(source: SourceTree) -> dict[str, dict]:
     """The versions `source`'s torch file carried, keyed by module path relative to the subtree
     `source` is (``sl.open(path)["model"]``): what its ``state_dict()._metadata`` would be."""
-    found = source.info.versions
-    if not source.path or not found:
-        return dict(found)
+    versions = source.info.versions
+    if not source.path:
+        return {key: dict(entry) for key, entry in versions.items()}
     path, head = source.path, source.path + "."
     return {
-        key[len(head) :] if key != path else "": e for key, e in found.items() if key == path or key.startswith(head)
+        ("" if key == path else key[len(head) :]): dict(entry)
+        for key, entry in versions.items()
+        if key == path or key.startswith(head)
     }
