@@ -153,7 +153,7 @@ def make_plan(
     custom = _run_own_loading(found, tree, selection, left_out, metadata)
     if custom is not None:  # modules with loading code of their own: walk what their code leaves
         found = walk(dst, custom.tree)
-    entries, positions = judge(found.pairs, left_out)
+    entries, positions = judge(found.pairs, left_out, dtype)
     entries, groups = settle_ties(entries)
     if meta_is_final:
         entries = [left_on_meta(e) if e.status in _UNWRITTEN else e for e in entries]
@@ -213,9 +213,9 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
     return problems
 
 
-def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
+def judge(pairs: list[SlotPair], left_out: LeftOut | None, dtype=None) -> tuple[list[Entry], list[int]]:
     """One `Entry` per pair the rules have something to say about, in walk order; and for each
-    pair index (and one past the last), how many entries came before it."""
+    pair index (and one past the last), how many entries came before it. `dtype`: ``load(dtype=...)``."""
     entries: list[Entry] = []
     positions: list[int] = []
     excluded = left_out.paths if left_out is not None else ()
@@ -226,12 +226,12 @@ def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry],
             if slot.kind in FILLED_SLOTS:  # still part of any tied group it belongs to
                 add(Entry(path, slot, None, Status.EXCLUDED))
             continue
-        if slot.kind is tensor_slot and type(leaf) is MemoryTensor and plain_load(slot, leaf):
+        if slot.kind is tensor_slot and type(leaf) is MemoryTensor and plain_load(slot, leaf, dtype):
             # the common case, R1 without a problem; built as NamedTuple's own constructor would, faster
             add(_new_entry(Entry, (path, slot, leaf, loaded, None, None, None, None)))
             continue
         holds_tensor = slot.kind in FILLED_SLOTS
-        status, kind, message, src_shape = decide(slot, leaf)
+        status, kind, message, src_shape = decide(slot, leaf, dtype)
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue
         problem = Problem(kind, path, message or "") if kind is not None else None
