@@ -461,3 +461,63 @@ def test_a_quantized_destination_is_one_problem_not_one_per_packed_tensor():
             sl.load(model, source)
         [problem] = [p for p in info.value.problems if p.path.split(".")[0] == "0"]
         assert (problem.kind, problem.path) == ("type", "0") and 'exclude="0"' in problem.message
+
+
+# --- a non-strict load writes nothing inside a refused module ----------------------------------------
+
+
+def test_a_non_strict_load_leaves_a_refused_module_exactly_as_it_was():
+    """The migration's ``old.w`` cannot be followed, so ``old.bias`` (which torch's names would
+    load) is not written either: no half-loaded module. The rest of the model loads."""
+    model = randomized(nn.ModuleDict({"embed": nn.Linear(3, 3), "old": MigratesAndTransposes(2, 3)}))
+    before = snapshot(model.old)
+    old = {"embed.weight": torch.ones(3, 3), "embed.bias": torch.ones(3), "old.w": torch.ones(2, 3)}
+    report = sl.load(model, {**old, "old.bias": torch.ones(3)}, strict=False)
+    assert_unchanged(model.old, before)
+    assert torch.equal(model.embed.weight, torch.ones(3, 3)) and torch.equal(model.embed.bias, torch.ones(3))
+    assert report.loaded == ["embed.weight", "embed.bias"] and report.skipped == ["old.bias"]
+    assert [(p.kind, p.path) for p in report.problems] == [("type", "old")]  # the reason, at the module
+    assert report.missing == ["old.weight"] and report.unexpected == ["old.w"]
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_refused_modules_tensors_are_skipped_in_a_model_built_normally_or_empty(empty):
+    """Every tensor torch's names would load into a refused module is skipped; built under
+    `sl.init_empty_weights()` they stay on meta, the refusal the one problem that names them."""
+    source = randomized(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 1).state_dict()
+    if empty:
+        with sl.init_empty_weights():
+            model = nn.Sequential(ReadsValues(2, 2), nn.Linear(2, 2))
+    else:
+        model = randomized(nn.Sequential(ReadsValues(2, 2), nn.Linear(2, 2)))
+        before = snapshot(model[0])
+    report = sl.load(model, source, strict=False)
+    assert report.skipped == ["0.weight", "0.bias"] and report.loaded == ["1.weight", "1.bias"]
+    assert [(p.kind, p.path) for p in report.problems] == [("type", "0")]
+    assert "reads the checkpoint's values" in report.problems[0].message
+    assert torch.equal(model[1].weight, source["1.weight"])
+    if empty:
+        assert model[0].weight.is_meta and model[0].bias.is_meta
+    else:
+        assert_unchanged(model[0], before)
+
+
+def test_a_tensor_tied_to_a_refused_modules_tensor_is_not_written_either():
+    """Writing a tied path outside the refused module would change the module through the shared tensor."""
+    model = randomized(nn.ModuleDict({"old": ReadsValues(2, 3), "head": nn.Linear(2, 3, bias=False)}))
+    model.head.weight = model.old.weight
+    before = snapshot(model)
+    source = {"old.weight": torch.ones(3, 2), "old.bias": torch.ones(3), "head.weight": torch.ones(3, 2)}
+    report = sl.load(model, source, strict=False)
+    assert_unchanged(model, before)
+    assert report.skipped == ["old.weight", "old.bias", "head.weight"] and report.loaded == []
+    assert [(p.kind, p.path) for p in report.problems] == [("type", "old")]
+
+
+def test_a_refused_modules_post_hook_does_not_run_in_a_non_strict_load():
+    calls = []
+    model = nn.Sequential(Raises(), nn.Linear(2, 2))
+    model[0].register_load_state_dict_post_hook(lambda module, keys: calls.append(keys))
+    source = randomized(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2)), 1).state_dict()
+    report = sl.load(model, source, strict=False)
+    assert calls == [] and report.loaded == ["1.weight", "1.bias"] and report.skipped == ["0.weight", "0.bias"]

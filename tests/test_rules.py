@@ -93,6 +93,33 @@ def test_r1_complex_into_real_is_refused():
         sl.load({"w": torch.zeros(2)}, {"w": torch.ones(2, dtype=torch.complex64)})
 
 
+def test_r1_complex_into_a_complex_meta_tensor_made_real_by_dtype_is_refused():
+    """A complex meta destination that ``dtype=torch.float64`` materializes in float64 would lose
+    the imaginary part: a type problem at each path, in strict and non-strict loads alike."""
+    with sl.init_empty_weights():
+        dst = nn.Linear(2, 2, dtype=torch.complex64)
+    src = {"weight": torch.randn(2, 2, dtype=torch.complex64), "bias": torch.randn(2, dtype=torch.complex64)}
+    with pytest.raises(sl.LoadError) as info:
+        sl.load(dst, src, dtype=torch.float64)
+    assert [(p.kind, p.path) for p in info.value.problems] == [("type", "weight"), ("type", "bias")]
+    assert "destination float64" in str(info.value) and "imaginary part would be lost" in str(info.value)
+    assert dst.weight.is_meta and dst.bias.is_meta  # nothing written
+    report = sl.load(dst, {**src, "bias": torch.ones(2, dtype=torch.float64)}, dtype=torch.float64, strict=False)
+    assert report.loaded == ["bias"] and [m.path for m in report.mismatched] == ["weight"]
+    assert dst.bias.dtype == torch.float64 and dst.weight.is_meta
+
+
+def test_r1_complex_into_a_meta_tensor_keeps_its_imaginary_part_where_it_is_made_complex():
+    """The same source loads where the materialized dtype is complex: the destination's own, or
+    the checkpoint's under ``dtype="auto"``."""
+    src = {"weight": torch.randn(2, 2, dtype=torch.complex64), "bias": torch.randn(2, dtype=torch.complex64)}
+    for dtype, built in [(None, torch.complex64), ("auto", torch.float32), (torch.complex128, torch.complex64)]:
+        with sl.init_empty_weights():
+            dst = nn.Linear(2, 2, dtype=built)
+        assert sl.load(dst, src, dtype=dtype).ok
+        assert dst.weight.is_complex() and torch.equal(dst.weight.to(torch.complex64), src["weight"])
+
+
 # --- R2: None means skip ---------------------------------------------------------------
 
 
@@ -214,6 +241,20 @@ def test_r4_conflicting_tied_sources_are_a_tied_problem():
     report = sl.load(dst, state, strict=False)
     assert [(m.path, m.kind) for m in report.mismatched] == [("wte.weight", "tied"), ("lm_head.weight", "tied")]
     assert_unchanged(dst, before)
+
+
+def test_r4_a_tied_weight_given_false_beside_its_loaded_partner_is_written_from_the_partner():
+    """R4 over R3: ``False`` at one tied path, a tensor at the other: one provided path is enough,
+    the shared tensor is written once from it, and ``False`` is no "not a bias" problem."""
+    dst = randomized(TiedLM(), 2)
+    weight = torch.randn(7, 4)
+    report = sl.load(dst, {"wte.weight": weight, "lm_head.weight": False})
+    assert report.ok and report.problems == [] and report.zeroed == []
+    assert torch.equal(dst.lm_head.weight, weight) and dst.lm_head.weight is dst.wte.weight
+    assert report.loaded == ["wte.weight", "lm_head.weight"]
+    untied = randomized(nn.Linear(4, 7, bias=False), 3)  # the same False with no tie partner stays a problem
+    with pytest.raises(sl.LoadError, match="weight: absent in source, but not a bias"):
+        sl.load(untied, {"weight": False})
 
 
 def test_r4_shared_submodule_counts_as_tied():

@@ -153,18 +153,23 @@ def make_plan(
     custom = _run_own_loading(found, tree, selection, left_out, metadata)
     if custom is not None:  # modules with loading code of their own: walk what their code leaves
         found = walk(dst, custom.tree)
-    entries, positions = judge(found.pairs, left_out)
+    entries, positions = judge(found.pairs, left_out, dtype)
     entries, groups = settle_ties(entries)
+    own_code = custom.problems if custom is not None else []
+    refusals = customised(found, selection, left_out) + own_code
+    if refusals:  # a non-strict load leaves a refused module exactly as it was
+        entries = leave_refused_alone(entries, refusals)
     if meta_is_final:
         entries = [left_on_meta(e) if e.status in _UNWRITTEN else e for e in entries]
     unexpected = unexpected_sources(found.unpaired, positions, selection, left_out)
     problems, hints = compose_problems(entries, unexpected, found.lengths)
-    own_code = custom.problems if custom is not None else []
-    refusals = customised(found, selection, left_out) + own_code
     problems = list(earlier_problems) + selection.unmatched_patterns() + refused_once(refusals, problems)
     mapped = frozenset(e.path for e in entries if can_map(e, dtype)) if mmap else frozenset()
     plan = Plan(dest_name(dst), entries, unexpected, groups, problems, hints, dtype, mapped, mmap, source)
     plan.post_hooks = custom.post_hooks if custom is not None else []
+    if refusals:  # nor does a refused module's post-hook run
+        refused = [r.path for r in refusals]
+        plan.post_hooks = [(p, m) for p, m in plan.post_hooks if not any(_inside(p, r) for r in refused)]
     return plan
 
 
@@ -213,9 +218,36 @@ def customised(found: Walk, selection: Selection, left_out: LeftOut | None) -> l
     return problems
 
 
-def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry], list[int]]:
+def leave_refused_alone(entries: list[Entry], refusals: list[Problem]) -> list[Entry]:
+    """The entries with nothing written inside a refused module (its own loading code, which
+    structload cannot follow, decides what would land there): each tensor it would have written is
+    skipped instead, the refusal at the module's path the reason; so is a tensor tied to one of the
+    module's from outside it (writing it would change the module too).
+
+    >>> import torch
+    >>> from structload._plan.dest import tensor_slot
+    >>> shared = torch.zeros(2)
+    >>> entries = [Entry(p, tensor_slot(t), None, Status.LOADED) for p, t in [("old.w", shared), ("new.w", shared), ("b", torch.ones(1))]]
+    >>> [e.status.value for e in leave_refused_alone(entries, [Problem(ProblemKind.TYPE, "old", "refused")])]
+    ['skipped', 'skipped', 'loaded']
+    """
+    paths = [refusal.path for refusal in refusals]
+    inside = [e for e in entries if any(_inside(e.path, p) for p in paths)]
+    tensors = {id(e.slot.tensor) for e in inside if e.slot.kind in TENSOR_SLOTS}
+    untouched = {id(e) for e in inside} | {id(e) for e in entries if id(e.slot.tensor) in tensors}
+    return [
+        e._replace(status=Status.SKIPPED, writer=None) if id(e) in untouched and e.status in WRITES else e
+        for e in entries
+    ]
+
+
+def _inside(path: str, module_path: str) -> bool:
+    return not module_path or path == module_path or path.startswith(f"{module_path}.")
+
+
+def judge(pairs: list[SlotPair], left_out: LeftOut | None, dtype=None) -> tuple[list[Entry], list[int]]:
     """One `Entry` per pair the rules have something to say about, in walk order; and for each
-    pair index (and one past the last), how many entries came before it."""
+    pair index (and one past the last), how many entries came before it. `dtype`: ``load(dtype=...)``."""
     entries: list[Entry] = []
     positions: list[int] = []
     excluded = left_out.paths if left_out is not None else ()
@@ -226,12 +258,12 @@ def judge(pairs: list[SlotPair], left_out: LeftOut | None) -> tuple[list[Entry],
             if slot.kind in FILLED_SLOTS:  # still part of any tied group it belongs to
                 add(Entry(path, slot, None, Status.EXCLUDED))
             continue
-        if slot.kind is tensor_slot and type(leaf) is MemoryTensor and plain_load(slot, leaf):
+        if slot.kind is tensor_slot and type(leaf) is MemoryTensor and plain_load(slot, leaf, dtype):
             # the common case, R1 without a problem; built as NamedTuple's own constructor would, faster
             add(_new_entry(Entry, (path, slot, leaf, loaded, None, None, None, None)))
             continue
         holds_tensor = slot.kind in FILLED_SLOTS
-        status, kind, message, src_shape = decide(slot, leaf)
+        status, kind, message, src_shape = decide(slot, leaf, dtype)
         if kind is None and not holds_tensor and status == Status.NOTHING:
             continue
         problem = Problem(kind, path, message or "") if kind is not None else None

@@ -42,6 +42,7 @@ from .._report import Problem, ProblemKind
 from ..sources import ABSENT, SKIP, BadLeaf, ExtraState, SourceTensor
 from ..sources._leaves import ConvertedTensor
 from .dest import Slot, SlotKind
+from .materialized import materialized_dtype
 from .records import Entry, Status
 from .walk import Clash, Missing
 
@@ -84,21 +85,33 @@ def source_kind(leaf) -> SourceKind:
 # --- tensor destinations ---------------------------------------------------------------
 
 
-def plain_load(slot: Slot, leaf: SourceTensor) -> bool:
+def plain_load(slot: Slot, leaf: SourceTensor, dtype=None) -> bool:
     """Whether R1 loads this pair with nothing to say (the common case, which `judge` takes
     without building a verdict): equal shapes, no imaginary part lost, a destination that can
-    be written where it is."""
+    be written where it is. `dtype` is ``load(dtype=...)``: what a meta destination is made in."""
     dst = slot.tensor
     return (
         dst.shape == leaf.shape
-        and not (leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex)
+        and not (leaf.dtype is not None and leaf.dtype.is_complex and loses_imaginary(dst, leaf.dtype, dtype))
         and not (dst.is_meta and slot.owner is None)
     )
 
 
-def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
-    """R1: equal shapes; the dtype may differ (a cast)."""
-    if plain_load(slot, leaf):
+def loses_imaginary(dst: torch.Tensor, source_dtype: torch.dtype, dtype=None) -> bool:
+    """Whether a complex source tensor lands in a real one: the destination's dtype, or for a meta
+    destination the dtype ``load(dtype=...)`` materializes it in (a complex meta tensor made in
+    float64 loses the imaginary part as surely as a real one).
+
+    >>> meta = torch.empty(2, dtype=torch.complex64, device="meta")
+    >>> loses_imaginary(meta, torch.complex64), loses_imaginary(meta, torch.complex64, torch.float64)
+    (False, True)
+    """
+    return source_dtype.is_complex and not materialized_dtype(dst, source_dtype, dtype).is_complex
+
+
+def load_tensor(slot: Slot, leaf: SourceTensor, dtype=None) -> Verdict:
+    """R1: equal shapes; the dtype may differ (a cast). `dtype`: as for `plain_load`."""
+    if plain_load(slot, leaf, dtype):
         return Verdict(Status.LOADED)
     dst = slot.tensor
     if tuple(dst.shape) != tuple(leaf.shape):
@@ -106,9 +119,12 @@ def load_tensor(slot: Slot, leaf: SourceTensor) -> Verdict:
         if isinstance(leaf, ConvertedTensor):
             message += f" (made by {leaf.made_by})"
         return Verdict(Status.MISMATCHED, ProblemKind.SHAPE, message, tuple(leaf.shape))
-    if leaf.dtype is not None and leaf.dtype.is_complex and not dst.dtype.is_complex:
+    if leaf.dtype is not None and loses_imaginary(dst, leaf.dtype, dtype):
+        made = materialized_dtype(dst, leaf.dtype, dtype)
+        made_in = " (the dtype= this meta tensor is materialized in)" if made != dst.dtype else ""
         message = (
-            f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(dst.dtype)}: the imaginary part would be lost"
+            f"source is {dtype_text(leaf.dtype)}, destination {dtype_text(made)}{made_in}: "
+            "the imaginary part would be lost"
         )
         return Verdict(Status.MISMATCHED, ProblemKind.TYPE, message, tuple(leaf.shape))
     if dst.is_meta and slot.owner is None:
@@ -125,9 +141,9 @@ def load_lazy(slot: Slot, leaf: SourceTensor) -> Verdict:
     return Verdict(Status.LOADED)
 
 
-def load_shard(slot: Slot, leaf: SourceTensor) -> Verdict:
+def load_shard(slot: Slot, leaf: SourceTensor, dtype=None) -> Verdict:
     """R1 for a DTensor, judged on its global shape; some placements cannot be loaded."""
-    verdict = load_tensor(slot, leaf)
+    verdict = load_tensor(slot, leaf, dtype)
     problem = dtensor_problem(slot.tensor) if verdict.status == Status.LOADED else None
     return Verdict(Status.MISMATCHED, ProblemKind.TYPE, problem, tuple(leaf.shape)) if problem else verdict
 
@@ -275,8 +291,9 @@ RULES: dict[tuple[SlotKind, SourceKind], Rule] = {
 }
 
 
-def decide(slot: Slot, leaf) -> Verdict:
-    """Apply the rule for this (slot, leaf) pair.
+def decide(slot: Slot, leaf, dtype=None) -> Verdict:
+    """Apply the rule for this (slot, leaf) pair; `dtype` is ``load(dtype=...)``, which the rules
+    that copy a tensor need (what a meta destination is made in).
 
     >>> import torch
     >>> from structload._plan.dest import Slot, SlotKind
@@ -284,7 +301,10 @@ def decide(slot: Slot, leaf) -> Verdict:
     >>> decide(Slot(SlotKind.TENSOR, torch.zeros(3)), MemoryTensor(torch.ones(2))).message
     'shape (3,) in destination, (2,) in source'
     """
-    return RULES[slot.kind, source_kind(leaf)](slot, leaf)
+    rule = RULES[slot.kind, source_kind(leaf)]
+    if dtype is not None and (rule is load_tensor or rule is load_shard):
+        return rule(slot, leaf, dtype)
+    return rule(slot, leaf)
 
 
 def left_on_meta(entry: Entry) -> Entry:

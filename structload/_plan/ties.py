@@ -61,10 +61,15 @@ def _settle(group: list[Entry]) -> list[Entry]:
 
 
 def _follow(group: list[Entry], status: Status, from_statuses: tuple, writer: Entry | None = None) -> list[Entry]:
-    """Every entry but the writer takes `status`, written by the writer (or by nobody)."""
-    writer_path = writer.path if writer is not None else ""
+    """Every entry but the writer takes `status`, written by the writer (or by nobody). A path the
+    writer fills drops what its own rule found (``False`` at a tied weight: "not a bias"): one
+    provided path is enough (R4), and the tensor is written from it."""
+    if writer is None:
+        return [e._replace(status=status, writer="") if e.status in from_statuses else e for e in group]
     return [
-        e._replace(status=status, writer=writer_path) if e is not writer and e.status in from_statuses else e
+        e._replace(status=status, writer=writer.path, problem=None)
+        if e is not writer and e.status in from_statuses
+        else e
         for e in group
     ]
 
