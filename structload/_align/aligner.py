@@ -78,29 +78,36 @@ def align(dst, src, *, include=None, exclude=None, filter=None, rename=None, hin
     ``reference=(module, args)`` settles an ambiguity when exactly one assignment makes a scratch
     copy of `dst` compute what `module` computes on `args` (see `structload.verify`).
     """
-    renamer = compile_rename(rename)
     with collector_paused():  # as in `load`: many small objects, none in cycles
-        tree = to_source_tree(src)
-        if renamer is not None:
-            tree = rename_tree(tree, renamer)
-        dst_leaves, dst_tied, buffers = destination(dst, Selection(include, exclude, filter))
-        src_leaves, src_tied = source(tree, Selection(exclude=exclude) if exclude is not None else None)
-        ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
-        src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
-        result = Alignment(ignored=ignored)
-        if isinstance(rename, dict):
-            result.rename.update(rename)
-        # a tied tensor is one tensor, on either side: its other paths are matched after the rest
-        followers = [leaf for leaf in dst_leaves if leaf.path in dst_tied]
-        src_followers = [leaf for leaf in src_leaves if leaf.path in src_tied]
-        dst_leaves = [leaf for leaf in dst_leaves if leaf.path not in dst_tied]
-        src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
-        _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
+        result = _aligned(dst, src, Selection(include, exclude, filter), exclude, rename, hints)
+        # the leaves and the source tree are freed on return, before the collector resumes: its
+        # first pass then scans the result only (scanning them too was a tenth of a 20k align)
     if reference is not None:  # verification as evidence: structload/_verify/_evidence.py
         from .._verify._evidence import resolve_ambiguities
 
         options = {"include": include, "exclude": exclude, "filter": filter, "rename": rename, "hints": hints}
         result = resolve_ambiguities(dst, src, result, reference, options)
+    return result
+
+
+def _aligned(dst, src, selection: Selection, exclude, rename, hints) -> Alignment:
+    tree = to_source_tree(src)
+    renamer = compile_rename(rename)
+    if renamer is not None:
+        tree = rename_tree(tree, renamer)
+    dst_leaves, dst_tied, buffers = destination(dst, selection)
+    src_leaves, src_tied = source(tree, Selection(exclude=exclude) if exclude is not None else None)
+    ignored = [leaf.path for leaf in src_leaves if leaf.path in buffers]
+    src_leaves = [leaf for leaf in src_leaves if leaf.path not in buffers]
+    result = Alignment(ignored=ignored)
+    if isinstance(rename, dict):
+        result.rename.update(rename)
+    # a tied tensor is one tensor, on either side: its other paths are matched after the rest
+    followers = [leaf for leaf in dst_leaves if leaf.path in dst_tied]
+    src_followers = [leaf for leaf in src_leaves if leaf.path in src_tied]
+    dst_leaves = [leaf for leaf in dst_leaves if leaf.path not in dst_tied]
+    src_leaves = [leaf for leaf in src_leaves if leaf.path not in src_tied]
+    _Aligner(result, dst_leaves, src_leaves, dst_tied, dict(hints or {})).run(followers, src_followers)
     return result
 
 
@@ -316,14 +323,18 @@ class _Aligner:
             converters.append(Concat(temps, into=block_template(d.rel, dst_c) if generic else d.path, dim=dim))
         self.result.convert += converters
         evidence, acting = tuple(pair.evidence + ([count] if count else [])), tuple(converters)
-        matched, matched_dst = self.result.matched, self.matched_dst
-        for i in indices:
-            sources = tuple(full_path(s, src_c, i) for s in pair.src)
-            for d in pair.dst:
-                path = full_path(d, dst_c, i)
+        matched, matched_dst, matched_src = self.result.matched, self.matched_dst, self.matched_src
+        dst_rels, src_rels = [d.rel for d in pair.dst], [s.rel for s in pair.src]
+        for i in indices:  # once per block of the model: the paths written out inline (no call per tensor)
+            if i is None:
+                dst_paths, sources = [d.path for d in pair.dst], tuple(s.path for s in pair.src)
+            else:
+                dst_head, src_head = f"{dst_c}.{i}." if dst_c else f"{i}.", f"{src_c}.{i}." if src_c else f"{i}."
+                dst_paths, sources = [dst_head + rel for rel in dst_rels], tuple(src_head + rel for rel in src_rels)
+            for path in dst_paths:
                 matched.append(Match(path, sources, acting, evidence))
-                matched_dst.add(path)
-            self.matched_src.update(sources)
+            matched_dst.update(dst_paths)
+            matched_src.update(sources)
 
     def _temporary(self, dst_module: str, src: Leaf) -> str:
         """Where a fused (or to-be-fused) source tensor waits for its converter: under the
@@ -387,7 +398,8 @@ class _Aligner:
         result.unmatched_dst = [
             leaf.path
             for leaf in self.dst
-            if leaf.path not in self.matched_dst and not any(p in self.matched_dst for p in groups.get(leaf.path, ()))
+            if leaf.path not in self.matched_dst
+            and not (leaf.path in groups and any(p in self.matched_dst for p in groups[leaf.path]))
         ]
         result.unmatched_src = [leaf.path for leaf in self.src if leaf.path not in self.matched_src]
         result.claimed_dst, result.claimed_src = set(self.matched_dst), set(self.matched_src)

@@ -5,17 +5,20 @@ non-persistent buffers) and the source's (with its ties, less what ``exclude=`` 
 >>> leaves, tied, buffers = destination(nn.Sequential(nn.Linear(2, 3)), Selection())
 >>> [(leaf.path, leaf.shape, leaf.container, leaf.index, leaf.rel) for leaf in leaves]
 [('0.weight', (3, 2), '', 0, 'weight'), ('0.bias', (3,), '', 0, 'bias')]
+>>> import torch
+>>> from structload.sources import to_source_tree
+>>> leaves, tied = source(to_source_tree({"h.2.attn.c.w": torch.zeros(1), "ln.w": torch.zeros(1)}), None)
+>>> [(leaf.path, leaf.container, leaf.index, leaf.rel) for leaf in leaves]
+[('h.2.attn.c.w', 'h', 2, 'attn.c.w'), ('ln.w', None, None, 'ln.w')]
 """
 
 from __future__ import annotations
-
-import re
 
 import torch
 
 from .._plan.dest import SlotKind, as_dest, dest_children, is_container
 from .._plan.select import LeftOut, Selection
-from ..sources import SourceTensor, iter_leaves
+from ..sources import SourceTensor
 from ..sources._leaves import MemoryTensor
 from .match import Leaf
 
@@ -25,16 +28,31 @@ def source(tree, excluded: Selection | None) -> tuple[list[Leaf], set[str]]:
     (a module source's ``lm_head.weight`` that is its ``wte.weight``)."""
     leaves, tied = [], set()
     first: dict = {}  # a cheap key -> the first source tensor with it; `same_data` decides
-    for path, leaf in iter_leaves(tree):
-        if not isinstance(leaf, SourceTensor):
-            continue
+
+    def take(path: str, leaf, block: tuple[str, int, str] | None, name: str) -> None:
         if excluded is not None and not excluded.accepts_source(path, _NOTHING_LEFT_OUT):
-            continue
+            return
         if type(leaf) is MemoryTensor and not leaf.tensor.is_meta:  # files store no tensor twice
-            seen = first.setdefault((leaf.tensor.data_ptr(), leaf.shape), leaf)
-            if seen is not leaf and seen.same_data(leaf):
+            key = (leaf.tensor.data_ptr(), leaf.shape)
+            seen = first.get(key)
+            if seen is None:
+                first[key] = leaf
+            elif seen.same_data(leaf):
                 tied.add(path)
-        leaves.append(leaf_at(path, leaf.shape))
+        leaves.append(_leaf(path, leaf.shape, block, name))
+
+    def visit(node: dict, path: str, block: tuple[str, int, str] | None) -> None:  # as `destination` walks
+        for name, child in node.items():
+            child_path = f"{path}.{name}" if path else name
+            if type(child) is dict:
+                visit(child, child_path, _block_below(block, path, name))
+            elif isinstance(child, SourceTensor):
+                take(child_path, child, block, name)
+
+    if type(tree) is dict:
+        visit(tree, "", None)
+    elif isinstance(tree, SourceTensor):  # a bare tensor: one leaf at the root
+        take("", tree, None, "")
     return leaves, tied
 
 
@@ -54,37 +72,52 @@ def destination(dst, selection: Selection) -> tuple[list[Leaf], dict[str, str], 
     buffers: set[str] = set()
     first_path: dict[int, str] = {}
 
-    def visit(node, path):
+    def visit(node, path: str, block: tuple[str, int, str] | None) -> None:
         for name, child in dest_children(node):
             child_path = f"{path}.{name}" if path else name
             if is_container(child):
-                visit(child, child_path)
-            elif child.kind == SlotKind.IGNORED:
+                visit(child, child_path, _block_below(block, path, name))
+            elif child.kind is _IGNORED:
                 buffers.add(child_path)
-            elif child.kind in (SlotKind.TENSOR, SlotKind.SHARDED) and child_path not in excluded:
+            elif child.kind in _TENSORS and child_path not in excluded:
                 key = id(child.tensor)
                 if key in first_path:  # tied: matched when any of its paths is
                     tied[child_path] = first_path[key]
-                first_path.setdefault(key, child_path)
-                leaf = leaf_at(child_path, tuple(child.tensor.shape))
-                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, torch.nn.Embedding)
+                else:
+                    first_path[key] = child_path
+                leaf = _leaf(child_path, tuple(child.tensor.shape), block, name)
+                leaf.matrix = len(leaf.shape) == 2 and not isinstance(child.owner, _Embedding)
                 leaves.append(leaf)
 
     if root is not None and is_container(root):
-        visit(root, "")
+        visit(root, "", None)
     return leaves, tied, buffers
 
 
-def leaf_at(path: str, shape: tuple[int, ...]) -> Leaf:
-    """The leaf at `path`, split at the first number before the tensor's own name (one regex: this
-    runs once per tensor of both sides)."""
-    found = _FIRST_NUMBER.match(path)
-    if found is None:
+_IGNORED, _TENSORS, _Embedding = SlotKind.IGNORED, (SlotKind.TENSOR, SlotKind.SHARDED), torch.nn.Embedding
+
+
+# Both sides are walked module by module, and the numbered block a path is in (its container, its
+# index and the path inside it: ``h.3.attn.weight`` is ``attn.weight`` in block 3 of ``h``) is worked
+# out once per module on the way down, not parsed again from the path of every tensor.
+
+
+def _block_below(block: tuple[str, int, str] | None, path: str, name: str) -> tuple[str, int, str] | None:
+    """The block of the child `name` of `path`: the first number in a path opens it, and every name
+    after it is part of the path inside it.
+
+    >>> _block_below(None, "h", "3"), _block_below(("h", 3, ""), "h.3", "attn")
+    (('h', 3, ''), ('h', 3, 'attn.'))
+    """
+    if block is not None:
+        return block[0], block[1], f"{block[2]}{name}."
+    return (path, int(name), "") if name.isdecimal() else None
+
+
+def _leaf(path: str, shape: tuple[int, ...], block: tuple[str, int, str] | None, name: str) -> Leaf:
+    if block is None:
         return Leaf(path, shape, None, None, path)
-    return Leaf(path, shape, found[1][:-1], int(found[2]), found[3])
-
-
-_FIRST_NUMBER = re.compile(r"((?:[^.]*\.)*?)(\d+)\.(.+)")
+    return Leaf(path, shape, block[0], block[1], block[2] + name)
 
 
 def flattened(leaf: Leaf) -> Leaf:
