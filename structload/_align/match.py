@@ -23,20 +23,30 @@ class Leaf:
     """One tensor of either side, as alignment sees it (a plain class with slots: there is one per
     tensor of both models, so building it is kept cheap)."""
 
-    __slots__ = ("_read", "container", "context_role", "index", "matrix", "module", "path", "raw_param", "rel", "shape")
+    __slots__ = ("_read", "container", "context_role", "index", "matrix", "path", "rel", "shape")
 
     def __init__(self, path: str, shape: tuple[int, ...], container: str | None, index: int | None, rel: str):
         self.path, self.shape = path, shape
         self.container = container  # the numbered container it is in (``h``), or None at the top level
         self.index = index
         self.rel = rel  # the path inside its block (the whole path at the top level)
-        self.module, _, self.raw_param = rel.rpartition(".")  # `rel` without its last name, and that name
         self.matrix = False  # a 2-d weight whose layout may be transposed (not an embedding table)
         self.context_role: str | None = None  # a role its siblings give it (`roles_by_content`), over its names
         self._read: tuple[str | None, str] | None = None
 
     def __repr__(self) -> str:
         return f"Leaf({self.path!r}, {self.shape})"
+
+    # read from `rel` when asked, not stored: only the leaves of template blocks are ever asked
+    @property
+    def module(self) -> str:
+        """`rel` without its last name (``attn.c`` for ``attn.c.weight``)."""
+        return self.rel.rpartition(".")[0]
+
+    @property
+    def raw_param(self) -> str:
+        """The last name of `rel` (``weight``)."""
+        return self.rel.rpartition(".")[2]
 
     @property
     def _role_and_param(self) -> tuple[str | None, str]:
