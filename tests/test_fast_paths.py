@@ -462,7 +462,9 @@ def test_the_walk_stops_early_only_where_nothing_is_left_over(case):
     general = _walk.walk(dst, _with_one_more_name(tree))
     assert [_pair_key(p) for p in fast.pairs] == [_pair_key(p) for p in general.pairs]
     assert all(type(p) is _walk.SlotPair for p in fast.pairs)  # built with tuple.__new__, still a SlotPair
-    assert fast.lengths == general.lengths
+    # `lengths` (numbered lists of another length) is not compared: the extra name breaks the
+    # numbering ("0", "1", "zz_extra"), so the general walk never records one, while an empty source
+    # against a one-entry list is rightly one for the fast walk (hypothesis found that case)
     assert_every_source_leaf_is_accounted_for(fast, tree)
     assert_every_source_leaf_is_accounted_for(general, _with_one_more_name(tree))
     extra = [u for u in general.unpaired if u.path.rpartition(".")[2] == "zz_extra"]
