@@ -1,11 +1,11 @@
 """`load`, step by step: each step a few lines of `run_load` or `_plan`, in this order.
 
 1. options: the keywords as one `LoadOptions` record, checked once;
-2. open: the source as a lazy tree (`sources.to_source_tree`), no tensor read;
+2. open: the source as a lazy `SourceTree` (`sources.open_tree`), no tensor read;
 3. align (``align=``): ``rename`` and ``convert`` worked out from structure;
 4. rename: source paths through ``rename``;
 5. convert: the destination library's declared conversions, then ``convert``, then ``adapt``;
-6. plan: walk, rules, ties, problems (`_plan.make_plan`); a strict load with problems stops here;
+6. plan: walk, rules, ties, problems (`_plan.plan.make_plan`); a strict load with problems stops here;
 7. agree: a sharded destination's ranks share their verdict (`in_step`);
 8. read and write (`_apply.apply_plan`), and agree again;
 9. report.
