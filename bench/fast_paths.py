@@ -16,76 +16,36 @@ from __future__ import annotations
 import contextlib
 import gc
 import statistics
+import sys
 import time
-from unittest import mock
+from pathlib import Path
 
 import torch
 from overhead import flat_model
 from targets import Targets, options
 
 from structload import _apply
-from structload._plan import dest as _dest
 from structload._plan import plan as _plan
-from structload._plan import ties as _ties
 from structload._plan.select import Selection
 from structload.sources import MemoryTensor, to_source_tree
-from structload.sources._files import FileHandle
-from structload.sources._io.remote import RemoteFile
-from structload.sources.formats.dcp import DCPCheckpoint
 from structload.sources.memory import tensor_leaf
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from lanes import LANES
 
-def never(*args) -> bool:
-    return False
-
-
-class _NotTheType(type):
-    def __instancecheck__(cls, obj) -> bool:
-        return isinstance(obj, cls.real)  # type: ignore[attr-defined]
-
-
-def not_the_type(real: type) -> type:
-    """A class ``isinstance`` takes for `real` that no ``type(x) is`` test matches: the lane is off."""
-    return _NotTheType(f"Not{real.__name__}", (), {"real": real})
-
-
-class _Forgetful(dict):
-    """A cache that never finds what it was given."""
-
-    def __contains__(self, key) -> bool:
-        return False
-
-    def get(self, key, default=None):
-        return default
-
-
-#: fast path -> (phase it saves time in, patches that switch it off)
-LANES = {
-    "judge's lane (plain_load)": ("plan", lambda: [mock.patch.object(_plan, "plain_load", never)]),
-    "_module_children's Parameter lane": (
-        "plan",
-        lambda: [mock.patch.object(_dest, "Parameter", not_the_type(object))],
-    ),
-    "settle_ties' shortcut": ("plan", lambda: [mock.patch.object(_ties, "set", lambda items: (), create=True)]),
-    "customises_loading's per-class cache": (
-        "plan",
-        lambda: [mock.patch.object(_dest, "_LOADS_ITS_OWN_WAY", _Forgetful())],
-    ),
-    "_overrides' per-class cache": ("plan", lambda: [mock.patch.object(_dest, "_OVERRIDES", _Forgetful())]),
-    "Plan.report's lane": ("report", lambda: [mock.patch.object(_plan, "MemoryTensor", not_the_type(MemoryTensor))]),
-    "batched copies (_runs)": (
-        "apply",
-        lambda: [mock.patch.object(_apply, "MemoryTensor", not_the_type(MemoryTensor))],
-    ),
-    "_foreach_copy_": ("apply", lambda: [mock.patch.object(_apply, "_foreach_copy", _apply._copy_each)]),
-    "apply's from-memory lane": (
-        "apply",
-        lambda: [
-            mock.patch.object(FileHandle, "alive", {object()}),
-            mock.patch.object(RemoteFile, "opened", {object()}),
-            mock.patch.object(DCPCheckpoint, "opened", {object()}),
-        ],
-    ),
+#: fast path (a name of `LANES`) -> the phase of a load it saves time in
+PHASES = {
+    "judge's lane": "plan",
+    "load_tensor's plain_load": "plan",
+    "Plan.report's lane": "report",
+    "the batched copies": "apply",
+    "_foreach_copy_": "apply",
+    "_module_children's Parameter lane": "plan",
+    "settle_ties' shortcut": "plan",
+    "the per-class caches": "plan",
+    "compose_problems' clean-load shortcut": "plan",
+    "_pytree.children' dict lane": "plan",
+    "apply's from-memory lane": "apply",
 }
 
 
@@ -145,7 +105,7 @@ def main() -> None:
     torch.manual_seed(0)
     state, model = flat_model().state_dict(), flat_model()
     print(f"torch {torch.__version__}, flat model, {len(state)} tensors, median of {args.repeat} runs")
-    results = [compare(name, phase, patches, state, model, args.repeat) for name, (phase, patches) in LANES.items()]
+    results = [compare(name, PHASES[name], patches, state, model, args.repeat) for name, patches in LANES.items()]
     results.append(inlined_tensor_leaf(state, args.repeat))
     Targets("fast_paths").finish(results, args.json)
 
