@@ -31,18 +31,11 @@ def flat(tree: dict, prefix: str = "") -> dict:
     return out
 
 
-def _net_case(mesh, weights, state) -> dict:
-    from torch.distributed.fsdp import fully_shard
+def state_as_expected(model, optimizer, expected: dict) -> tuple[bool, bool, bool]:
+    """Whether each parameter's state has the `expected` values (by ``path.key``), is a DTensor in
+    the parameter's placements, and has the parameter's local shape on this rank."""
     from torch.distributed.tensor import DTensor
 
-    expected = safetensors.torch.load_file(state)
-    model = Net()
-    for block in model.blocks:
-        fully_shard(block, mesh=mesh)
-    fully_shard(model, mesh=mesh)
-    sl.load(model, weights)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    report = sl.load_optimizer(optimizer, model, state)
     values, sharded, local = True, True, True
     for path, param in model.named_parameters():
         for key, tensor in optimizer.state[param].items():
@@ -53,6 +46,21 @@ def _net_case(mesh, weights, state) -> dict:
             sharded &= isinstance(tensor, DTensor) and tensor.placements == param.placements
             local &= tensor.to_local().shape == param.to_local().shape
             values &= torch.equal(tensor.full_tensor(), want)
+    return values, sharded, local
+
+
+def _net_case(mesh, weights, state) -> dict:
+    from torch.distributed.fsdp import fully_shard
+
+    expected = safetensors.torch.load_file(state)
+    model = Net()
+    for block in model.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    sl.load(model, weights)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    report = sl.load_optimizer(optimizer, model, state)
+    values, sharded, local = state_as_expected(model, optimizer, expected)
     train(model, optimizer, BATCHES[2:])  # and training goes on from there
     after = {k: v.full_tensor().tolist() for k, v in model.state_dict().items()}
     return {"ok": report.ok, "values": values, "sharded": sharded, "local": local, "after": after}
@@ -108,7 +116,6 @@ FUSE = [
 def _fused_case(mesh, weights, state, expected_file) -> dict:
     from optim_models import Model
     from torch.distributed.fsdp import fully_shard
-    from torch.distributed.tensor import DTensor
 
     expected = safetensors.torch.load_file(expected_file)
     model = Model(fused=True)
@@ -117,16 +124,8 @@ def _fused_case(mesh, weights, state, expected_file) -> dict:
     sl.load(model, weights, convert=FUSE)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     report = sl.load_optimizer(optimizer, model, state, convert=FUSE)
-    values, sharded = True, True
-    for path, param in model.named_parameters():
-        for key, tensor in optimizer.state[param].items():
-            want = expected[f"{path}.{key}"]
-            if key == "step":
-                values &= torch.equal(tensor, want)
-                continue
-            sharded &= isinstance(tensor, DTensor) and tensor.placements == param.placements
-            sharded &= tensor.to_local().shape == param.to_local().shape
-            values &= torch.equal(tensor.full_tensor(), want)
+    values, sharded, local = state_as_expected(model, optimizer, expected)
+    sharded = sharded and local
     converted = sorted(c.path for c in report.converted)
     return {"ok": report.ok, "values": values, "sharded": sharded, "converted": converted}
 
